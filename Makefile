@@ -1,0 +1,33 @@
+# Two entry points for a fresh clone: `make demo` and `make test` (see README).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	# czone==2022.9.20 declares `pymatgen>=2022.x.x`; pip >= 24.1 rejects that metadata and falls back to
+	# czone 2022.9.19, which fails on import. Pin pip inside our own venv so the real release installs.
+	$(PY) -m pip install -q 'pip<24.1'
+	# Install the CPU wheel first: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) dataset_scripts/build_tem_au_np.py --preset demo --out tem_au_np
+	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth info tem_au_np
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_simulation.py
+	$(PY) benchmarks/bench_generate.py
+
+clean:
+	rm -rf tem_au_np runs bench_out
