@@ -1,0 +1,440 @@
+"""Typed, validated generation config: the one place where fields, units, ranges and presets live.
+
+Every physical field carries its unit in its name. Random quantities are written as explicit
+distributions in YAML::
+
+    radius_A: {uniform: [10, 20]}
+    defect_type: {choice: [none, twin], weights: [1, 3]}
+    radius_A: {truncnormal: {mean: 40, sd: 10, low: 30, high: 50}}
+    n_defects: {integers: [1, 3]}           # inclusive
+    defocus_nm: {linspace: {start: -50, stop: 50, num: 11, jitter_sd: 2}}  # condition i takes step i % num
+    cs_mm: 0.001                            # a fixed value
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import numpy as np
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the field and the fix."""
+
+
+# ---------------------------------------------------------------- distributions
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Uniform(_Strict):
+    uniform: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.uniform[0] > self.uniform[1]:
+            raise ValueError(f"uniform: [low, high] needs low <= high, got {list(self.uniform)}")
+        return self
+
+    def sample(self, rng: np.random.Generator, index: int = 0) -> float:
+        return float(rng.uniform(*self.uniform))
+
+    def support(self) -> tuple[float, float]:
+        return self.uniform
+
+
+class Integers(_Strict):
+    integers: tuple[int, int]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.integers[0] > self.integers[1]:
+            raise ValueError(f"integers: [low, high] needs low <= high, got {list(self.integers)}")
+        return self
+
+    def sample(self, rng: np.random.Generator, index: int = 0) -> int:
+        return int(rng.integers(self.integers[0], self.integers[1] + 1))
+
+    def support(self) -> tuple[float, float]:
+        return self.integers
+
+
+class _TN(_Strict):
+    mean: float
+    sd: float = Field(gt=0)
+    low: float
+    high: float
+
+
+class TruncNormal(_Strict):
+    truncnormal: _TN
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        t = self.truncnormal
+        if not t.low < t.high:
+            raise ValueError(f"truncnormal needs low < high, got low={t.low}, high={t.high}")
+        return self
+
+    def sample(self, rng: np.random.Generator, index: int = 0) -> float:
+        t = self.truncnormal
+        # Rejection keeps the draw a pure function of rng; fall back to clipping only for absurd tails.
+        for _ in range(1000):
+            x = rng.normal(t.mean, t.sd)
+            if t.low <= x <= t.high:
+                return float(x)
+        return float(np.clip(t.mean, t.low, t.high))
+
+    def support(self) -> tuple[float, float]:
+        return (self.truncnormal.low, self.truncnormal.high)
+
+
+class _Lin(_Strict):
+    start: float
+    stop: float
+    num: int = Field(ge=1)
+    jitter_sd: float = Field(default=0.0, ge=0)
+
+
+class Linspace(_Strict):
+    """A nominal series (e.g. a defocus series); condition i takes step i % num, jittered."""
+
+    linspace: _Lin
+
+    def sample(self, rng: np.random.Generator, index: int = 0) -> float:
+        s = self.linspace
+        steps = np.linspace(s.start, s.stop, s.num)
+        jitter = rng.normal(0.0, s.jitter_sd) if s.jitter_sd > 0 else 0.0
+        return float(steps[index % s.num] + jitter)
+
+    def support(self) -> tuple[float, float]:
+        s = self.linspace
+        pad = 5 * s.jitter_sd
+        return (min(s.start, s.stop) - pad, max(s.start, s.stop) + pad)
+
+
+class Choice(_Strict):
+    choice: tuple[Any, ...]
+    weights: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if not self.choice:
+            raise ValueError("choice needs at least one value")
+        if self.weights is not None:
+            if len(self.weights) != len(self.choice) or min(self.weights) < 0 or sum(self.weights) <= 0:
+                raise ValueError("weights must be non-negative, one per choice, not all zero")
+        return self
+
+    def sample(self, rng: np.random.Generator, index: int = 0):
+        p = None
+        if self.weights is not None:
+            w = np.asarray(self.weights, float)
+            p = w / w.sum()
+        v = self.choice[int(rng.choice(len(self.choice), p=p))]
+        return v.item() if hasattr(v, "item") else v
+
+    def support(self):
+        try:
+            vals = [float(v) for v in self.choice]
+            return (min(vals), max(vals))
+        except (TypeError, ValueError):
+            return None
+
+
+class Fixed(_Strict):
+    value: Any
+
+    def sample(self, rng: np.random.Generator, index: int = 0):
+        return self.value
+
+    def support(self):
+        try:
+            return (float(self.value), float(self.value))
+        except (TypeError, ValueError):
+            return None
+
+
+Distribution = Union[Uniform, Integers, TruncNormal, Linspace, Choice, Fixed]
+
+
+def _as_dist(v: Any) -> Any:
+    if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+        return Fixed(value=v)
+    return v
+
+
+def ranged(lo: float, hi: float, what: str = "value"):
+    """A distribution whose whole support must lie in [lo, hi]."""
+
+    def check(d):
+        sup = d.support()
+        if sup is None:
+            raise ValueError(f"{what} must be numeric")
+        if sup[0] < lo or sup[1] > hi:
+            raise ValueError(f"{what} must lie in [{lo}, {hi}], got support [{sup[0]}, {sup[1]}]")
+        return d
+
+    from pydantic import BeforeValidator
+
+    return Annotated[Distribution, BeforeValidator(_as_dist), AfterValidator(check)]
+
+
+def choice_of(allowed: tuple[str, ...]):
+    def check(d):
+        vals = d.choice if isinstance(d, Choice) else (d.value,) if isinstance(d, Fixed) else None
+        if vals is None:
+            raise ValueError(f"use `choice: [...]` or a fixed value from {list(allowed)}")
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            raise ValueError(f"unknown value(s) {bad}; allowed: {list(allowed)}")
+        return d
+
+    from pydantic import BeforeValidator
+
+    return Annotated[Union[Choice, Fixed], BeforeValidator(_as_dist), AfterValidator(check)]
+
+
+# Krivanek polar aberration symbols (abTEM's names): magnitudes C_nm, angles phi_nm.
+POLAR_SYMBOLS = frozenset(
+    ["C10", "C12", "phi12", "C21", "phi21", "C23", "phi23", "C30", "C32", "phi32", "C34", "phi34", "C41", "phi41",
+     "C43", "phi43", "C45", "phi45", "C50", "C52", "phi52", "C54", "phi54", "C56", "phi56"])
+
+
+# ---------------------------------------------------------------- sections
+DEFECT_TYPES = ("none", "twin", "multiple_twins", "stacking_fault", "mixed")
+
+
+class Defects(_Strict):
+    type: choice_of(DEFECT_TYPES) = Fixed(value="none")
+    # Number of planar defects for multiple_twins / stacking_fault / mixed (twin is always 1).
+    n_defects: ranged(0, 10, "n_defects") = Integers(integers=(2, 3))
+    stacking_fault_ratio: float = Field(default=0.5, ge=0, le=1)
+    min_separation_planes: int = Field(default=3, ge=1, le=20)
+
+
+class Orientation(_Strict):
+    mode: Literal["random", "zone_axis"] = "random"
+    zone_axis: tuple[int, int, int] = (1, 1, 0)
+    tilt_deg: ranged(0, 90, "tilt_deg") = Fixed(value=0.0)
+
+
+class Substrate(_Strict):
+    thickness_A: ranged(0, 500, "substrate thickness") = Uniform(uniform=(20, 40))
+    density_atoms_per_A3: float = Field(default=0.1103075, gt=0, le=0.2)
+    min_dist_A: float = Field(default=1.4, gt=0.5, le=3.0)
+    # Independent periodic carbon blocks per dataset; each structure takes one, shifted and flipped at random.
+    bank_size: int = Field(default=8, ge=1, le=1024)
+
+
+class StructureConfig(_Strict):
+    material: choice_of(("Au", "CdSe")) = Fixed(value="Au")
+    radius_A: ranged(2, 500, "particle radius") = Uniform(uniform=(10, 20))
+    defects: Defects = Defects()
+    orientation: Orientation = Orientation()
+    substrate: Substrate = Substrate()
+    edge_margin_A: float = Field(default=4.0, ge=0)
+    # RMS thermal displacement per frozen-phonon configuration (0: static lattice).
+    thermal_sigma_A: float = Field(default=0.0, ge=0, le=0.5)
+
+
+class SimulationConfig(_Strict):
+    backend: Literal["abtem", "prismatic"] = "abtem"
+    energy_keV: float = Field(default=300.0, ge=20, le=1500)
+    sampling_A: float = Field(default=0.125, gt=0.01, le=1.0)
+    slice_thickness_A: float = Field(default=2.0, gt=0.1, le=20)
+    parametrization: Literal["lobato", "kirkland"] = "lobato"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    n_frozen_phonons: int = Field(default=1, ge=1, le=64)
+
+
+class ImagingConfig(_Strict):
+    image_size_px: int = Field(default=256, ge=16, le=8192)
+    # Simulated field in detector pixels; when larger than image_size_px each condition stores a random
+    # image_size_px crop that still holds the whole particle (the seed study's 640 -> 512 crop).
+    field_size_px: int | None = Field(default=None, ge=16, le=8192)
+    pixel_size_A: float = Field(default=0.25, gt=0.01, le=10)
+    # Defocus is C10 (negative = underfocus; Scherzer is negative for positive Cs), chi = pi lam df k^2 + ...
+    defocus_nm: ranged(-5000, 5000, "defocus_nm") = Uniform(uniform=(-20, 20))
+    cs_mm: ranged(-10, 10, "cs_mm") = Fixed(value=-0.02)
+    astigmatism_nm: ranged(0, 1000, "astigmatism_nm") = Uniform(uniform=(0, 2))
+    astigmatism_angle_deg: ranged(-360, 360, "astigmatism_angle_deg") = Uniform(uniform=(0, 180))
+    focal_spread_nm: ranged(0, 100, "focal_spread_nm") = Fixed(value=1.5)
+    dose_e_per_A2: ranged(1e-3, 1e7, "dose_e_per_A2") = Uniform(uniform=(100, 1200))
+    # 1: quasi-coherent temporal envelope on the wave; N > 1: incoherent sum over an N-point defocus
+    # series spanning +-3 sigma (the seed study's 25-point recipe), exact for non-linear imaging.
+    focal_series_points: int = Field(default=1, ge=1, le=101)
+    objective_aperture_mrad: float | None = Field(default=None, gt=0)
+    # Further fixed polar aberrations (Krivanek notation), magnitudes in Angstrom, angles in degrees,
+    # e.g. {C23: 179.8, phi23: 0, C50: 1.048e7}. Merged under the sampled ones.
+    residual_aberrations_A: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def field_px(self) -> int:
+        return self.field_size_px or self.image_size_px
+
+    @model_validator(mode="after")
+    def _aberration_names(self):
+        if self.field_size_px is not None and self.field_size_px < self.image_size_px:
+            raise ValueError(f"field_size_px ({self.field_size_px}) must be >= image_size_px ({self.image_size_px})")
+        bad = [k for k in self.residual_aberrations_A if k not in POLAR_SYMBOLS]
+        if bad:
+            raise ValueError(f"unknown aberration symbol(s) {bad}; allowed: {sorted(POLAR_SYMBOLS)}")
+        return self
+
+
+class MaskConfig(_Strict):
+    phase_threshold_rad: float = Field(default=math.pi / 12, gt=0, lt=math.pi)
+    # Closing radius bridges the gaps between resolved atomic columns; keep it below the particle radius.
+    closing_radius_A: float = Field(default=1.5, ge=0, le=20)
+
+
+class Splits(_Strict):
+    train: float = Field(default=0.8, ge=0, le=1)
+    validation: float = Field(default=0.1, ge=0, le=1)
+    test: float = Field(default=0.1, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum(self):
+        if abs(self.train + self.validation + self.test - 1.0) > 1e-6:
+            raise ValueError("train + validation + test must sum to 1")
+        return self
+
+
+class GenerationConfig(_Strict):
+    name: str = Field(default="tem_au_np", pattern=r"^[A-Za-z0-9_\-]+$")
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    n_structures: int = Field(default=48, ge=1, le=10_000_000)
+    conditions_per_structure: int = Field(default=4, ge=1, le=1000)
+    records_per_shard: int = Field(default=64, ge=1, le=100_000)
+    splits: Splits = Splits()
+    structure: StructureConfig = StructureConfig()
+    simulation: SimulationConfig = SimulationConfig()
+    imaging: ImagingConfig = ImagingConfig()
+    mask: MaskConfig = MaskConfig()
+
+    @model_validator(mode="after")
+    def _geometry(self):
+        im, sim, st = self.imaging, self.simulation, self.structure
+        ratio = im.pixel_size_A / sim.sampling_A
+        if abs(ratio - round(ratio)) > 1e-6:
+            raise ValueError(
+                f"imaging.pixel_size_A ({im.pixel_size_A}) must be an integer multiple of simulation.sampling_A "
+                f"({sim.sampling_A}) so that detector pixels integrate whole simulation pixels; "
+                f"e.g. sampling_A: {im.pixel_size_A / max(1, math.ceil(ratio))}"
+            )
+        half = self.imaging.image_size_px * self.imaging.pixel_size_A / 2
+        rmax = st.radius_A.support()[1]
+        if rmax + st.edge_margin_A >= half:
+            raise ValueError(
+                f"structure.radius_A up to {rmax} Å plus edge_margin_A {st.edge_margin_A} Å does not fit in half the "
+                f"image ({half:.1f} Å = image_size_px × pixel_size_A / 2): lower the radius or enlarge the image"
+            )
+        from .materials import MATERIALS
+
+        materials = st.material.choice if isinstance(st.material, Choice) else (st.material.value,)
+        defects = st.defects.type.choice if isinstance(st.defects.type, Choice) else (st.defects.type.value,)
+        for m in materials:
+            unsupported = [d for d in defects if d not in MATERIALS[m].defect_types]
+            if unsupported:
+                raise ValueError(
+                    f"structure.defects.type {unsupported} is not available for material {m}; "
+                    f"{m} supports {list(MATERIALS[m].defect_types)}"
+                )
+        return self
+
+    @property
+    def field_of_view_A(self) -> float:
+        return self.imaging.field_px * self.imaging.pixel_size_A
+
+    @property
+    def sim_gpts(self) -> int:
+        return int(round(self.field_of_view_A / self.simulation.sampling_A))
+
+    @property
+    def bin_factor(self) -> int:
+        return int(round(self.imaging.pixel_size_A / self.simulation.sampling_A))
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- loading
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid generation config ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "Fixed", "Uniform",
+                                                                            "Choice", "Integers", "TruncNormal",
+                                                                            "Linspace", "tagged-union")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; units go in the name, e.g. defocus_nm)"
+        lines.append(f"  - {loc or '<top>'}: {msg}")
+    # Union alternatives repeat the same location; keep each message once.
+    seen, out = set(), []
+    for line in lines:
+        if line not in seen:
+            seen.add(line)
+            out.append(line)
+    return "\n".join(out)
+
+
+def from_dict(data: dict, source: str = "<dict>") -> GenerationConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid generation config ({source}): expected a mapping at the top level")
+    try:
+        return GenerationConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path) -> GenerationConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    return from_dict(data or {}, str(path))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str, **overrides: Any) -> GenerationConfig:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown preset {name!r}; available: {preset_names()}")
+    data = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(data, f"preset {name}")
+
+
+# ---------------------------------------------------------------- seeds
+STAGE_STRUCTURE, STAGE_PHONONS, STAGE_CONDITIONS, STAGE_NOISE, STAGE_SUBSTRATE, STAGE_SPLITS = range(6)
+
+
+def rng_for(root_seed: int, stage: int, *ids: int) -> np.random.Generator:
+    """Independent stream per (stage, ids): any record's randomness is rebuilt from the root seed alone."""
+    return np.random.default_rng(np.random.SeedSequence(root_seed, spawn_key=(stage, *ids)))
+
+
+def seed_for(root_seed: int, stage: int, *ids: int) -> int:
+    return int(np.random.SeedSequence(root_seed, spawn_key=(stage, *ids)).generate_state(1, np.uint32)[0])

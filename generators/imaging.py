@@ -1,0 +1,151 @@
+"""Imaging conditions applied to exit waves: aberrations, partial temporal coherence, detector pixels, dose.
+
+Convention (the same as abTEM's): the objective lens multiplies the wave spectrum by exp(-i chi), with
+    chi(alpha, phi) = 2 pi / lambda * sum_nm C_nm alpha^(n+1) / (n+1) * cos(m (phi - phi_nm)),
+alpha = lambda k. So chi = pi lambda C10 k^2 + pi/2 Cs lambda^3 k^4 + ...; `defocus_nm` is C10 in nm: negative is
+underfocus, and Scherzer defocus is -1.2 sqrt(Cs lambda) for positive Cs.
+
+Many conditions act on one exit wave: its FFT is taken once and every condition costs one inverse FFT (times
+the focal-series points), which keeps an extra condition far below the cost of a multislice run.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.fft
+
+from .config import POLAR_SYMBOLS, STAGE_CONDITIONS, STAGE_NOISE, GenerationConfig, ImagingConfig, rng_for  # noqa: F401
+
+
+@dataclass(frozen=True)
+class Condition:
+    condition_index: int
+    defocus_nm: float
+    cs_mm: float
+    astigmatism_nm: float
+    astigmatism_angle_deg: float
+    focal_spread_nm: float
+    dose_e_per_A2: float
+    crop_offset_px: tuple[int, int]  # (x, y) of the stored image's corner in the simulated field
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["crop_offset_px"] = list(self.crop_offset_px)
+        return d
+
+
+def sample_conditions(cfg: GenerationConfig, structure_index: int, center_px: tuple[float, float],
+                      radius_px: float) -> list[Condition]:
+    im = cfg.imaging
+    out = []
+    margin = radius_px + cfg.structure.edge_margin_A / im.pixel_size_A
+    for c in range(cfg.conditions_per_structure):
+        rng = rng_for(cfg.seed, STAGE_CONDITIONS, structure_index, c)
+        values = {name: float(getattr(im, name).sample(rng, c)) for name in
+                  ("defocus_nm", "cs_mm", "astigmatism_nm", "astigmatism_angle_deg", "focal_spread_nm",
+                   "dose_e_per_A2")}
+        offset = []
+        for centre in center_px:
+            hi_max = im.field_px - im.image_size_px
+            lo = int(np.ceil(centre + margin - im.image_size_px + 1))
+            hi = int(np.floor(centre - margin))
+            lo, hi = max(0, lo), min(hi_max, hi)
+            offset.append(int(rng.integers(lo, hi + 1)) if hi >= lo else int(np.clip(round(centre - im.image_size_px / 2), 0, hi_max)))
+        out.append(Condition(condition_index=c, crop_offset_px=(offset[0], offset[1]), **values))
+    return out
+
+
+def polar_chi(alpha: np.ndarray, phi: np.ndarray, wavelength_A: float, coeffs: dict[str, float]) -> np.ndarray:
+    """chi for Krivanek polar coefficients (C_nm in Å, phi_nm in radians)."""
+    chi = np.zeros_like(alpha)
+    for sym, c in coeffs.items():
+        if not sym.startswith("C") or c == 0:
+            continue
+        n, m = int(sym[1]), int(sym[2])
+        angle = coeffs.get(f"phi{n}{m}", 0.0)
+        chi += c * alpha ** (n + 1) / (n + 1) * (np.cos(m * (phi - angle)) if m else 1.0)
+    return (2 * np.pi / wavelength_A) * chi
+
+
+class ImageFormer:
+    """Precomputes the reciprocal-space grid and fixed aberrations once per (field, sampling, energy)."""
+
+    def __init__(self, im: ImagingConfig, gpts: int, sampling_A: float, wavelength_A: float, bin_factor: int):
+        self.im = im
+        self.gpts, self.sampling_A, self.wavelength = gpts, sampling_A, wavelength_A
+        self.bin = bin_factor
+        ky = scipy.fft.fftfreq(gpts, d=sampling_A).astype(np.float32)[:, None]
+        kx = scipy.fft.fftfreq(gpts, d=sampling_A).astype(np.float32)[None, :]
+        k2 = kx**2 + ky**2
+        alpha = wavelength_A * np.sqrt(k2)
+        phi = np.arctan2(ky, kx)
+        self.alpha2 = (alpha**2).astype(np.float32)
+        self.cos2phi = np.cos(2 * phi).astype(np.float32)
+        self.sin2phi = np.sin(2 * phi).astype(np.float32)
+        self.k2 = k2.astype(np.float32)
+        res = {k: (np.radians(v) if k.startswith("phi") else v) for k, v in im.residual_aberrations_A.items()}
+        self.chi_fixed = polar_chi(alpha, phi, wavelength_A, res).astype(np.float32)
+        aperture = np.ones_like(alpha, dtype=np.float32)
+        if im.objective_aperture_mrad:
+            aperture = (alpha <= im.objective_aperture_mrad * 1e-3).astype(np.float32)
+        self.aperture = aperture
+
+    def chi(self, c: Condition, extra_defocus_A: float = 0.0) -> np.ndarray:
+        two_pi_over_lambda = 2 * np.pi / self.wavelength
+        c10 = c.defocus_nm * 10 + extra_defocus_A
+        c12 = c.astigmatism_nm * 10
+        phi12 = np.radians(c.astigmatism_angle_deg)
+        c30 = c.cs_mm * 1e7
+        quad = (c10 + c12 * np.cos(2 * phi12) * self.cos2phi + c12 * np.sin(2 * phi12) * self.sin2phi) * self.alpha2 / 2
+        return self.chi_fixed + two_pi_over_lambda * (quad + c30 * self.alpha2**2 / 4)
+
+    def _focal_points(self, c: Condition):
+        sigma_A = c.focal_spread_nm * 10
+        n = self.im.focal_series_points
+        if n <= 1 or sigma_A == 0:
+            return np.zeros(1), np.ones(1)
+        d = np.linspace(-3 * sigma_A, 3 * sigma_A, n)
+        w = np.exp(-0.5 * (d / sigma_A) ** 2)
+        return d, w / w.sum()
+
+    def intensity(self, waves: np.ndarray, conditions: list[Condition]) -> np.ndarray:
+        """Noise-free intensity at detector pixels, (conditions, field, field), vacuum = 1."""
+        spectra = scipy.fft.fft2(waves.astype(np.complex64), workers=1)  # (configs, N, N), once per exit wave
+        out = np.empty((len(conditions), self.gpts // self.bin, self.gpts // self.bin), np.float32)
+        for i, c in enumerate(conditions):
+            defocus, weights = self._focal_points(c)
+            envelope = self.aperture
+            if self.im.focal_series_points <= 1 and c.focal_spread_nm > 0:
+                # Quasi-coherent temporal envelope exp(-(pi lambda Delta k^2)^2 / 2) on the wave.
+                envelope = envelope * np.exp(-0.5 * (np.pi * self.wavelength * c.focal_spread_nm * 10 * self.k2) ** 2)
+            total = np.zeros((self.gpts, self.gpts), np.float32)
+            for d, w in zip(defocus, weights):
+                transfer = (envelope * np.exp(-1j * self.chi(c, d))).astype(np.complex64)
+                psi = scipy.fft.ifft2(spectra * transfer, workers=1)
+                total += w * (psi.real**2 + psi.imag**2).mean(0)
+            out[i] = bin_mean(total, self.bin)
+        return out
+
+
+def bin_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """Average f x f blocks: a detector pixel integrates the simulation pixels it covers."""
+    if f == 1:
+        return a
+    h, w = a.shape[-2] // f, a.shape[-1] // f
+    return a[..., : h * f, : w * f].reshape(*a.shape[:-2], h, f, w, f).mean(axis=(-3, -1))
+
+
+def crop(a: np.ndarray, offset_xy: tuple[int, int], size: int) -> np.ndarray:
+    ox, oy = offset_xy
+    return a[..., oy: oy + size, ox: ox + size]
+
+
+def apply_dose(intensity: np.ndarray, dose_e_per_A2: float, pixel_size_A: float, rng: np.random.Generator) -> np.ndarray:
+    """Electron counts per pixel: Poisson(dose x pixel area x normalised intensity)."""
+    expected = np.clip(intensity, 0, None).astype(np.float64) * dose_e_per_A2 * pixel_size_A**2
+    return rng.poisson(expected).astype(np.float32)
+
+
+def noise_rng(cfg: GenerationConfig, structure_index: int, condition_index: int) -> np.random.Generator:
+    return rng_for(cfg.seed, STAGE_NOISE, structure_index, condition_index)

@@ -1,0 +1,109 @@
+"""Material registry: how to build a crystal of each material with czone, and which planar defects it takes.
+
+Adding a material = one `Material` entry: a czone generator factory and a defect builder per defect type.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Material:
+    name: str
+    make_generator: Callable[[], object]
+    # defect type -> builder(generator, volume, n_defects, cfg) -> (czone volume, realised defect counts)
+    defect_builders: dict[str, Callable] = field(default_factory=dict)
+    nearest_neighbour_A: float = 0.0
+    description: str = ""
+
+    @property
+    def defect_types(self) -> tuple[str, ...]:
+        return tuple(self.defect_builders)
+
+
+def _au_generator():
+    from czone.generator import Generator
+
+    return Generator.from_spacegroup(Z=[79], coords=np.array([[0.0, 0.0, 0.0]]), cellDims=4.07825 * np.ones(3),
+                                     cellAngs=[90, 90, 90], sgn=225)
+
+
+def _cdse_generator():
+    from czone.generator import Generator
+
+    # Wurtzite P6_3mc; u = 0.375 puts Se a quarter of c above Cd along [0001].
+    return Generator.from_spacegroup(Z=[48, 34], coords=np.array([[1 / 3, 2 / 3, 0.0], [1 / 3, 2 / 3, 0.375]]),
+                                     cellDims=[4.30, 4.30, 7.01], cellAngs=[90, 90, 120], sgn=186)
+
+
+def _no_defect(generator, volume, n, defects_cfg):
+    return volume, {"n_twins": 0, "n_stacking_faults": 0}
+
+
+def _fcc_prefab(kind: str):
+    """czone's fcc prefabs; `kind` fixes the mix, the realised mix is read back from czone."""
+
+    def build(generator, volume, n, defects_cfg):
+        from czone.prefab import fccMixedTwinSF, fccStackingFault, fccTwin
+
+        if kind == "twin":
+            prefab, n = fccTwin(generator=generator, volume=volume, N=1), 1
+        elif kind == "multiple_twins":
+            prefab = fccTwin(generator=generator, volume=volume, N=max(n, 2))
+        elif kind == "stacking_fault":
+            prefab = fccStackingFault(generator=generator, volume=volume, N=max(n, 1))
+        else:
+            prefab = fccMixedTwinSF(generator=generator, volume=volume, N=n, ratio=defects_cfg.stacking_fault_ratio)
+        prefab.min_sep = defects_cfg.min_separation_planes
+        obj, types = prefab.build_object(return_defect_types=True)
+        return obj, _count_fcc_defects(obj, prefab.N)
+
+    return build
+
+
+def _count_fcc_defects(multivolume, n: int) -> dict:
+    """czone keeps no list of its transforms; read them back from the grains' lattices instead: a twin is a
+    reflection (the basis flips handedness), a stacking fault a translation (same basis, shifted origin)."""
+    twins = faults = 0
+    vols = getattr(multivolume, "volumes", [])
+    for prev, vol in zip(vols[:-1], vols[1:]):
+        flipped = np.sign(np.linalg.det(prev.generator.voxel.bases)) != np.sign(np.linalg.det(vol.generator.voxel.bases))
+        twins += bool(flipped)
+        faults += not flipped
+    return {"n_twins": twins, "n_stacking_faults": faults}
+
+
+def _wurtzite_sf(generator, volume, n, defects_cfg):
+    from czone.prefab import wurtziteStackingFault
+
+    prefab = wurtziteStackingFault(generator=generator, volume=volume, N=max(n, 1),
+                                   min_sep=max(defects_cfg.min_separation_planes, 2))
+    obj = prefab.build_object()
+    return obj, {"n_twins": 0, "n_stacking_faults": prefab.N}
+
+
+MATERIALS: dict[str, Material] = {
+    "Au": Material(
+        name="Au",
+        make_generator=_au_generator,
+        defect_builders={
+            "none": _no_defect,
+            "twin": _fcc_prefab("twin"),
+            "multiple_twins": _fcc_prefab("multiple_twins"),
+            "stacking_fault": _fcc_prefab("stacking_fault"),
+            "mixed": _fcc_prefab("mixed"),
+        },
+        nearest_neighbour_A=4.07825 / np.sqrt(2),
+        description="fcc gold, a = 4.07825 Å (Fm-3m)",
+    ),
+    "CdSe": Material(
+        name="CdSe",
+        make_generator=_cdse_generator,
+        defect_builders={"none": _no_defect, "stacking_fault": _wurtzite_sf},
+        nearest_neighbour_A=2.63,
+        description="wurtzite CdSe, a = 4.30 Å, c = 7.01 Å (P6_3mc)",
+    ),
+}

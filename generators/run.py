@@ -1,0 +1,322 @@
+"""Generation run: one work unit per structure on Dask, resumable; then shards, card and manifest.
+
+Layout of an output folder while running: `_work/parts/{structure_id}.parquet` holds each finished structure's
+records (written atomically), so a killed run loses only the structures in flight and the same command resumes.
+Once every part exists the shards are assembled deterministically, the card and manifest written, and `_work`
+removed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .config import STAGE_SPLITS, ConfigError, GenerationConfig, from_dict, rng_for
+from .imaging import ImageFormer, apply_dose, crop, noise_rng, sample_conditions
+from .masks import particle_mask
+from .records import to_table
+from .simulate import make_simulator, wavelength_A
+from .structures import build_structure, structure_id
+from .writers import (SPLITS, iter_shards, parquet_shard_name, sha256_file, shard_count, versions, wds_shard_name,
+                      write_card, write_manifest, write_parquet, write_wds)
+
+
+# ---------------------------------------------------------------- splits
+def assign_splits(cfg: GenerationConfig) -> dict[int, str]:
+    """Structure index -> split, from a seeded permutation: a structure never lands in two splits."""
+    n = cfg.n_structures
+    order = rng_for(cfg.seed, STAGE_SPLITS).permutation(n)
+    n_val = int(round(cfg.splits.validation * n))
+    n_test = int(round(cfg.splits.test * n))
+    n_train = n - n_val - n_test
+    out = {}
+    for rank, idx in enumerate(order):
+        out[int(idx)] = "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
+    return out
+
+
+# ---------------------------------------------------------------- one structure
+_CONTEXT: dict = {}
+
+
+def _context(cfg: GenerationConfig):
+    """Per-process simulator and image former, built once per config."""
+    key = cfg.sha256()
+    if key not in _CONTEXT:
+        _CONTEXT.clear()
+        sim = make_simulator(cfg.simulation, cfg.sim_gpts, cfg.structure.thermal_sigma_A)
+        former = ImageFormer(cfg.imaging, cfg.sim_gpts, cfg.simulation.sampling_A,
+                             wavelength_A(cfg.simulation.energy_keV), cfg.bin_factor)
+        _CONTEXT[key] = (sim, former)
+    return _CONTEXT[key]
+
+
+def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None):
+    """Structure -> exit waves -> (images, masks, per-record metadata, structure). Pure function of (cfg, index)."""
+    from importlib.metadata import version
+
+    sim, former = _context(cfg)
+    im = cfg.imaging
+    p, f = im.pixel_size_A, cfg.bin_factor
+    s = build_structure(cfg, index, cache_dir)
+    waves = sim.exit_waves(s, cfg.seed)
+    # Pixel i integrates simulation samples i*f .. i*f+f-1, whose mean position is (i + (f-1)/(2f)) * p.
+    to_px = lambda x_A: x_A / p - (f - 1) / (2 * f)
+    center_field = (to_px(s.center_A[0]), to_px(s.center_A[1]))
+    radius_px = s.meta["particle_radius_A"] / p
+    conditions = sample_conditions(cfg, index, center_field, radius_px)
+    intensity = former.intensity(waves.full, conditions)
+    mask_field = particle_mask(waves.particle, f, cfg.mask.phase_threshold_rad, cfg.mask.closing_radius_A / p)
+
+    split = assign_splits(cfg)[index]
+    base = {
+        "structure_id": s.structure_id, "structure_index": index, "split": split,
+        "material": s.meta["material"], "particle_radius_A": s.meta["particle_radius_A"],
+        "orientation_euler_deg": s.meta["orientation_euler_deg"],
+        "beam_direction_crystal": s.meta["beam_direction_crystal"],
+        "defect_type": s.meta["defect_type"], "n_defects": s.meta["n_defects"], "n_twins": s.meta["n_twins"],
+        "n_stacking_faults": s.meta["n_stacking_faults"], "substrate_thickness_A": s.meta["substrate_thickness_A"],
+        "substrate_bank_index": s.meta["substrate_bank_index"], "n_atoms": s.meta["n_atoms"],
+        "n_particle_atoms": s.meta["n_particle_atoms"], "energy_keV": cfg.simulation.energy_keV,
+        "sim_sampling_A": cfg.simulation.sampling_A, "slice_thickness_A": cfg.simulation.slice_thickness_A,
+        "n_frozen_phonons": cfg.simulation.n_frozen_phonons, "pixel_size_A": p, "image_size_px": im.image_size_px,
+        "mask_phase_threshold_rad": cfg.mask.phase_threshold_rad, "mask_closing_radius_A": cfg.mask.closing_radius_A,
+        "seed": cfg.seed, "czone_seed": s.meta["czone_seed"], "simulator": sim.name,
+        "simulator_version": sim.version, "generator_version": __version__, "czone_version": version("czone"),
+        "config_sha256": cfg.sha256(),
+    }
+    images, masks, metas = [], [], []
+    for c, inten in zip(conditions, intensity):
+        img = apply_dose(crop(inten, c.crop_offset_px, im.image_size_px), c.dose_e_per_A2, p,
+                         noise_rng(cfg, index, c.condition_index))
+        m = crop(mask_field, c.crop_offset_px, im.image_size_px)
+        images.append(img)
+        masks.append(m)
+        metas.append({**base, **{k: v for k, v in c.as_dict().items() if k != "condition_index"},
+                      "record_id": f"{s.structure_id}-c{c.condition_index:03d}",
+                      "condition_index": c.condition_index,
+                      "particle_center_px": [center_field[0] - c.crop_offset_px[0], center_field[1] - c.crop_offset_px[1]],
+                      "mask_area_px": int(m.sum())})
+    return np.stack(images), np.stack(masks), metas, s
+
+
+def process_structure(cfg_json: str, index: int, out_dir: str) -> dict:
+    """Dask work unit: simulate one structure, write its structure file and its records part."""
+    cfg = from_dict(json.loads(cfg_json))
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    images, masks, metas, s = simulate_structure(cfg, index, out / "_work" / "substrates")
+    s.write_extxyz(out / "structures" / f"{s.structure_id}.extxyz")
+    write_parquet(to_table(images, masks, metas, cfg.imaging.image_size_px), _part_path(out, index))
+    return {"index": index, "records": len(metas), "seconds": time.perf_counter() - t0}
+
+
+def _part_path(out: Path, index: int) -> Path:
+    return out / "_work" / "parts" / f"{structure_id(index)}.parquet"
+
+
+# ---------------------------------------------------------------- the run
+class RunError(RuntimeError):
+    pass
+
+
+def _check_folder(cfg: GenerationConfig, out: Path) -> str:
+    """'done' if a finished dataset of this config is there, 'resume'/'new' otherwise; refuse a foreign folder."""
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        sha = json.loads(manifest.read_text()).get("config_sha256")
+        if sha == cfg.sha256():
+            return "done"
+        raise RunError(f"{out} already holds a dataset built from another config (sha256 {sha[:12]}…); "
+                       "use another --out or remove that folder")
+    marker = out / "_work" / "config.json"
+    if marker.exists():
+        sha = json.loads(marker.read_text())["config_sha256"]
+        if sha != cfg.sha256():
+            raise RunError(f"{out} holds an unfinished run of another config (sha256 {sha[:12]}…); "
+                           "re-run it with its own config, or remove the folder")
+        return "resume"
+    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise RunError(f"{out} exists and is not a temsynth output folder; choose an empty or new --out")
+    return "new"
+
+
+def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, scheduler: str | None = None,
+             progress: bool = True, log=print) -> dict:
+    out = Path(out_dir)
+    state = _check_folder(cfg, out)
+    if state == "done":
+        log(f"{out}: complete ({cfg.n_structures} structures); nothing to do")
+        return json.loads((out / "manifest.json").read_text())
+    (out / "_work" / "parts").mkdir(parents=True, exist_ok=True)
+    (out / "_work" / "config.json").write_text(json.dumps({"config_sha256": cfg.sha256(),
+                                                           "config": cfg.model_dump(mode="json")}))
+    for stale in out.rglob(".*.tmp"):
+        stale.unlink()
+    pending = [i for i in range(cfg.n_structures) if not _part_path(out, i).exists()]
+    done = cfg.n_structures - len(pending)
+    if state == "resume":
+        log(f"{out}: resuming, {done} of {cfg.n_structures} structures already done")
+    t0 = time.perf_counter()
+    timings = _run_units(cfg, out, pending, workers, scheduler, progress, done)
+    elapsed = time.perf_counter() - t0
+    manifest = finalize(cfg, out, timings, elapsed)
+    log(f"wrote {manifest['n_records']} records from {manifest['n_structures']} structures to {out} "
+        f"in {elapsed:.1f} s")
+    return manifest
+
+
+def _run_units(cfg, out, pending, workers, scheduler, progress, done) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    cfg_json = cfg.model_dump_json()
+    bar = tqdm(total=cfg.n_structures, initial=done, unit="structure", disable=not progress, file=sys.stderr,
+               desc="structures")
+    images = done * cfg.conditions_per_structure
+    results = []
+
+    def tick(r):
+        nonlocal images
+        results.append(r)
+        images += r["records"]
+        bar.update(1)
+        bar.set_postfix(images=images)
+
+    try:
+        if not pending:
+            return results
+        if workers == 0 and scheduler is None:
+            for i in pending:  # in-process: debugging, tests, profiling
+                tick(process_structure(cfg_json, i, str(out)))
+            return results
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+            client = Client(cluster)
+        try:
+            futures = [client.submit(process_structure, cfg_json, i, str(out.resolve()), pure=False,
+                                     key=f"structure-{cfg.sha256()[:8]}-{i}") for i in pending]
+            for fut in as_completed(futures):
+                tick(fut.result())
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        return results
+    finally:
+        bar.close()
+
+
+def finalize(cfg: GenerationConfig, out: Path, timings: list[dict] | None = None, elapsed: float | None = None) -> dict:
+    """Assemble shards from the parts (deterministic order), then card, then manifest, then drop `_work`."""
+    splits = assign_splits(cfg)
+    missing = [i for i in range(cfg.n_structures) if not _part_path(out, i).exists()]
+    if missing:
+        raise RunError(f"cannot finalize {out}: {len(missing)} structures have no records yet; re-run generate")
+    for old in list((out / "data").glob("*.parquet")) + list((out / "wds").glob("*.tar")):
+        old.unlink()  # a re-finalize after a kill rewrites every shard
+    shards, split_counts = [], {}
+    for split in SPLITS:
+        idx = sorted(i for i, s in splits.items() if s == split)
+        n_records = len(idx) * cfg.conditions_per_structure
+        split_counts[split] = n_records
+        n = shard_count(n_records, cfg.records_per_shard)
+        tables = (pq.read_table(_part_path(out, i)) for i in idx)
+        for k, shard in enumerate(iter_shards(tables, cfg.records_per_shard)):
+            pq_path, wds_path = out / parquet_shard_name(split, k, n), out / wds_shard_name(split, k)
+            write_parquet(shard, pq_path)
+            write_wds(shard, wds_path)
+            for path, fmt in ((pq_path, "parquet"), (wds_path, "webdataset")):
+                shards.append({"path": str(path.relative_to(out)), "format": fmt, "split": split,
+                               "records": len(shard), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    summary = _summary(out)
+    write_card(out, cfg, split_counts, summary=summary)
+    manifest = {
+        "name": cfg.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generator": "temsynth", "generator_version": __version__, "versions": versions(),
+        "config_sha256": cfg.sha256(), "config": cfg.model_dump(mode="json"),
+        "n_structures": cfg.n_structures, "n_records": sum(split_counts.values()), "splits": split_counts,
+        "summary": summary, "shards": shards,
+        "timing": {"seconds": elapsed, "structures_timed": len(timings or []),
+                   "mean_structure_seconds": float(np.mean([t["seconds"] for t in timings])) if timings else None},
+    }
+    write_manifest(out, manifest)
+    shutil.rmtree(out / "_work", ignore_errors=True)
+    return manifest
+
+
+def _summary(out: Path) -> dict:
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    t = pads.dataset(out / "data", format="parquet").to_table(
+        columns=["defect_type", "particle_radius_A", "defocus_nm", "dose_e_per_A2", "mask_area_px"])
+    counts = {d["values"]: d["counts"] for d in pc.value_counts(t["defect_type"]).to_pylist()}
+    rng = lambda c: [round(pc.min(t[c]).as_py(), 2), round(pc.max(t[c]).as_py(), 2)]
+    return {"defect_types": dict(sorted(counts.items())), "particle_radius_A": rng("particle_radius_A"),
+            "defocus_nm": rng("defocus_nm"), "dose_e_per_A2": rng("dose_e_per_A2"),
+            "mask_area_px": rng("mask_area_px")}
+
+
+# ---------------------------------------------------------------- provenance helpers
+def load_manifest(dataset_dir: str | Path) -> dict:
+    path = Path(dataset_dir) / "manifest.json"
+    if not path.exists():
+        raise RunError(f"{dataset_dir} has no manifest.json: not a finished temsynth dataset folder")
+    return json.loads(path.read_text())
+
+
+def config_of(dataset_dir: str | Path) -> GenerationConfig:
+    return from_dict(load_manifest(dataset_dir)["config"], f"{dataset_dir}/manifest.json")
+
+
+def parse_record_id(record_id: str) -> tuple[int, int]:
+    try:
+        s, c = record_id.split("-c")
+        return int(s.lstrip("s")), int(c)
+    except ValueError:
+        raise RunError(f"record id {record_id!r} is not of the form s000012-c003") from None
+
+
+def read_record(dataset_dir: str | Path, record_id: str) -> dict:
+    import pyarrow.dataset as pads
+
+    ds = pads.dataset(Path(dataset_dir) / "data", format="parquet")
+    t = ds.to_table(filter=pads.field("record_id") == record_id)
+    if len(t) != 1:
+        raise RunError(f"record {record_id!r} not found in {dataset_dir}")
+    row = t.to_pylist()[0]
+    size = row["image_size_px"]
+    row["image"] = np.asarray(row["image"], np.float32).reshape(size, size)
+    row["mask"] = np.asarray(row["mask"], np.uint8).reshape(size, size)
+    return row
+
+
+def regenerate_record(dataset_dir: str | Path, record_id: str) -> dict:
+    """Rebuild one record from the manifest's config and compare it with the stored one."""
+    cfg = config_of(dataset_dir)
+    s_idx, c_idx = parse_record_id(record_id)
+    stored = read_record(dataset_dir, record_id)
+    images, masks, metas, _ = simulate_structure(cfg, s_idx)
+    img, msk = images[c_idx], masks[c_idx]
+    return {
+        "record_id": record_id,
+        "image_identical": bool(np.array_equal(img, stored["image"])),
+        "mask_identical": bool(np.array_equal(msk, stored["mask"])),
+        "image_max_abs_diff": float(np.max(np.abs(img - stored["image"]))),
+        "mask_pixels_differing": int(np.sum(msk != stored["mask"])),
+        "image": img, "mask": msk,
+    }

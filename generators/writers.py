@@ -1,0 +1,152 @@
+"""Shards and card: Parquet + WebDataset shards per split, the dataset card, the manifest. Every file is written
+to a temporary name and renamed, so a kill never leaves a half-written file under its final name."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import GenerationConfig
+from .records import METADATA_COLUMNS, hf_features
+
+CARDS_DIR = Path(__file__).resolve().parents[1] / "cards"
+SPLITS = ("train", "validation", "test")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary sibling path; rename it onto `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_parquet(table: pa.Table, path: Path, row_group_size: int = 16) -> None:
+    # Small row groups let `filters=` skip data by column statistics without reading the images.
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parquet_shard_name(split: str, i: int, n: int) -> str:
+    return f"data/{split}-{i:05d}-of-{n:05d}.parquet"
+
+
+def wds_shard_name(split: str, i: int) -> str:
+    return f"wds/{split}-{i:06d}.tar"
+
+
+def _metadata_json(row: dict) -> dict:
+    return {c.name: row[c.name] for c in METADATA_COLUMNS}
+
+
+def write_wds(table: pa.Table, path: Path) -> None:
+    import webdataset as wds
+    from PIL import Image
+
+    size = len(table[0][0]) if len(table) else 0
+    images = table.column("image").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+    masks = table.column("mask").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+    images = images.reshape(len(table), size, size)
+    masks = masks.reshape(len(table), size, size)
+    meta = table.drop_columns(["image", "mask"]).to_pylist()
+    with atomic_path(path) as tmp:
+        with wds.TarWriter(str(tmp)) as sink:
+            for img, msk, m in zip(images, masks, meta):
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(img, dtype=np.float32))
+                png = io.BytesIO()
+                Image.fromarray(np.ascontiguousarray(msk, dtype=np.uint8), mode="L").save(png, format="PNG")
+                # Keys are record ids: no dots, as WebDataset splits the key at the first dot.
+                sink.write({"__key__": m["record_id"], "image.npy": buf.getvalue(), "mask.png": png.getvalue(),
+                            "json": json.dumps(_metadata_json(m)).encode()})
+
+
+def iter_shards(tables: Iterable[pa.Table], rows_per_shard: int) -> Iterator[pa.Table]:
+    """Re-chunk a stream of tables into shards of `rows_per_shard` rows (the last may be shorter)."""
+    buf: list[pa.Table] = []
+    n = 0
+    for t in tables:
+        buf.append(t)
+        n += len(t)
+        while n >= rows_per_shard:
+            whole = pa.concat_tables(buf)
+            yield whole.slice(0, rows_per_shard)
+            rest = whole.slice(rows_per_shard)
+            buf, n = ([rest] if len(rest) else []), len(rest)
+    if n:
+        yield pa.concat_tables(buf)
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("temsynth", "abtem", "czone", "ase", "numpy", "scipy", "pyarrow", "datasets", "webdataset", "dask"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def write_card(out_dir: Path, cfg: GenerationConfig, split_counts: dict, extra_configs: list[dict] | None = None,
+               summary: dict | None = None, template: str = "dataset_card.md") -> None:
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    present = [s for s in SPLITS if split_counts.get(s, 0) > 0]
+    configs = [{"config_name": "default", "default": True,
+                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in present]}]
+    configs += extra_configs or []
+    card_data = DatasetCardData(
+        license="cc-by-4.0", task_categories=["image-segmentation"],
+        tags=["electron-microscopy", "hrtem", "nanoparticles", "synthetic", "multislice"],
+        pretty_name=f"{cfg.name}: simulated HRTEM of nanoparticles", configs=configs)
+    infos = {"default": DatasetInfo(features=hf_features(cfg.imaging.image_size_px))}
+    for c in extra_configs or []:
+        infos[c["config_name"]] = DatasetInfo(features=hf_features(cfg.imaging.image_size_px))
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    card = DatasetCard.from_template(
+        card_data, template_path=str(CARDS_DIR / template), cfg=cfg, config_yaml=_config_yaml(cfg),
+        split_counts=split_counts, columns=METADATA_COLUMNS, summary=summary or {}, extra_configs=extra_configs or [])
+    with atomic_path(out_dir / "README.md") as tmp:
+        tmp.write_text(str(card))
+
+
+def _config_yaml(cfg: GenerationConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    with atomic_path(out_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False))
+
+
+def shard_count(n_records: int, rows_per_shard: int) -> int:
+    return max(1, math.ceil(n_records / rows_per_shard)) if n_records else 0
