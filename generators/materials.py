@@ -33,10 +33,17 @@ def _au_generator():
 
 def _cdse_generator():
     from czone.generator import Generator
+    from pymatgen.core import Lattice, Structure
 
+    # czone 2022.9.20 documents lattice vectors as rows but multiplies fractional coordinates as columns, which
+    # is only right for a symmetric lattice matrix. Rotating the hexagonal cell by -15° about c makes
+    # a1 = a(cos -15°, sin -15°) and a2 = a(cos 105°, sin 105°) a symmetric pair, so czone places atoms correctly.
+    a, c, t = 4.30, 7.01, np.radians(-15)
+    matrix = [[a * np.cos(t), a * np.sin(t), 0], [a * np.cos(t + 2 * np.pi / 3), a * np.sin(t + 2 * np.pi / 3), 0],
+              [0, 0, c]]
     # Wurtzite P6_3mc; u = 0.375 puts Se a quarter of c above Cd along [0001].
-    return Generator.from_spacegroup(Z=[48, 34], coords=np.array([[1 / 3, 2 / 3, 0.0], [1 / 3, 2 / 3, 0.375]]),
-                                     cellDims=[4.30, 4.30, 7.01], cellAngs=[90, 90, 120], sgn=186)
+    structure = Structure.from_spacegroup(186, Lattice(matrix), ["Cd", "Se"], [[1 / 3, 2 / 3, 0.0], [1 / 3, 2 / 3, 0.375]])
+    return Generator(structure=structure)
 
 
 def _no_defect(generator, volume, n, defects_cfg):

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny configs and one small dataset built once per session (in-process, no network)."""
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from generators.config import from_dict  # noqa: E402
+
+
+def tiny_dict(**over):
+    """128² px at 0.25 Å/px (32 Å field), small particles on thin carbon: about 1 s per structure."""
+    d = {
+        "name": "tiny", "seed": 11, "n_structures": 8, "conditions_per_structure": 2, "records_per_shard": 5,
+        "splits": {"train": 0.5, "validation": 0.25, "test": 0.25},
+        "structure": {"radius_A": {"uniform": [8, 11]},
+                      "defects": {"type": {"choice": ["none", "twin", "mixed"]}, "n_defects": {"integers": [2, 2]}},
+                      "substrate": {"thickness_A": {"uniform": [10, 16]}, "bank_size": 2}},
+        "imaging": {"image_size_px": 128, "pixel_size_A": 0.25, "dose_e_per_A2": {"uniform": [300, 800]}},
+    }
+    for k, v in over.items():
+        node = d
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    return from_dict(tiny_dict())
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, tiny_cfg):
+    from generators.run import generate
+
+    out = tmp_path_factory.mktemp("ds") / "tem_tiny"
+    generate(tiny_cfg, out, workers=0, progress=False, log=lambda *a: None)
+    return out

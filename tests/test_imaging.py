@@ -1,0 +1,126 @@
+"""Imaging physics: the CTF against abTEM's, Thon rings in carbon, Au lattice fringes, dose statistics."""
+import numpy as np
+import pytest
+
+from generators.config import from_dict
+from generators.imaging import Condition, ImageFormer, apply_dose, polar_chi
+from generators.simulate import make_simulator, wavelength_A
+from generators.structures import build_structure
+from tests.conftest import tiny_dict
+
+LAM300 = 0.01969
+
+
+def cond(**kw):
+    base = dict(condition_index=0, defocus_nm=0.0, cs_mm=0.0, astigmatism_nm=0.0, astigmatism_angle_deg=0.0,
+                focal_spread_nm=0.0, dose_e_per_A2=1000.0, crop_offset_px=(0, 0))
+    base.update(kw)
+    return Condition(**base)
+
+
+def test_wavelength():
+    assert wavelength_A(300) == pytest.approx(LAM300, rel=1e-3)
+    assert wavelength_A(200) == pytest.approx(0.02508, rel=1e-3)
+
+
+def test_chi_matches_abtem_ctf():
+    import abtem
+
+    rng = np.random.default_rng(0)
+    n, s = 96, 0.1
+    arr = (rng.normal(size=(n, n)) + 1j * rng.normal(size=(n, n))).astype(np.complex64)
+    coeffs = dict(C10=-123.0, C12=45.0, phi12=0.7, C30=-2e5, C23=1800.0, phi23=0.3, C50=1e7, C21=700.0)
+    with abtem.config.set({"diagnostics.progress_bar": False}):
+        ref = abtem.Waves(arr, energy=300e3, sampling=s).apply_ctf(abtem.CTF(energy=300e3, **coeffs)).compute().array
+    lam = wavelength_A(300)
+    kx, ky = np.fft.fftfreq(n, s)[:, None], np.fft.fftfreq(n, s)[None, :]  # abTEM arrays are [x, y]
+    chi = polar_chi(lam * np.hypot(kx, ky), np.arctan2(ky, kx), lam, coeffs)
+    ours = np.fft.ifft2(np.fft.fft2(arr) * np.exp(-1j * chi))
+    assert np.abs(ours - ref).max() < 1e-3 * np.abs(ref).max()
+
+
+def test_image_former_chi_is_the_polar_formula():
+    im = from_dict(tiny_dict()).imaging
+    lam = wavelength_A(300)
+    f = ImageFormer(im, 64, 0.125, lam, 2)
+    c = cond(defocus_nm=-7.0, cs_mm=0.003, astigmatism_nm=1.5, astigmatism_angle_deg=30.0)
+    ky, kx = np.fft.fftfreq(64, 0.125)[:, None], np.fft.fftfreq(64, 0.125)[None, :]
+    ref = polar_chi(lam * np.hypot(kx, ky), np.arctan2(ky, kx), lam,
+                    {"C10": -70.0, "C12": 15.0, "phi12": np.radians(30), "C30": 3e4})
+    assert np.allclose(f.chi(c), ref, atol=1e-3)
+
+
+def test_poisson_dose_statistics():
+    rng = np.random.default_rng(1)
+    flat = np.ones((256, 256), np.float32)
+    for dose, px in ((400.0, 0.25), (2000.0, 0.2)):
+        counts = apply_dose(flat, dose, px, rng)
+        lam = dose * px**2
+        assert counts.dtype == np.float32 and np.all(counts == np.round(counts))
+        assert counts.mean() == pytest.approx(lam, abs=4 * np.sqrt(lam / counts.size))
+        assert counts.var() / counts.mean() == pytest.approx(1.0, abs=0.03), "Poisson: variance = mean"
+
+
+def test_vacuum_wave_gives_unit_intensity_for_any_aberration():
+    im = from_dict(tiny_dict()).imaging
+    f = ImageFormer(im, 64, 0.125, wavelength_A(300), 2)
+    out = f.intensity(np.ones((1, 64, 64), np.complex64), [cond(defocus_nm=-30, cs_mm=1.0, focal_spread_nm=3)])
+    assert out.shape == (1, 32, 32) and np.allclose(out, 1.0, atol=1e-4)
+
+
+def radial_profile(img, sampling_A):
+    n = img.shape[0]
+    p = np.abs(np.fft.fftshift(np.fft.fft2(img - img.mean()))) ** 2
+    k = np.hypot(*np.meshgrid(np.fft.fftshift(np.fft.fftfreq(n, sampling_A)),
+                              np.fft.fftshift(np.fft.fftfreq(n, sampling_A)), indexing="ij"))
+    dk = 1 / (n * sampling_A)
+    bins = np.round(k / dk).astype(int)
+    prof = np.bincount(bins.ravel(), p.ravel()) / np.maximum(np.bincount(bins.ravel()), 1)
+    return np.arange(len(prof)) * dk, prof
+
+
+def _simulate(cfg, index=0):
+    sim = make_simulator(cfg.simulation, cfg.sim_gpts, 0.0)
+    return sim.exit_waves(build_structure(cfg, index), cfg.seed)
+
+
+def test_first_ctf_zero_in_carbon_where_defocus_and_cs_put_it():
+    # Carbon only (particle radius tiny, placed anyway; the carbon dominates the spectrum), 64 Å field.
+    cfg = from_dict(tiny_dict(**{"imaging.image_size_px": 256, "structure.radius_A": 3.0,
+                                  "structure.substrate.thickness_A": 30.0, "structure.substrate.bank_size": 1}))
+    waves = _simulate(cfg)
+    lam = wavelength_A(300)
+    f = ImageFormer(cfg.imaging, cfg.sim_gpts, cfg.simulation.sampling_A, lam, cfg.bin_factor)
+    df_A, cs_A = -800.0, 0.5e7
+    img = f.intensity(waves.full, [cond(defocus_nm=df_A / 10, cs_mm=cs_A / 1e7)])[0]
+    k, prof = radial_profile(img, cfg.imaging.pixel_size_A)
+    kk = np.linspace(0.01, 1.0, 100000)
+    chi = np.pi * lam * df_A * kk**2 + 0.5 * np.pi * cs_A * lam**3 * kk**4
+    k_zero = kk[np.argmax(np.abs(chi) >= np.pi)]  # first zero of sin(chi) past the origin
+    sel = (k > 0.6 * k_zero) & (k < 1.4 * k_zero)
+    smooth = np.convolve(prof, np.ones(3) / 3, mode="same")
+    k_min = k[sel][np.argmin(smooth[sel])]
+    assert k_min == pytest.approx(k_zero, rel=0.08)
+    # and the ring moves when the defocus does: at twice the defocus the zero sits ~1/sqrt(2) as far out
+    img2 = f.intensity(waves.full, [cond(defocus_nm=2 * df_A / 10, cs_mm=0.0)])[0]
+    k2, prof2 = radial_profile(img2, cfg.imaging.pixel_size_A)
+    k_zero2 = 1 / np.sqrt(lam * 2 * abs(df_A))
+    sel2 = (k2 > 0.6 * k_zero2) & (k2 < 1.4 * k_zero2)
+    assert k2[sel2][np.argmin(np.convolve(prof2, np.ones(3) / 3, mode="same")[sel2])] == pytest.approx(k_zero2, rel=0.08)
+
+
+def test_au_lattice_fringes_at_their_d_spacings_on_zone_axis():
+    cfg = from_dict(tiny_dict(**{"imaging.image_size_px": 256, "structure.radius_A": 20.0,
+                                  "structure.defects.type": "none",
+                                  "structure.orientation": {"mode": "zone_axis", "zone_axis": [1, 1, 0]},
+                                  "structure.substrate.thickness_A": 0.0}))
+    waves = _simulate(cfg)
+    f = ImageFormer(cfg.imaging, cfg.sim_gpts, cfg.simulation.sampling_A, wavelength_A(300), cfg.bin_factor)
+    img = f.intensity(waves.full, [cond(defocus_nm=-4.0, cs_mm=-0.015)])[0]
+    k, prof = radial_profile(img, cfg.imaging.pixel_size_A)
+    peak = lambda d: prof[np.argmin(np.abs(k - 1 / d))]
+    background = np.median(prof[(k > 0.6) & (k < 0.62)]), np.median(prof[(k > 0.3) & (k < 0.36)])
+    for d in (2.355, 2.039):  # d(111), d(200): the reflections of a [110] zone
+        assert peak(d) > 10 * max(background), f"no fringe at d = {d} Å"
+    # and not at a spacing the fcc lattice does not have (between d111 and d200)
+    assert peak(2.355) > 5 * peak(2.2) and peak(2.039) > 5 * peak(2.2)
