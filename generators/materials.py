@@ -4,6 +4,8 @@ Adding a material = one `Material` entry: a czone generator factory and a defect
 """
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +24,15 @@ class Material:
     @property
     def defect_types(self) -> tuple[str, ...]:
         return tuple(self.defect_builders)
+
+    def generator(self):
+        """A fresh czone generator; the space-group expansion (about 1 s in pymatgen) is done once per process."""
+        return copy.deepcopy(_template(self.name))
+
+
+@functools.lru_cache(maxsize=None)
+def _template(name: str):
+    return MATERIALS[name].make_generator()
 
 
 def _au_generator():

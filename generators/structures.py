@@ -94,7 +94,7 @@ def build_particle(material: str, radius_A: float, defect_type: str, n_defects: 
 
     mat = MATERIALS[material]
     with _seeded_czone(seed):
-        gen = mat.make_generator()
+        gen = mat.generator()
         vol = Volume(alg_objects=[Sphere(radius=radius_A, center=np.zeros(3))], generator=gen)
         n = n_defects
         while True:
@@ -125,7 +125,7 @@ def _orientation(cfg: GenerationConfig, rng: np.random.Generator, material: str)
     o = cfg.structure.orientation
     if o.mode == "random":
         return Rotation.random(random_state=rng)
-    gen = MATERIALS[material].make_generator()
+    gen = MATERIALS[material].generator()
     axis = np.asarray(o.zone_axis, float) @ np.asarray(gen.lattice.matrix)
     axis /= np.linalg.norm(axis)
     onto_beam, _ = Rotation.align_vectors([[0, 0, 1]], [axis])

@@ -1,0 +1,74 @@
+"""Per-structure cost of the exit waves against an FFT-bound baseline, and the cost of one extra imaging condition.
+
+Both ratios are measured in one run on this machine (shared machines are noisy: compare ratios, not seconds):
+- multislice ratio = time(particle + substrate exit waves, potentials included) / time(2 FFTs per slice, same
+  grid, same number of slices, pyFFTW like abTEM);
+- condition ratio = time(one more imaging condition) / time(the exit waves).
+
+    python benchmarks/bench_simulation.py [--preset demo] [--structures 3]
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def fft_bound(gpts: int, n_slices: int, repeat: int = 3) -> float:
+    import pyfftw
+
+    a = pyfftw.empty_aligned((gpts, gpts), dtype="complex64")
+    a[:] = np.exp(1j * np.random.default_rng(0).random((gpts, gpts))).astype(np.complex64)
+    fwd = pyfftw.builders.fft2(a, threads=1, planner_effort="FFTW_MEASURE")
+    inv = pyfftw.builders.ifft2(a, threads=1, planner_effort="FFTW_MEASURE")
+    best = np.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(n_slices):
+            inv(fwd(a))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main():
+    from generators.config import load_preset
+    from generators.imaging import sample_conditions
+    from generators.run import _context
+    from generators.structures import build_structure
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="demo")
+    ap.add_argument("--structures", type=int, default=3)
+    args = ap.parse_args()
+    cfg = load_preset(args.preset)
+    sim, former = _context(cfg)
+    s0 = build_structure(cfg, 0)
+    sim.exit_waves(s0, cfg.seed)  # warm-up: numba JIT, FFTW plans, substrate bank
+    rows = []
+    for i in range(1, args.structures + 1):
+        s = build_structure(cfg, i)
+        t = time.perf_counter()
+        waves = sim.exit_waves(s, cfg.seed)
+        t_ms = time.perf_counter() - t
+        n_slices = int(round((s.particle_height_A + s.substrate_height_A) / cfg.simulation.slice_thickness_A))
+        t_fft = fft_bound(cfg.sim_gpts, n_slices * cfg.simulation.n_frozen_phonons)
+        conds = sample_conditions(cfg, i, (cfg.imaging.field_px / 2,) * 2, 1.0)
+        former.intensity(waves.full, conds[:1])
+        reps = []
+        for k in (1, 4):
+            t = time.perf_counter()
+            former.intensity(waves.full, (conds * 4)[:k])
+            reps.append(time.perf_counter() - t)
+        per_condition = (reps[1] - reps[0]) / 3
+        rows.append({"structure": s.structure_id, "atoms": s.n_atoms, "slices": n_slices,
+                     "multislice_s": t_ms, "fft_bound_s": t_fft, "multislice_over_fft": t_ms / t_fft,
+                     "condition_s": per_condition, "condition_over_multislice": per_condition / t_ms})
+    for r in rows:
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+    print(f"grid {cfg.sim_gpts}²: multislice / FFT bound = {np.median([r['multislice_over_fft'] for r in rows]):.1f}x, "
+          f"extra imaging condition = {100 * np.median([r['condition_over_multislice'] for r in rows]):.1f} % of the "
+          f"exit-wave time (median of {len(rows)})")
+
+
+if __name__ == "__main__":
+    main()
