@@ -35,6 +35,39 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_query(args) -> int:
+    from .subsets import query_summary, save_named_subset, write_subset
+
+    summary = query_summary(args.dataset, args.expr)
+    print(json.dumps(summary, indent=2))
+    if args.save_as:
+        save_named_subset(args.dataset, args.save_as, args.expr)
+        print(f'saved as config {args.save_as!r}: load_dataset("{args.dataset}", "{args.save_as}")')
+    if args.out:
+        m = write_subset(args.dataset, args.expr, args.out)
+        print(f"wrote {m['n_records']} records to {args.out} (parent fingerprint {m['parent']['fingerprint'][:12]}…)")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from .subsets import trace
+
+    print(json.dumps(trace(args.dataset, args.record_id), indent=2, default=str))
+    return 0
+
+
+def cmd_regenerate(args) -> int:
+    from .run import regenerate_record
+
+    r = regenerate_record(args.dataset, args.record_id)
+    same = r["image_identical"] and r["mask_identical"]
+    print(json.dumps({k: v for k, v in r.items() if k not in ("image", "mask")}, indent=2))
+    print("identical: image and mask match the stored record bit for bit" if same else
+          f"DIFFERENT: largest image difference {r['image_max_abs_diff']} counts, "
+          f"{r['mask_pixels_differing']} mask pixels")
+    return 0 if same else 1
+
+
 def cmd_presets(args) -> int:
     from .config import preset_names
 
@@ -59,18 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--verify", action="store_true", help="check every shard's SHA-256 against the manifest")
     i.set_defaults(func=cmd_info)
     sub.add_parser("presets", help="list built-in configs").set_defaults(func=cmd_presets)
+    q = sub.add_parser("query", help="count and describe the records a metadata query selects")
+    q.add_argument("dataset")
+    q.add_argument("expr", help="e.g. \"defect_type in ('twin', 'mixed') and -20 <= defocus_nm <= 20\"")
+    q.add_argument("--out", help="write the subset as its own dataset folder")
+    q.add_argument("--save-as", help="store the query as a named config of the dataset card")
+    q.set_defaults(func=cmd_query)
+    t = sub.add_parser("trace", help="full provenance of one record")
+    t.add_argument("dataset")
+    t.add_argument("record_id")
+    t.set_defaults(func=cmd_trace)
+    r = sub.add_parser("regenerate", help="rebuild one record and compare it with the stored one")
+    r.add_argument("dataset")
+    r.add_argument("record_id")
+    r.set_defaults(func=cmd_regenerate)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
+    from .query import QueryError
     from .run import RunError
     from .simulate import SimulatorUnavailable
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RunError, SimulatorUnavailable) as err:
+    except (ConfigError, RunError, SimulatorUnavailable, QueryError) as err:
         print(f"temsynth {args.verb}: {err}", file=sys.stderr)
         return 2
 

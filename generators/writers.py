@@ -114,7 +114,8 @@ def versions() -> dict:
 
 
 def write_card(out_dir: Path, cfg: GenerationConfig, split_counts: dict, extra_configs: list[dict] | None = None,
-               summary: dict | None = None, template: str = "dataset_card.md") -> None:
+               summary: dict | None = None, template: str = "dataset_card.md", subset_queries: dict | None = None,
+               parent: dict | None = None) -> None:
     from datasets.info import DatasetInfo, DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -132,7 +133,8 @@ def write_card(out_dir: Path, cfg: GenerationConfig, split_counts: dict, extra_c
     DatasetInfosDict(infos).to_dataset_card_data(card_data)
     card = DatasetCard.from_template(
         card_data, template_path=str(CARDS_DIR / template), cfg=cfg, config_yaml=_config_yaml(cfg),
-        split_counts=split_counts, columns=METADATA_COLUMNS, summary=summary or {}, extra_configs=extra_configs or [])
+        split_counts=split_counts, columns=METADATA_COLUMNS, summary=summary or {},
+        subset_queries=subset_queries or {}, parent=parent)
     with atomic_path(out_dir / "README.md") as tmp:
         tmp.write_text(str(card))
 

@@ -1,0 +1,154 @@
+"""Named subsets, subset folders and provenance traces of a dataset folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from .query import Query, QueryError
+from .records import arrow_schema
+from .run import config_of, load_manifest, parse_record_id, read_record
+from .writers import (SPLITS, iter_shards, parquet_shard_name, sha256_file, shard_count, versions, wds_shard_name,
+                      write_card, write_manifest, write_parquet, write_wds)
+
+KEY_COLUMNS = ("split", "defect_type", "material", "particle_radius_A", "defocus_nm", "dose_e_per_A2")
+
+
+def fingerprint(dataset_dir: str | Path) -> str:
+    """Content fingerprint: sha256 over the manifest's shard checksums."""
+    shards = sorted((s["path"], s["sha256"]) for s in load_manifest(dataset_dir)["shards"])
+    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+
+
+def metadata(dataset_dir: str | Path, columns=None, expression=None) -> pa.Table:
+    ds = pads.dataset(Path(dataset_dir) / "data", format="parquet")
+    cols = columns or [n for n in ds.schema.names if n not in ("image", "mask")]
+    return ds.to_table(columns=cols, filter=expression)
+
+
+def query_summary(dataset_dir: str | Path, text: str) -> dict:
+    q = Query(text, arrow_schema(0))
+    t = metadata(dataset_dir, expression=q.expression)
+    out = {"query": text, "records": len(t), "structures": len(pc.unique(t["structure_id"])) if len(t) else 0}
+    for c in KEY_COLUMNS:
+        col = t[c]
+        if pa.types.is_string(col.type):
+            out[c] = {d["values"]: d["counts"] for d in pc.value_counts(col).to_pylist()}
+        elif len(t):
+            qs = pc.quantile(col, q=[0, 0.5, 1]).to_pylist()
+            out[c] = {"min": round(qs[0], 3), "median": round(qs[1], 3), "max": round(qs[2], 3)}
+    return out
+
+
+def save_named_subset(dataset_dir: str | Path, name: str, text: str) -> dict:
+    """Record a query as a named config of the dataset card: load_dataset(dir, name) returns the subset."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or name == "default":
+        raise QueryError(f"subset name {name!r}: use letters, digits, '_' or '-', and not 'default'")
+    q = Query(text, arrow_schema(0))
+    if q.dnf is None:
+        raise QueryError("a named subset is stored as Parquet filters, which cannot index list columns "
+                         "(e.g. particle_center_px[0]) nor negate an ordering exactly for NaN (write `x >= 5` "
+                         "rather than `not x < 5`); or write the subset out with --out instead")
+    out = Path(dataset_dir)
+    manifest = load_manifest(out)
+    subsets = {s["config_name"]: s for s in manifest.get("subsets", [])}
+    # datasets refuses a split with no rows, so a named config lists only the splits the query reaches.
+    hits = metadata(out, columns=["split"], expression=q.expression)["split"].to_pylist()
+    present = [s for s in SPLITS if s in hits]
+    if not present:
+        raise QueryError(f"query selects no records: {text}")
+    subsets[name] = {"config_name": name, "query": text, "filters": q.dnf,
+                     "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in present]}
+    manifest["subsets"] = list(subsets.values())
+    _rewrite_card(out, manifest)
+    write_manifest(out, manifest)
+    return subsets[name]
+
+
+def _rewrite_card(out: Path, manifest: dict, template: str = "dataset_card.md") -> None:
+    cfg = config_of(out)
+    # The card's YAML passes every config key to the Parquet builder; the query text lives in the table below.
+    extra = [{k: v for k, v in s.items()} for s in manifest.get("subsets", [])]
+    configs = [{k: v for k, v in s.items() if k != "query"} for s in extra]
+    write_card(out, cfg, manifest["splits"], extra_configs=configs, summary=manifest.get("summary"),
+               template=template, subset_queries={s["config_name"]: s["query"] for s in extra},
+               parent=manifest.get("parent"))
+
+
+def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dict:
+    """A new dataset folder (Parquet + WebDataset + card + manifest) holding the records the query selects."""
+    src, out = Path(dataset_dir), Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise QueryError(f"{out} exists and is not empty; choose a new --out")
+    q = Query(text, arrow_schema(0))
+    parent = load_manifest(src)
+    cfg = config_of(src)
+    ds = pads.dataset(src / "data", format="parquet")
+    shards, counts = [], {}
+    for split in SPLITS:
+        table = ds.to_table(filter=q.expression & (pads.field("split") == split))
+        table = table.sort_by("record_id")
+        counts[split] = len(table)
+        n = shard_count(len(table), cfg.records_per_shard)
+        for k, shard in enumerate(iter_shards([table], cfg.records_per_shard) if len(table) else []):
+            for path, writer, fmt in ((out / parquet_shard_name(split, k, n), write_parquet, "parquet"),
+                                      (out / wds_shard_name(split, k), write_wds, "webdataset")):
+                writer(shard, path)
+                shards.append({"path": str(path.relative_to(out)), "format": fmt, "split": split,
+                               "records": len(shard), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        for sid in pc.unique(table["structure_id"]).to_pylist() if len(table) else []:
+            f = src / "structures" / f"{sid}.extxyz"
+            if f.exists():
+                (out / "structures").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, out / "structures" / f.name)
+    if not any(counts.values()):
+        raise QueryError(f"query selects no records: {text}")
+    manifest = {
+        "name": f"{parent['name']}-subset", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generator": "temsynth", "generator_version": parent["generator_version"], "versions": versions(),
+        "config_sha256": parent["config_sha256"], "config": parent["config"],
+        "n_structures": sum(1 for _ in (out / "structures").glob("*.extxyz")) if (out / "structures").exists() else 0,
+        "n_records": sum(counts.values()), "splits": counts, "summary": {},
+        "parent": {"path": str(src.resolve()), "fingerprint": fingerprint(src), "query": text},
+        "shards": shards,
+    }
+    write_manifest(out, manifest)
+    _rewrite_card(out, manifest)
+    return manifest
+
+
+def trace(dataset_dir: str | Path, record_id: str) -> dict:
+    """Everything that made one record: the config of every stage, the seeds, the structure file, versions."""
+    from .config import STAGE_CONDITIONS, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
+
+    manifest = load_manifest(dataset_dir)
+    row = read_record(dataset_dir, record_id)
+    s_idx, c_idx = parse_record_id(record_id)
+    root = manifest["config"]["seed"]
+    meta = {k: v for k, v in row.items() if k not in ("image", "mask")}
+    structure_file = Path(dataset_dir) / "structures" / f"{row['structure_id']}.extxyz"
+    return {
+        "record_id": record_id,
+        "dataset": str(Path(dataset_dir).resolve()),
+        "record": meta,
+        "seeds": {"root": root,
+                  "structure": seed_for(root, STAGE_STRUCTURE, s_idx),
+                  "czone": row["czone_seed"],
+                  "frozen_phonons": seed_for(root, STAGE_PHONONS, s_idx),
+                  "imaging_condition": seed_for(root, STAGE_CONDITIONS, s_idx, c_idx),
+                  "noise": seed_for(root, STAGE_NOISE, s_idx, c_idx),
+                  "derivation": "numpy SeedSequence(root, spawn_key=(stage, structure_index[, condition_index]))"},
+        "structure_file": str(structure_file) if structure_file.exists() else None,
+        "stages": {k: manifest["config"][k] for k in ("structure", "simulation", "imaging", "mask")},
+        "config_sha256": manifest["config_sha256"],
+        "versions": manifest["versions"],
+        "parent": manifest.get("parent"),
+    }
