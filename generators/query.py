@@ -303,7 +303,7 @@ def select(ds, text: str):
     fmt = ds.format
     out = ds.with_format("arrow").filter(
         lambda *cols: q.mask(pa.table(dict(zip(q.columns, cols)))), input_columns=q.columns, batched=True,
-        batch_size=10_000, keep_in_memory=True)
+        batch_size=100_000, keep_in_memory=True)
     return out.with_format(fmt["type"], columns=fmt["columns"], output_all_columns=fmt["output_all_columns"],
                            **fmt["format_kwargs"])
 
