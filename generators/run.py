@@ -25,8 +25,7 @@ from .masks import particle_mask
 from .records import to_table
 from .simulate import make_simulator, wavelength_A
 from .structures import build_structure, structure_id
-from .writers import (SPLITS, iter_shards, parquet_shard_name, sha256_file, shard_count, versions, wds_shard_name,
-                      write_card, write_manifest, write_parquet, write_wds)
+from .writers import SPLITS, versions, write_card, write_manifest, write_parquet, write_split
 
 
 # ---------------------------------------------------------------- splits
@@ -233,15 +232,8 @@ def finalize(cfg: GenerationConfig, out: Path, timings: list[dict] | None = None
         idx = sorted(i for i, s in splits.items() if s == split)
         n_records = len(idx) * cfg.conditions_per_structure
         split_counts[split] = n_records
-        n = shard_count(n_records, cfg.records_per_shard)
         tables = (pq.read_table(_part_path(out, i)) for i in idx)
-        for k, shard in enumerate(iter_shards(tables, cfg.records_per_shard)):
-            pq_path, wds_path = out / parquet_shard_name(split, k, n), out / wds_shard_name(split, k)
-            write_parquet(shard, pq_path)
-            write_wds(shard, wds_path)
-            for path, fmt in ((pq_path, "parquet"), (wds_path, "webdataset")):
-                shards.append({"path": str(path.relative_to(out)), "format": fmt, "split": split,
-                               "records": len(shard), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        shards += write_split(out, split, tables, n_records, cfg.records_per_shard)
     summary = _summary(out)
     write_card(out, cfg, split_counts, summary=summary)
     manifest = {

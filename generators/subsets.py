@@ -14,8 +14,7 @@ import pyarrow.dataset as pads
 from .query import Query, QueryError
 from .records import arrow_schema
 from .run import config_of, load_manifest, parse_record_id, read_record
-from .writers import (SPLITS, iter_shards, parquet_shard_name, sha256_file, shard_count, versions, wds_shard_name,
-                      write_card, write_manifest, write_parquet, write_wds)
+from .writers import SPLITS, versions, write_card, write_manifest, write_split
 
 KEY_COLUMNS = ("split", "defect_type", "material", "particle_radius_A", "defocus_nm", "dose_e_per_A2")
 
@@ -97,13 +96,7 @@ def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dic
         table = ds.to_table(filter=q.expression & (pads.field("split") == split))
         table = table.sort_by("record_id")
         counts[split] = len(table)
-        n = shard_count(len(table), cfg.records_per_shard)
-        for k, shard in enumerate(iter_shards([table], cfg.records_per_shard) if len(table) else []):
-            for path, writer, fmt in ((out / parquet_shard_name(split, k, n), write_parquet, "parquet"),
-                                      (out / wds_shard_name(split, k), write_wds, "webdataset")):
-                writer(shard, path)
-                shards.append({"path": str(path.relative_to(out)), "format": fmt, "split": split,
-                               "records": len(shard), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        shards += write_split(out, split, [table], len(table), cfg.records_per_shard)
         for sid in pc.unique(table["structure_id"]).to_pylist() if len(table) else []:
             f = src / "structures" / f"{sid}.extxyz"
             if f.exists():

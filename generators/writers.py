@@ -101,6 +101,19 @@ def iter_shards(tables: Iterable[pa.Table], rows_per_shard: int) -> Iterator[pa.
         yield pa.concat_tables(buf)
 
 
+def write_split(out: Path, split: str, tables: Iterable[pa.Table], n_records: int, rows_per_shard: int) -> list[dict]:
+    """Parquet and WebDataset shards of one split; returns their manifest entries (with SHA-256)."""
+    n = shard_count(n_records, rows_per_shard)
+    entries = []
+    for k, shard in enumerate(iter_shards(tables, rows_per_shard)):
+        for path, writer, fmt in ((out / parquet_shard_name(split, k, n), write_parquet, "parquet"),
+                                  (out / wds_shard_name(split, k), write_wds, "webdataset")):
+            writer(shard, path)
+            entries.append({"path": str(path.relative_to(out)), "format": fmt, "split": split, "records": len(shard),
+                            "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+    return entries
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
