@@ -102,6 +102,3 @@ def to_table(images: np.ndarray, masks: np.ndarray, metadata: list[dict], image_
         cols[c.name] = pa.array([m[c.name] for m in metadata], type=c.arrow)
     return pa.table(cols, schema=schema)
 
-
-def image_from_row(value) -> np.ndarray:
-    return np.asarray(value, dtype=np.float32)
