@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--structures", type=int, default=3)
     args = ap.parse_args()
     cfg = load_preset(args.preset)
-    sim, former = _context(cfg)
+    sim, former, _ = _context(cfg)
     s0 = build_structure(cfg, 0)
     sim.exit_waves(s0, cfg.seed)  # warm-up: numba JIT, FFTW plans, substrate bank
     rows = []

@@ -69,9 +69,8 @@ METADATA_NAMES = tuple(c.name for c in METADATA_COLUMNS)
 ARRAY_COLUMNS = ("image", "mask")
 
 
-def arrow_schema(image_size_px: int) -> pa.Schema:
+def arrow_schema() -> pa.Schema:
     """Parquet schema: images as nested lists (datasets casts them to Array2D from the card's features)."""
-    del image_size_px  # shape lives in the card's features; Parquet stores plain nested lists
     return pa.schema([pa.field("image", pa.list_(pa.list_(pa.float32()))),
                       pa.field("mask", pa.list_(pa.list_(pa.uint8())))]
                      + [pa.field(c.name, c.arrow) for c in METADATA_COLUMNS])
@@ -96,7 +95,7 @@ def nested_list_array(stack: np.ndarray) -> pa.Array:
 
 
 def to_table(images: np.ndarray, masks: np.ndarray, metadata: list[dict], image_size_px: int) -> pa.Table:
-    schema = arrow_schema(image_size_px)
+    schema = arrow_schema()
     cols = {"image": nested_list_array(images.astype(np.float32)), "mask": nested_list_array(masks.astype(np.uint8))}
     for c in METADATA_COLUMNS:
         cols[c.name] = pa.array([m[c.name] for m in metadata], type=c.arrow)

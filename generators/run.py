@@ -54,7 +54,7 @@ def _context(cfg: GenerationConfig):
         sim = make_simulator(cfg.simulation, cfg.sim_gpts, cfg.structure.thermal_sigma_A)
         former = ImageFormer(cfg.imaging, cfg.sim_gpts, cfg.simulation.sampling_A,
                              wavelength_A(cfg.simulation.energy_keV), cfg.bin_factor)
-        _CONTEXT[key] = (sim, former)
+        _CONTEXT[key] = (sim, former, assign_splits(cfg))
     return _CONTEXT[key]
 
 
@@ -62,7 +62,7 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     """Structure -> exit waves -> (images, masks, per-record metadata, structure). Pure function of (cfg, index)."""
     from importlib.metadata import version
 
-    sim, former = _context(cfg)
+    sim, former, splits = _context(cfg)
     im = cfg.imaging
     p, f = im.pixel_size_A, cfg.bin_factor
     s = build_structure(cfg, index, cache_dir)
@@ -75,7 +75,7 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     intensity = former.intensity(waves.full, conditions)
     mask_field = particle_mask(waves.particle, f, cfg.mask.phase_threshold_rad, cfg.mask.closing_radius_A / p)
 
-    split = assign_splits(cfg)[index]
+    split = splits[index]
     base = {
         "structure_id": s.structure_id, "structure_index": index, "split": split,
         "material": s.meta["material"], "particle_radius_A": s.meta["particle_radius_A"],

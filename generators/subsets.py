@@ -32,7 +32,7 @@ def metadata(dataset_dir: str | Path, columns=None, expression=None) -> pa.Table
 
 
 def query_summary(dataset_dir: str | Path, text: str) -> dict:
-    q = Query(text, arrow_schema(0))
+    q = Query(text, arrow_schema())
     t = metadata(dataset_dir, expression=q.expression)
     out = {"query": text, "records": len(t), "structures": len(pc.unique(t["structure_id"])) if len(t) else 0}
     for c in KEY_COLUMNS:
@@ -51,7 +51,7 @@ def save_named_subset(dataset_dir: str | Path, name: str, text: str) -> dict:
 
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or name == "default":
         raise QueryError(f"subset name {name!r}: use letters, digits, '_' or '-', and not 'default'")
-    q = Query(text, arrow_schema(0))
+    q = Query(text, arrow_schema())
     if q.dnf is None:
         raise QueryError("a named subset is stored as Parquet filters, which cannot index list columns "
                          "(e.g. particle_center_px[0]) nor negate an ordering exactly for NaN (write `x >= 5` "
@@ -87,7 +87,7 @@ def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dic
     src, out = Path(dataset_dir), Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise QueryError(f"{out} exists and is not empty; choose a new --out")
-    q = Query(text, arrow_schema(0))
+    q = Query(text, arrow_schema())
     parent = load_manifest(src)
     cfg = config_of(src)
     ds = pads.dataset(src / "data", format="parquet")

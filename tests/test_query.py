@@ -62,7 +62,7 @@ def test_query_equals_python_reference(text, ref):
 ])
 def test_bad_queries_are_refused_with_the_columns_listed(text, needle):
     with pytest.raises(QueryError) as err:
-        Query(text, arrow_schema(0))
+        Query(text, arrow_schema())
     assert needle in str(err.value) and "columns: record_id" in str(err.value)
 
 
@@ -111,7 +111,7 @@ def test_webdataset_stream_filter(built):
     from generators.query import wds_filter
 
     urls = sorted(str(p) for p in (built / "wds").glob("*.tar"))
-    keep = wds_filter("dose_e_per_A2 > 500", arrow_schema(0))
+    keep = wds_filter("dose_e_per_A2 > 500", arrow_schema())
     got = [json.loads(s["json"])["dose_e_per_A2"] for s in wds.WebDataset(urls, shardshuffle=False).select(keep)]
     allv = [json.loads(s["json"])["dose_e_per_A2"] for s in wds.WebDataset(urls, shardshuffle=False)]
     assert sorted(got) == sorted(v for v in allv if v > 500) and 0 < len(got) < len(allv)
