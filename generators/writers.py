@@ -59,11 +59,8 @@ def wds_shard_name(split: str, i: int) -> str:
     return f"wds/{split}-{i:06d}.tar"
 
 
-def _metadata_json(row: dict) -> dict:
-    return {c.name: row[c.name] for c in METADATA_COLUMNS}
-
-
 def write_wds(table: pa.Table, path: Path) -> None:
+    """One WebDataset sample per row; every non-array column goes to the json, whatever the folder's schema."""
     import webdataset as wds
     from PIL import Image
 
@@ -82,7 +79,7 @@ def write_wds(table: pa.Table, path: Path) -> None:
                 Image.fromarray(np.ascontiguousarray(msk, dtype=np.uint8), mode="L").save(png, format="PNG")
                 # Keys are record ids: no dots, as WebDataset splits the key at the first dot.
                 sink.write({"__key__": m["record_id"], "image.npy": buf.getvalue(), "mask.png": png.getvalue(),
-                            "json": json.dumps(_metadata_json(m)).encode()})
+                            "json": json.dumps(m).encode()})
 
 
 def iter_shards(tables: Iterable[pa.Table], rows_per_shard: int) -> Iterator[pa.Table]:
