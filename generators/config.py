@@ -30,11 +30,11 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------- distributions
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Uniform(_Strict):
+class Uniform(Strict):
     uniform: tuple[float, float]
 
     @model_validator(mode="after")
@@ -50,7 +50,7 @@ class Uniform(_Strict):
         return self.uniform
 
 
-class Integers(_Strict):
+class Integers(Strict):
     integers: tuple[int, int]
 
     @model_validator(mode="after")
@@ -66,14 +66,14 @@ class Integers(_Strict):
         return self.integers
 
 
-class _TN(_Strict):
+class _TN(Strict):
     mean: float
     sd: float = Field(gt=0)
     low: float
     high: float
 
 
-class TruncNormal(_Strict):
+class TruncNormal(Strict):
     truncnormal: _TN
 
     @model_validator(mode="after")
@@ -96,14 +96,14 @@ class TruncNormal(_Strict):
         return (self.truncnormal.low, self.truncnormal.high)
 
 
-class _Lin(_Strict):
+class _Lin(Strict):
     start: float
     stop: float
     num: int = Field(ge=1)
     jitter_sd: float = Field(default=0.0, ge=0)
 
 
-class Linspace(_Strict):
+class Linspace(Strict):
     """A nominal series (e.g. a defocus series); condition i takes step i % num, jittered."""
 
     linspace: _Lin
@@ -120,7 +120,7 @@ class Linspace(_Strict):
         return (min(s.start, s.stop) - pad, max(s.start, s.stop) + pad)
 
 
-class Choice(_Strict):
+class Choice(Strict):
     choice: tuple[Any, ...]
     weights: tuple[float, ...] | None = None
 
@@ -149,7 +149,7 @@ class Choice(_Strict):
             return None
 
 
-class Fixed(_Strict):
+class Fixed(Strict):
     value: Any
 
     def sample(self, rng: np.random.Generator, index: int = 0):
@@ -212,7 +212,7 @@ POLAR_SYMBOLS = frozenset(
 DEFECT_TYPES = ("none", "twin", "multiple_twins", "stacking_fault", "mixed")
 
 
-class Defects(_Strict):
+class Defects(Strict):
     type: choice_of(DEFECT_TYPES) = Fixed(value="none")
     # Number of planar defects for multiple_twins / stacking_fault / mixed (twin is always 1).
     n_defects: ranged(0, 10, "n_defects") = Integers(integers=(2, 3))
@@ -220,13 +220,13 @@ class Defects(_Strict):
     min_separation_planes: int = Field(default=3, ge=1, le=20)
 
 
-class Orientation(_Strict):
+class Orientation(Strict):
     mode: Literal["random", "zone_axis"] = "random"
     zone_axis: tuple[int, int, int] = (1, 1, 0)
     tilt_deg: ranged(0, 90, "tilt_deg") = Fixed(value=0.0)
 
 
-class Substrate(_Strict):
+class Substrate(Strict):
     thickness_A: ranged(0, 500, "substrate thickness") = Uniform(uniform=(20, 40))
     density_atoms_per_A3: float = Field(default=0.1103075, gt=0, le=0.2)
     min_dist_A: float = Field(default=1.4, gt=0.5, le=3.0)
@@ -234,7 +234,7 @@ class Substrate(_Strict):
     bank_size: int = Field(default=8, ge=1, le=1024)
 
 
-class StructureConfig(_Strict):
+class StructureConfig(Strict):
     material: choice_of(("Au", "CdSe")) = Fixed(value="Au")
     radius_A: ranged(2, 500, "particle radius") = Uniform(uniform=(10, 20))
     defects: Defects = Defects()
@@ -245,7 +245,7 @@ class StructureConfig(_Strict):
     thermal_sigma_A: float = Field(default=0.0, ge=0, le=0.5)
 
 
-class SimulationConfig(_Strict):
+class SimulationConfig(Strict):
     backend: Literal["abtem", "prismatic"] = "abtem"
     energy_keV: float = Field(default=300.0, ge=20, le=1500)
     sampling_A: float = Field(default=0.125, gt=0.01, le=1.0)
@@ -255,7 +255,7 @@ class SimulationConfig(_Strict):
     n_frozen_phonons: int = Field(default=1, ge=1, le=64)
 
 
-class ImagingConfig(_Strict):
+class ImagingConfig(Strict):
     image_size_px: int = Field(default=256, ge=16, le=8192)
     # Simulated field in detector pixels; when larger than image_size_px each condition stores a random
     # image_size_px crop that still holds the whole particle (the seed study's 640 -> 512 crop).
@@ -290,13 +290,13 @@ class ImagingConfig(_Strict):
         return self
 
 
-class MaskConfig(_Strict):
+class MaskConfig(Strict):
     phase_threshold_rad: float = Field(default=math.pi / 12, gt=0, lt=math.pi)
     # Closing radius bridges the gaps between resolved atomic columns; keep it below the particle radius.
     closing_radius_A: float = Field(default=1.5, ge=0, le=20)
 
 
-class Splits(_Strict):
+class Splits(Strict):
     train: float = Field(default=0.8, ge=0, le=1)
     validation: float = Field(default=0.1, ge=0, le=1)
     test: float = Field(default=0.1, ge=0, le=1)
@@ -308,7 +308,7 @@ class Splits(_Strict):
         return self
 
 
-class GenerationConfig(_Strict):
+class GenerationConfig(Strict):
     name: str = Field(default="tem_au_np", pattern=r"^[A-Za-z0-9_\-]+$")
     seed: int = Field(default=0, ge=0, lt=2**63)
     n_structures: int = Field(default=48, ge=1, le=10_000_000)
@@ -370,8 +370,8 @@ class GenerationConfig(_Strict):
 
 
 # ---------------------------------------------------------------- loading
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid generation config ({source}):"]
+def format_errors(err: ValidationError, source: str, what: str = "generation config") -> str:
+    lines = [f"invalid {what} ({source}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "Fixed", "Uniform",
                                                                             "Choice", "Integers", "TruncNormal",
@@ -395,10 +395,10 @@ def from_dict(data: dict, source: str = "<dict>") -> GenerationConfig:
     try:
         return GenerationConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_errors(err, source)) from None
 
 
-def load_config(path: str | Path) -> GenerationConfig:
+def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -406,7 +406,11 @@ def load_config(path: str | Path) -> GenerationConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    return from_dict(data or {}, str(path))
+    return data or {}
+
+
+def load_config(path: str | Path) -> GenerationConfig:
+    return from_dict(read_yaml(path), str(path))
 
 
 def preset_names() -> list[str]:

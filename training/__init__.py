@@ -1,1 +1,2 @@
-"""Training of segmentation networks on temsynth datasets (see issue: train and fine-tune with Accelerate)."""
+"""Segmentation training on temsynth dataset folders: data → model → Accelerate loop → metrics and model cards."""
+from .models import load_model  # noqa: F401

@@ -1,0 +1,40 @@
+"""The model card: README.md of a model folder, rendered from cards/model_card.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+CARDS_DIR = Path(__file__).resolve().parents[1] / "cards"
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from generators.writers import versions as data_versions
+
+    out = data_versions()
+    for pkg in ("torch", "accelerate", "transformers", "safetensors"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def write_model_card(model_dir: Path, config: dict, summary: dict, rows: list[dict]) -> None:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from generators.writers import atomic_path
+
+    tc = config["training_config"]
+    card_data = ModelCardData(
+        library_name="pytorch", license="cc-by-4.0", pipeline_tag="image-segmentation",
+        tags=["electron-microscopy", "hrtem", "nanoparticles", "segmentation", config["model"]["architecture"]],
+        model_name=config["name"])
+    card = ModelCard.from_template(
+        card_data, template_path=str(CARDS_DIR / "model_card.md"), config=config, tc=tc, summary=summary,
+        training_yaml=yaml.safe_dump(tc, sort_keys=False), versions=versions(),
+        phases=sorted({r["phase"] for r in rows}, key=["train", "finetune"].index))
+    with atomic_path(model_dir / "README.md") as tmp:
+        tmp.write_text(str(card))

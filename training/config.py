@@ -1,0 +1,155 @@
+"""Training and fine-tuning configuration: one typed, validated schema (YAML in, errors that name the field)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from generators.config import ConfigError, Strict, format_errors, read_yaml
+
+
+class DataSource(Strict):
+    """Records of one split of a dataset folder, optionally narrowed by a metadata query."""
+    path: str
+    split: str = "train"
+    query: str | None = None
+    format: Literal["parquet", "webdataset"] = "parquet"
+    n_images: int | None = Field(None, ge=1, description="keep N records, drawn with the run's seed (fine-tuning amounts)")
+
+    @property
+    def label(self) -> str:
+        return f"{self.path}[{self.split}]" + (f" where {self.query}" if self.query else "")
+
+
+class Benchmark(DataSource):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    split: str = "validation"
+    format: Literal["parquet"] = "parquet"
+
+
+class UNetConfig(Strict):
+    depth: int = Field(4, ge=1, le=6, description="number of 2x downsamplings")
+    base_width: int = Field(16, ge=2, le=256, description="channels of the first level; doubled at each level")
+    norm: Literal["batch", "group", "none"] = "batch"
+
+
+class SegformerConfigSpec(Strict):
+    """The SegFormer (MiT) encoder sizes; passed to transformers.SegformerConfig, trained from scratch."""
+    hidden_sizes: list[int] = [32, 64, 160, 256]
+    depths: list[int] = [2, 2, 2, 2]
+    num_attention_heads: list[int] = [1, 2, 5, 8]
+    decoder_hidden_size: int = 256
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _stages(self):
+        n = len(self.hidden_sizes)
+        if len(self.depths) != n or len(self.num_attention_heads) != n:
+            raise ValueError("hidden_sizes, depths and num_attention_heads need one entry per encoder stage")
+        for h, a in zip(self.hidden_sizes, self.num_attention_heads):
+            if h % a:
+                raise ValueError(f"hidden size {h} is not divisible by its {a} attention heads")
+        return self
+
+
+class ModelConfig(Strict):
+    architecture: Literal["unet", "segformer"] = "unet"
+    unet: UNetConfig = UNetConfig()
+    segformer: SegformerConfigSpec = SegformerConfigSpec()
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(0.01, gt=0, le=10)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_decay_per_epoch: float = Field(0.8, gt=0, le=1, description="lr x this after every epoch (seed study: 0.8)")
+
+
+class AugmentConfig(Strict):
+    crop_px: int | None = Field(None, ge=16, description="random square crops for training; None: whole images")
+    flips: bool = True
+    rot90: bool = True
+    normalise: Literal["minmax", "zscore"] = "minmax"
+
+
+class LossConfig(Strict):
+    bce_weight: float = Field(1.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.bce_weight == 0 and self.dice_weight == 0:
+            raise ValueError("bce_weight and dice_weight are both 0: nothing to train on")
+        return self
+
+
+class TrainConfig(Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
+    output_dir: str
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(25, ge=1, le=10_000)
+    batch_size: int = Field(16, ge=1)
+    data: DataSource
+    benchmarks: list[Benchmark] = Field(min_length=1)
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    augment: AugmentConfig = AugmentConfig()
+    loss: LossConfig = LossConfig()
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    num_workers: int = Field(0, ge=0)
+    monitor: str | None = Field(None, description="benchmark whose Dice picks the best model (default: the first)")
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better monitor Dice")
+    init_from: str | None = Field(None, description="model folder to start from (fine-tuning)")
+    keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept besides the best model")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique(cls, v):
+        names = [b.name for b in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"benchmark names must be unique; repeated: {dup}")
+        return v
+
+    @model_validator(mode="after")
+    def _monitor(self):
+        names = [b.name for b in self.benchmarks]
+        if self.monitor is not None and self.monitor not in names:
+            raise ValueError(f"monitor {self.monitor!r} is not a benchmark name; choose one of {names}")
+        return self
+
+    @property
+    def monitor_name(self) -> str:
+        return self.monitor or self.benchmarks[0].name
+
+    @property
+    def phase(self) -> str:
+        return "finetune" if self.init_from else "train"
+
+
+def train_config(data: dict, source: str = "<dict>") -> TrainConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid training config ({source}): expected a mapping at the top level")
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, source, "training config")) from None
+
+
+def read_with_overrides(path: str | Path, overrides: dict | None = None) -> dict:
+    """The YAML mapping with dotted `key.sub=value` overrides applied (the command line's --set)."""
+    data = read_yaml(path)
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section of the config")
+        node[leaf] = value
+    return data
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    return train_config(read_with_overrides(path, overrides), str(path))

@@ -1,0 +1,200 @@
+"""Dataset folders → torch datasets: Parquet (in memory, pushed-down query) or WebDataset (streamed shards).
+
+Augmentations keep the physics of a micrograph: crops, flips and 90° rotations are symmetries of the
+projection geometry; intensities are only rescaled per image, never mixed between pixels.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import torch
+from torch.utils.data import Dataset, IterableDataset, Sampler
+
+from generators.query import Query, wds_filter
+
+from .config import AugmentConfig, DataSource
+
+
+class DataError(ValueError):
+    """A data source that cannot be used; the message names the config field and the fix."""
+
+
+def normalise(image: np.ndarray, kind: str) -> np.ndarray:
+    image = image.astype(np.float32, copy=False)
+    if kind == "zscore":
+        return (image - image.mean()) / max(float(image.std()), 1e-6)
+    lo, hi = float(image.min()), float(image.max())
+    return (image - lo) / max(hi - lo, 1e-6)
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig):
+    h, w = image.shape
+    if cfg.crop_px and cfg.crop_px < min(h, w):
+        y, x = rng.integers(0, h - cfg.crop_px + 1), rng.integers(0, w - cfg.crop_px + 1)
+        image, mask = image[y:y + cfg.crop_px, x:x + cfg.crop_px], mask[y:y + cfg.crop_px, x:x + cfg.crop_px]
+    if cfg.flips and rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if cfg.rot90:
+        k = int(rng.integers(0, 4))
+        image, mask = np.rot90(image, k), np.rot90(mask, k)
+    return image, mask
+
+
+def to_sample(image: np.ndarray, mask: np.ndarray, kind: str) -> dict:
+    return {"image": torch.from_numpy(np.ascontiguousarray(normalise(image, kind))[None]),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None])}
+
+
+# ---------------------------------------------------------------- Parquet
+def _split_files(src: DataSource, field: str) -> list[str]:
+    root = Path(src.path)
+    if not (root / "data").is_dir():
+        raise DataError(f"{field}.path: {root} is not a dataset folder (no data/); build one with `temsynth generate` "
+                        "or dataset_scripts/import_experimental.py")
+    files = sorted(str(p) for p in (root / "data").glob(f"{src.split}-*.parquet"))
+    if not files:
+        have = sorted({p.name.split("-")[0] for p in (root / "data").glob("*.parquet")})
+        raise DataError(f"{field}.split: {root} has no split {src.split!r}; it has {have}")
+    return files
+
+
+def read_arrays(src: DataSource, seed: int = 0, field: str = "data"):
+    """(images (n, h, w) float32, masks (n, h, w) uint8, record ids) of one split, query pushed into the scan."""
+    ds = pads.dataset(_split_files(src, field), format="parquet")
+    expr = Query(src.query, ds.schema).expression if src.query else None
+    table = ds.to_table(columns=["record_id", "image", "mask"], filter=expr).sort_by("record_id")
+    if len(table) == 0:
+        raise DataError(f"{field}.query selects no records of {src.label}")
+    if src.n_images is not None:
+        if src.n_images > len(table):
+            raise DataError(f"{field}.n_images: asked for {src.n_images} but {src.label} has {len(table)} records")
+        keep = np.sort(np.random.default_rng([seed, 7]).choice(len(table), src.n_images, replace=False))
+        table = table.take(pa.array(keep))
+    return _stack(table, "image", np.float32, field), _stack(table, "mask", np.uint8, field), \
+        table["record_id"].to_pylist()
+
+
+def _stack(table: pa.Table, column: str, dtype, field: str) -> np.ndarray:
+    col = table[column].combine_chunks()
+    rows = col.flatten()
+    h = pa.compute.list_value_length(col).to_numpy()
+    w = pa.compute.list_value_length(rows).to_numpy()
+    if len(set(h.tolist()) | set(w.tolist())) != 1:
+        raise DataError(f"{field}: images of several sizes ({sorted(set(h.tolist()))}); select one size with the "
+                        "query, e.g. image_size_px == 256")
+    return rows.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(table), h[0], w[0])
+
+
+class ArraySet(Dataset):
+    """In-memory records. Training draws come from (seed, epoch, index), so a resumed run sees the same batches."""
+
+    def __init__(self, images, masks, ids, augment_cfg: AugmentConfig, train: bool, seed: int = 0):
+        self.images, self.masks, self.ids = images, masks, ids
+        self.cfg, self.train, self.seed, self.epoch = augment_cfg, train, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask = self.images[i], self.masks[i]
+        if self.train:
+            image, mask = augment(image, mask, np.random.default_rng([self.seed, self.epoch, i]), self.cfg)
+        return to_sample(image, mask, self.cfg.normalise)
+
+
+class EpochSampler(Sampler):
+    """A permutation per epoch from (seed, epoch): no hidden generator state to lose in a kill."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, 1, self.epoch]).permutation(self.n).tolist())
+
+
+# ---------------------------------------------------------------- WebDataset
+class WdsSet(IterableDataset):
+    """Streams a split's tar shards; the query reads only each sample's json, before any image is decoded."""
+
+    def __init__(self, src: DataSource, augment_cfg: AugmentConfig, seed: int = 0, shuffle_buffer: int = 256,
+                 field: str = "data"):
+        root = Path(src.path)
+        self.urls = sorted(str(p) for p in (root / "wds").glob(f"{src.split}-*.tar"))
+        if not self.urls:
+            raise DataError(f"{field}.format: {root} has no WebDataset shards wds/{src.split}-*.tar; "
+                            "use format: parquet")
+        if src.n_images is not None:
+            raise DataError(f"{field}.n_images needs format: parquet (a stream has no fixed subset to draw from)")
+        schema = pads.dataset(_split_files(src, field), format="parquet").schema
+        self.keep = wds_filter(src.query, schema) if src.query else None
+        self.cfg, self.seed, self.epoch, self.buffer = augment_cfg, seed, 0, shuffle_buffer
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _samples(self):
+        import webdataset as wds
+
+        pipe = wds.WebDataset(self.urls, shardshuffle=False, nodesplitter=None, workersplitter=wds.split_by_worker,
+                              empty_check=False)
+        for s in pipe:
+            if self.keep is None or self.keep(s):
+                yield s["__key__"], s["image.npy"], s["mask.png"]
+
+    def __iter__(self):
+        from PIL import Image
+
+        rng = np.random.default_rng([self.seed, 2, self.epoch])
+        buf = []
+        for key, img_bytes, mask_bytes in self._samples():
+            buf.append((key, img_bytes, mask_bytes))
+            if len(buf) >= self.buffer:
+                yield self._decode(buf.pop(int(rng.integers(len(buf)))), rng, Image)
+        rng.shuffle(buf)
+        for item in buf:
+            yield self._decode(item, rng, Image)
+
+    def _decode(self, item, rng, Image):
+        _, img_bytes, mask_bytes = item
+        image = np.load(io.BytesIO(img_bytes))
+        mask = np.asarray(Image.open(io.BytesIO(mask_bytes)), dtype=np.uint8)
+        image, mask = augment(image, mask, rng, self.cfg)
+        return to_sample(image, mask, self.cfg.normalise)
+
+
+def training_set(src: DataSource, augment_cfg: AugmentConfig, seed: int):
+    if src.format == "webdataset":
+        return WdsSet(src, augment_cfg, seed)
+    images, masks, ids = read_arrays(src, seed)
+    return ArraySet(images, masks, ids, augment_cfg, train=True, seed=seed)
+
+
+def benchmark_set(src: DataSource, augment_cfg: AugmentConfig, field: str) -> ArraySet:
+    images, masks, ids = read_arrays(src, field=field)
+    return ArraySet(images, masks, ids, augment_cfg, train=False)
+
+
+def source_json(src: DataSource) -> dict:
+    """What a model card and a results table record of a data source: where, which records, which content."""
+    from generators.run import RunError
+    from generators.subsets import fingerprint
+
+    try:
+        fp = fingerprint(src.path)
+    except RunError:  # a folder without a manifest still trains; it just has no content fingerprint
+        fp = None
+    return {**json.loads(src.model_dump_json()), "fingerprint": fp}

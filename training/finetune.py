@@ -1,0 +1,48 @@
+"""Fine-tune a trained model on a small experimental split, with the same per-epoch benchmarks.
+
+    python -m training.finetune --config finetune.yaml      (or: accelerate launch -m training.finetune ...)
+
+The config is a training config with `init_from: MODEL_DIR`. What it leaves out follows the seed study's
+fine-tuning recipe: the parent's architecture, half the parent's learning rate, 50 epochs, early stopping after
+10 epochs without a better monitor Dice. The metrics file starts with the parent's rows and numbers the new
+epochs after them, so the curves continue across the two phases.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from generators.config import ConfigError
+
+from .config import TrainConfig, read_with_overrides, train_config
+from .models import CONFIG_FILE, ModelFolderError
+
+DEFAULTS = {"epochs": 50, "patience": 10}
+
+
+def finetune_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    data = read_with_overrides(path, overrides)
+    if not data.get("init_from"):
+        raise ConfigError(f"invalid fine-tuning config ({path}):\n  - init_from: required: the model folder to "
+                          "start from, e.g. runs/demo/model")
+    parent_file = Path(data["init_from"]) / CONFIG_FILE
+    if not parent_file.exists():
+        raise ModelFolderError(f"init_from: {data['init_from']} is not a model folder (no {CONFIG_FILE})")
+    parent = json.loads(parent_file.read_text())
+    data.setdefault("model", parent["model"])
+    opt = data.setdefault("optimizer", {})
+    opt.setdefault("lr", parent["training_config"]["optimizer"]["lr"] / 2)
+    for k, v in DEFAULTS.items():
+        data.setdefault(k, v)
+    return train_config(data, str(path))
+
+
+def main(argv=None) -> int:
+    from .train import cli
+
+    return cli(argv, "training.finetune", prepare=finetune_config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Segmentation networks built from config (no downloaded weights), and the model folder format.
+
+Every network maps (B, 1, H, W) normalised intensities to (B, 1, H, W) particle logits, for any H, W.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def _norm(kind: str, ch: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "group":
+        return nn.GroupNorm(min(8, ch), ch)
+    return nn.Identity()
+
+
+class _Block(nn.Sequential):
+    def __init__(self, cin: int, cout: int, norm: str):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """Ronneberger's U-Net: `depth` max-pool levels, widths base * 2**level, skip connections by concatenation."""
+
+    def __init__(self, depth: int = 4, base_width: int = 16, norm: str = "batch"):
+        super().__init__()
+        widths = [base_width * 2 ** i for i in range(depth + 1)]
+        self.depth = depth
+        self.down = nn.ModuleList([_Block(1 if i == 0 else widths[i - 1], widths[i], norm) for i in range(depth + 1)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)])
+        self.merge = nn.ModuleList([_Block(2 * widths[i], widths[i], norm) for i in range(depth)])
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2 ** self.depth
+        # Any image size: reflect-pad up to a multiple of 2**depth, crop the logits back.
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        x = skips.pop()
+        for i in reversed(range(self.depth)):
+            x = self.merge[i](torch.cat([skips.pop(), self.up[i](x)], dim=1))
+        return self.head(x)[..., :h, :w]
+
+
+class SegFormer(nn.Module):
+    """transformers' SegFormer from its config with num_channels=1; logits (1/4 resolution) upsampled to the input."""
+
+    def __init__(self, **spec):
+        super().__init__()
+        from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+        cfg = SegformerConfig(num_channels=1, num_labels=1, **spec)
+        self.net = SegformerForSemanticSegmentation(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(pixel_values=x).logits
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.architecture == "unet":
+        return UNet(**cfg.unet.model_dump())
+    return SegFormer(**cfg.segformer.model_dump())
+
+
+def n_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(model: nn.Module, folder: str | Path, model_cfg: ModelConfig, info: dict) -> Path:
+    """model.safetensors + config.json (architecture and whatever provenance `info` carries), written atomically."""
+    from safetensors.torch import save_file
+
+    from generators.writers import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / MODEL_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "architecture": model_cfg.architecture})
+    config = {"model": model_cfg.model_dump(mode="json"), "n_parameters": n_parameters(model), **info}
+    with atomic_path(folder / CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, default=str))
+    return folder
+
+
+class ModelFolderError(ValueError):
+    pass
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """One call from a model folder to a network in eval mode, and its config.json."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).exists() or not (folder / MODEL_FILE).exists():
+        raise ModelFolderError(f"{folder} is not a model folder: it needs {CONFIG_FILE} and {MODEL_FILE} "
+                               "(written by training.train into OUTPUT_DIR/model)")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    model = build_model(ModelConfig.model_validate(config["model"]))
+    model.load_state_dict(load_file(str(folder / MODEL_FILE), device=str(device)))
+    return model.to(device).eval(), config

@@ -1,0 +1,343 @@
+"""Train a segmentation network with Accelerate; the same script on CPU, one GPU or `accelerate launch` on many.
+
+    python -m training.train --config train.yaml
+    accelerate launch -m training.train --config train.yaml
+
+Every epoch: Dice/IoU on every benchmark (gathered across processes), one metrics row per benchmark, the best
+model (by the monitor benchmark) and a resumable checkpoint. A killed run re-run with the same config continues
+from its last checkpoint and produces the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .config import TrainConfig, load_train_config
+from .data import DataError, EpochSampler, benchmark_set, source_json, training_set
+from .metrics import counts, scores, segmentation_loss
+from .models import CONFIG_FILE, MODEL_FILE, build_model, load_model, save_model
+
+METRIC_COLUMNS = ("run", "phase", "epoch", "phase_epoch", "benchmark", "n_images", "dice", "iou", "dice_pooled",
+                  "train_loss", "lr", "epoch_seconds")
+METRICS_FILE = "metrics.csv"
+RUN_CONFIG_FILE = "train_config.json"
+# Changing these between a killed run and its re-run does not change what was computed so far.
+RESUMABLE_CHANGES = ("epochs", "num_workers", "patience")
+
+
+class TrainError(RuntimeError):
+    pass
+
+
+class TrainState:
+    """Counters saved with every checkpoint (Accelerate pickles it next to the model and optimizer)."""
+
+    def __init__(self):
+        self.epoch, self.best_dice, self.best_epoch, self.bad_epochs = 0, -1.0, 0, 0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, d: dict) -> None:
+        vars(self).update(d)
+
+
+# ---------------------------------------------------------------- files of a run folder
+def _check_folder(cfg: TrainConfig, out: Path) -> None:
+    """A run folder belongs to one config: refuse to mix two runs' checkpoints and metrics."""
+    f = out / RUN_CONFIG_FILE
+    mine = json.loads(cfg.model_dump_json())
+    if f.exists():
+        theirs = json.loads(f.read_text())
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k not in RESUMABLE_CHANGES)
+        if diff:
+            raise TrainError(f"{out} holds a run with another config (differs in {', '.join(diff)}); "
+                             "choose a new output_dir, or delete the folder to start over")
+
+
+def _write_run_config(cfg: TrainConfig, out: Path) -> None:
+    from generators.writers import atomic_path
+
+    with atomic_path(out / RUN_CONFIG_FILE) as tmp:
+        tmp.write_text(cfg.model_dump_json(indent=2))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _rewrite_metrics(path: Path, rows: list[dict]) -> None:
+    from generators.writers import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, METRIC_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _append_metrics(path: Path, rows: list[dict]) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, METRIC_COLUMNS).writerows(rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("epoch-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def _save_checkpoint(accelerator, out: Path, epoch: int, keep: int) -> None:
+    """save_state into a temporary folder, renamed when complete: a kill mid-save leaves the last one intact."""
+    tmp, final = out / "checkpoints" / f".partial-epoch-{epoch:04d}", out / "checkpoints" / f"epoch-{epoch:04d}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _checkpoints(out)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_counts(model, loader, accelerator=None) -> np.ndarray:
+    """Per-image (intersection, predicted, true) counts over a loader, from every process, padding removed."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for batch in loader:
+        c = counts(model(batch["image"]), batch["mask"])
+        out.append((accelerator.gather_for_metrics(c) if accelerator else c).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 3))
+
+
+def _prior(cfg: TrainConfig) -> tuple[list[dict], int]:
+    """Metrics of the model we start from, so that fine-tuning curves continue its epochs."""
+    if not cfg.init_from:
+        return [], 0
+    rows = read_metrics(Path(cfg.init_from) / METRICS_FILE)
+    return rows, max((int(r["epoch"]) for r in rows), default=0)
+
+
+# ---------------------------------------------------------------- the run
+def run(cfg: TrainConfig, progress: bool = True) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out = Path(cfg.output_dir)
+    _check_folder(cfg, out)
+    # The lr decays once per epoch: the scheduler must not step with every optimizer step of every process.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
+    set_seed(cfg.seed)
+    log = accelerator.print
+
+    train_set = training_set(cfg.data, cfg.augment, cfg.seed)
+    benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]") for b in cfg.benchmarks}
+    if cfg.init_from:
+        model, parent = load_model(cfg.init_from)
+        if parent["model"] != cfg.model.model_dump(mode="json"):
+            raise TrainError(f"model: {cfg.init_from} holds a {parent['model']['architecture']} with another "
+                             "configuration; remove `model:` from the fine-tuning config to take the parent's")
+        model.train()
+    else:
+        model = build_model(cfg.model)
+    optim_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[cfg.optimizer.name]
+    optimizer = optim_cls(model.parameters(), lr=cfg.optimizer.lr, weight_decay=cfg.optimizer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.optimizer.lr_decay_per_epoch)
+
+    sized = not isinstance(train_set, torch.utils.data.IterableDataset)
+    sampler = EpochSampler(len(train_set), cfg.seed) if sized else None
+    train_dl = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                          drop_last=sized and len(train_set) > cfg.batch_size)
+    bench_dls = [DataLoader(s, batch_size=cfg.batch_size, num_workers=cfg.num_workers) for s in benches.values()]
+    model, optimizer, train_dl, scheduler, *bench_dls = accelerator.prepare(model, optimizer, train_dl, scheduler,
+                                                                           *bench_dls)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+
+    metrics_path = out / METRICS_FILE
+    prior_rows, offset = _prior(cfg)
+    ckpts = _checkpoints(out)
+    if ckpts:
+        accelerator.load_state(str(ckpts[-1]))
+        log(f"resuming {out} after epoch {state.epoch} (checkpoint {ckpts[-1].name})")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_run_config(cfg, out)
+        # Rows past the checkpoint came from an epoch that a kill cut short: it is run again.
+        kept = [r for r in read_metrics(metrics_path) if r["phase"] != cfg.phase or int(r["phase_epoch"]) <= state.epoch]
+        _rewrite_metrics(metrics_path, kept if ckpts else prior_rows)
+    accelerator.wait_for_everyone()
+
+    n_batches = len(train_dl) if sized else None
+    bar = _bar(cfg, n_batches, state.epoch, progress and accelerator.is_local_main_process)
+    info = {"name": cfg.name, "phase": cfg.phase, "seed": cfg.seed, "world_size": accelerator.num_processes,
+            "mixed_precision": cfg.mixed_precision, "training_config": json.loads(cfg.model_dump_json()),
+            "train_data": source_json(cfg.data), "benchmarks": [source_json(b) for b in cfg.benchmarks],
+            "init_from": _parent_info(cfg), "epoch_offset": offset}
+    for epoch in range(state.epoch, cfg.epochs):
+        if cfg.patience and state.bad_epochs >= cfg.patience:
+            log(f"early stop: no better {cfg.monitor_name} Dice for {state.bad_epochs} epochs")
+            break
+        t0 = time.perf_counter()
+        train_set.set_epoch(epoch)
+        train_dl.set_epoch(epoch)
+        lr = scheduler.get_last_lr()[0]
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        model.train()
+        for batch in train_dl:
+            loss = segmentation_loss(model(batch["image"]), batch["mask"], cfg.loss)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += torch.stack([loss.detach().double() * len(batch["image"]),
+                                     loss_sum.new_tensor(len(batch["image"]))])
+            bar.update(1)
+            bar.set_postfix_str(f"epoch {epoch + 1} loss {loss.item():.3f}", refresh=False)
+        scheduler.step()
+        loss_sum = accelerator.reduce(loss_sum, "sum")
+        train_loss = float(loss_sum[0] / max(loss_sum[1], 1))
+        results = {name: scores(evaluate_counts(model, dl, accelerator)) for name, dl in zip(benches, bench_dls)}
+        seconds = time.perf_counter() - t0
+        rows = [{"run": cfg.name, "phase": cfg.phase, "epoch": offset + epoch + 1, "phase_epoch": epoch + 1,
+                 "benchmark": name, **r, "train_loss": train_loss, "lr": lr, "epoch_seconds": round(seconds, 3)}
+                for name, r in results.items()]
+        bar.set_postfix_str(f"epoch {epoch + 1} loss {train_loss:.3f} " +
+                            " ".join(f"{n} {r['dice']:.3f}" for n, r in results.items()))
+        dice = results[cfg.monitor_name]["dice"]
+        improved = dice > state.best_dice
+        state.epoch = epoch + 1
+        state.bad_epochs = 0 if improved else state.bad_epochs + 1
+        if improved:
+            state.best_dice, state.best_epoch = dice, epoch + 1
+        if accelerator.is_main_process:
+            _append_metrics(metrics_path, rows)
+            if improved:
+                save_model(accelerator.unwrap_model(model), out / "best", cfg.model,
+                           {**info, "epoch": offset + epoch + 1, "phase_epoch": epoch + 1, "scores": results})
+        _save_checkpoint(accelerator, out, epoch + 1, cfg.keep_checkpoints)
+    bar.close()
+    summary = {}
+    if accelerator.is_main_process:
+        summary = _finish(cfg, out, state, info)
+        log(_report(summary))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def _bar(cfg: TrainConfig, n_batches, start_epoch: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    total = cfg.epochs * n_batches if n_batches else None
+    return tqdm(total=total, initial=start_epoch * (n_batches or 0), disable=not enabled, unit="batch",
+                desc=f"{cfg.phase} {cfg.name}", dynamic_ncols=True)
+
+
+def _parent_info(cfg: TrainConfig) -> dict | None:
+    if not cfg.init_from:
+        return None
+    parent = json.loads((Path(cfg.init_from) / CONFIG_FILE).read_text())
+    return {"path": str(Path(cfg.init_from).resolve()), "name": parent.get("name"), "epoch": parent.get("epoch"),
+            "train_data": parent.get("train_data"), "seed": parent.get("seed")}
+
+
+def _finish(cfg: TrainConfig, out: Path, state: TrainState, info: dict) -> dict:
+    """The model folder: the best weights, their config, all metrics and a model card."""
+    from .card import write_model_card
+
+    rows = read_metrics(out / METRICS_FILE)
+    mine = [r for r in rows if r["phase"] == cfg.phase]
+    if not mine:
+        raise TrainError(f"{out}: no epoch finished; nothing to save")
+    last_epoch = max(int(r["phase_epoch"]) for r in mine)
+    last = {r["benchmark"]: {k: float(r[k]) for k in ("dice", "iou", "dice_pooled")}
+            for r in mine if int(r["phase_epoch"]) == last_epoch}
+    best = {r["benchmark"]: {k: float(r[k]) for k in ("dice", "iou", "dice_pooled")}
+            for r in mine if int(r["phase_epoch"]) == state.best_epoch}
+    model_dir = out / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_FILE, CONFIG_FILE):
+        shutil.copy2(out / "best" / name, model_dir / name)
+    shutil.copy2(out / METRICS_FILE, model_dir / METRICS_FILE)
+    summary = {"model_dir": str(model_dir), "metrics_file": str(model_dir / METRICS_FILE), "phase": cfg.phase,
+               "epochs_run": last_epoch, "best_epoch": state.best_epoch, "monitor": cfg.monitor_name,
+               "best": best, "last": last}
+    write_model_card(model_dir, json.loads((model_dir / CONFIG_FILE).read_text()), summary, rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _report(summary: dict) -> str:
+    lines = [f"best epoch {summary['best_epoch']} of {summary['epochs_run']} (monitor: {summary['monitor']})"]
+    for name, r in summary["best"].items():
+        lines.append(f"  {name:>16}: Dice {r['dice']:.3f}  IoU {r['iou']:.3f}   (last epoch: Dice "
+                     f"{summary['last'][name]['dice']:.3f})")
+    lines.append(f"model:   {summary['model_dir']}")
+    lines.append(f"metrics: {summary['metrics_file']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+def parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise TrainError(f"--set {p!r}: write KEY=VALUE, e.g. --set epochs=5 or --set optimizer.lr=0.005")
+        k, v = p.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="training YAML (see training/examples/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set epochs=3 --set output_dir=runs/x")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def cli(argv, prog: str, prepare=lambda cfg_path, overrides: load_train_config(cfg_path, overrides)) -> int:
+    from generators.config import ConfigError
+    from generators.query import QueryError
+
+    from .models import ModelFolderError
+
+    args = build_parser(prog).parse_args(argv)
+    try:
+        cfg = prepare(args.config, parse_overrides(args.set))
+        run(cfg, progress=not args.quiet)
+    except (ConfigError, QueryError, DataError, TrainError, ModelFolderError) as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv=None) -> int:
+    return cli(argv, "training.train")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
