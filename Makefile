@@ -18,6 +18,8 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) dataset_scripts/build_tem_au_np.py --preset demo --out tem_au_np
 	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth info tem_au_np
+	# A small U-Net for a few minutes on CPU; prints Dice per benchmark and where the model and metrics are.
+	HF_HUB_OFFLINE=1 $(PY) -m training.train --config training/examples/demo.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
@@ -28,6 +30,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_simulation.py
 	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_training.py
 
 clean:
 	rm -rf tem_au_np runs bench_out

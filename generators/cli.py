@@ -68,6 +68,20 @@ def cmd_regenerate(args) -> int:
     return 0 if same else 1
 
 
+def cmd_predict(args) -> int:
+    from training.predict import predict_file
+
+    print(json.dumps(predict_file(args.model, args.image, args.out, args.pixel_size_A), indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from training.predict import evaluate
+
+    print(json.dumps(evaluate(args.model, args.dataset, args.query, args.split, args.batch_size), indent=2))
+    return 0
+
+
 def cmd_presets(args) -> int:
     from .config import preset_names
 
@@ -106,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("dataset")
     r.add_argument("record_id")
     r.set_defaults(func=cmd_regenerate)
+    pr = sub.add_parser("predict", help="segment one micrograph (TIFF, PNG, NumPy, DM3/DM4, EMD, MRC) with a model")
+    pr.add_argument("model", help="model folder, e.g. runs/demo/model")
+    pr.add_argument("image")
+    pr.add_argument("--out", help="mask file: .png or .tif (0/255) or .npy (0/1)")
+    pr.add_argument("--pixel-size-A", type=float, help="pixel size of the image if the file carries none "
+                    "(it is resampled to the model's)")
+    pr.set_defaults(func=cmd_predict)
+    ev = sub.add_parser("evaluate", help="Dice/IoU of a model on a dataset folder, as JSON")
+    ev.add_argument("model")
+    ev.add_argument("dataset")
+    ev.add_argument("query", nargs="?", help="metadata query narrowing the records")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.set_defaults(func=cmd_evaluate)
     return p
 
 
@@ -116,9 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     from .simulate import SimulatorUnavailable
 
     args = build_parser().parse_args(argv)
+    errors = (ConfigError, RunError, SimulatorUnavailable, QueryError)
+    if args.verb in ("predict", "evaluate"):
+        from training.data import DataError
+        from training.models import ModelFolderError
+
+        from .micrographs import MicrographError
+
+        errors += (DataError, ModelFolderError, MicrographError)
     try:
         return args.func(args)
-    except (ConfigError, RunError, SimulatorUnavailable, QueryError) as err:
+    except errors as err:
         print(f"temsynth {args.verb}: {err}", file=sys.stderr)
         return 2
 

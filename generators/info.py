@@ -21,6 +21,25 @@ def verify(dataset_dir: str | Path) -> list[str]:
 def describe(dataset_dir: str | Path, verify_checksums: bool = False, **kw) -> str:
     verify_checksums = verify_checksums or kw.get("verify", False)
     m = load_manifest(dataset_dir)
+    lines = _experimental(m, dataset_dir) if m.get("kind") == "experimental" else _generated(m, dataset_dir)
+    if verify_checksums:
+        bad = verify(dataset_dir)
+        lines.append("checksums OK" if not bad else f"checksums FAILED for {len(bad)} shard(s): {bad[:5]}")
+    lines.append(f'load with: datasets.load_dataset("{dataset_dir}")')
+    return "\n".join(lines)
+
+
+def _experimental(m: dict, dataset_dir) -> list[str]:
+    a = m["import"]
+    return [
+        f"dataset   {Path(dataset_dir).resolve()}  (experimental, imported from {a['images_dir']})",
+        f"records   {m['n_records']} tiles of {a['tile_px']}² px at {a['target_pixel_size_A']} Å/px from "
+        f"{m['n_sources']} micrographs (material {a['material']})",
+        "splits    " + ", ".join(f"{k} {v}" for k, v in m["splits"].items()) + "  (by source micrograph)",
+    ]
+
+
+def _generated(m: dict, dataset_dir) -> list[str]:
     cfg = m["config"]
     im = cfg["imaging"]
     lines = [
@@ -40,8 +59,4 @@ def describe(dataset_dir: str | Path, verify_checksums: bool = False, **kw) -> s
     if t.get("seconds"):
         lines.append(f"time      {t['seconds']:.1f} s for {t['structures_timed']} structures this run "
                      f"({t['mean_structure_seconds']:.2f} s per structure per worker)")
-    if verify_checksums:
-        bad = verify(dataset_dir)
-        lines.append("checksums OK" if not bad else f"checksums FAILED for {len(bad)} shard(s): {bad[:5]}")
-    lines.append(f'load with: datasets.load_dataset("{dataset_dir}")')
-    return "\n".join(lines)
+    return lines

@@ -31,7 +31,9 @@ class Benchmark(DataSource):
 class UNetConfig(Strict):
     depth: int = Field(4, ge=1, le=6, description="number of 2x downsamplings")
     base_width: int = Field(16, ge=2, le=256, description="channels of the first level; doubled at each level")
-    norm: Literal["batch", "group", "none"] = "batch"
+    # GroupNorm by default: with few, small batches BatchNorm's running statistics lag the weights, and a network
+    # that segments well in train mode predicts nothing in eval mode for the first epochs.
+    norm: Literal["batch", "group", "none"] = "group"
 
 
 class SegformerConfigSpec(Strict):
@@ -45,6 +47,8 @@ class SegformerConfigSpec(Strict):
     @model_validator(mode="after")
     def _stages(self):
         n = len(self.hidden_sizes)
+        if not 1 <= n <= 4:
+            raise ValueError(f"1 to 4 encoder stages, got {n}")
         if len(self.depths) != n or len(self.num_attention_heads) != n:
             raise ValueError("hidden_sizes, depths and num_attention_heads need one entry per encoder stage")
         for h, a in zip(self.hidden_sizes, self.num_attention_heads):

@@ -189,7 +189,8 @@ def benchmark_set(src: DataSource, augment_cfg: AugmentConfig, field: str) -> Ar
 
 
 def source_json(src: DataSource) -> dict:
-    """What a model card and a results table record of a data source: where, which records, which content."""
+    """What a model card and a results table record of a data source: where, which records, which content,
+    and the pixel sizes a model trained on it expects."""
     from generators.run import RunError
     from generators.subsets import fingerprint
 
@@ -197,4 +198,9 @@ def source_json(src: DataSource) -> dict:
         fp = fingerprint(src.path)
     except RunError:  # a folder without a manifest still trains; it just has no content fingerprint
         fp = None
-    return {**json.loads(src.model_dump_json()), "fingerprint": fp}
+    ds = pads.dataset(_split_files(src, "data"), format="parquet")
+    sizes = []
+    if "pixel_size_A" in ds.schema.names:
+        expr = Query(src.query, ds.schema).expression if src.query else None
+        sizes = sorted(set(ds.to_table(columns=["pixel_size_A"], filter=expr)["pixel_size_A"].to_pylist()))
+    return {**json.loads(src.model_dump_json()), "fingerprint": fp, "pixel_sizes_A": sizes}

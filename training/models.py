@@ -67,7 +67,11 @@ class SegFormer(nn.Module):
         super().__init__()
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-        cfg = SegformerConfig(num_channels=1, num_labels=1, **spec)
+        n = len(spec["hidden_sizes"])
+        # SegformerConfig's per-stage lists default to 4 stages; a shallower encoder takes their first n entries.
+        per_stage = {k: v[:n] for k, v in (("sr_ratios", [8, 4, 2, 1]), ("patch_sizes", [7, 3, 3, 3]),
+                                           ("strides", [4, 2, 2, 2]), ("mlp_ratios", [4, 4, 4, 4]))}
+        cfg = SegformerConfig(num_channels=1, num_labels=1, num_encoder_blocks=n, **per_stage, **spec)
         self.net = SegformerForSemanticSegmentation(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
