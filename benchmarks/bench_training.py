@@ -77,9 +77,9 @@ def main():
     device = torch.device(a.device)
 
     t0 = time.perf_counter()
-    parquet = training_set(cfg.data, cfg.augment, cfg.seed)
+    parquet = training_set(cfg.data_sources, cfg.augment, cfg.seed)
     read_s = time.perf_counter() - t0
-    wds = training_set(cfg.data.model_copy(update={"format": "webdataset"}), cfg.augment, cfg.seed)
+    wds = training_set([cfg.data_sources[0].model_copy(update={"format": "webdataset"})], cfg.augment, cfg.seed)
     batch = next(iter(DataLoader(parquet, batch_size=cfg.batch_size)))
     train = train_rate(cfg, batch, a.steps, device, a.mixed_precision)
     pq_rate = loader_rate(parquet, cfg.batch_size, a.num_workers)

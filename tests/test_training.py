@@ -59,9 +59,9 @@ def test_training_learns_and_writes_a_model_folder(trained, built):
     model_dir = Path(summary["model_dir"])
     assert {p.name for p in model_dir.iterdir()} >= {"model.safetensors", "config.json", "metrics.csv", "README.md"}
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["train_data"]["fingerprint"] and config["seed"] == 3 and config["epoch"] == summary["best_epoch"]
+    assert config["train_data"][0]["fingerprint"] and config["seed"] == 3 and config["epoch"] == summary["best_epoch"]
     card = (model_dir / "README.md").read_text()
-    assert "n_twins >= 1" in card and config["train_data"]["fingerprint"] in card and "torch" in card
+    assert "n_twins >= 1" in card and config["train_data"][0]["fingerprint"] in card and "torch" in card
     # The lr decays once per epoch, whatever the number of optimizer steps.
     lrs = sorted({float(r["lr"]) for r in rows}, reverse=True)
     assert lrs[1] == pytest.approx(0.009) and lrs[-1] == pytest.approx(0.01 * 0.9 ** 11)
@@ -155,7 +155,7 @@ def test_finetune_continues_the_curves(trained, built, tmp_path):
     assert phases == [("train", e) for e in range(1, 13)] + [("finetune", e) for e in range(13, 16)]
     config = json.loads((Path(ft["model_dir"]) / "config.json").read_text())
     assert config["init_from"]["path"] == str(Path(summary["model_dir"]).resolve())
-    assert config["train_data"]["n_images"] == 2 and "Parent model" in (Path(ft["model_dir"]) / "README.md").read_text()
+    assert config["train_data"][0]["n_images"] == 2 and "Parent model" in (Path(ft["model_dir"]) / "README.md").read_text()
 
 
 def _write_cfg(tmp_path, d):
@@ -302,3 +302,15 @@ def test_cli_predict_and_evaluate(trained, built, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["n_images"] >= 1 and 0 <= out["dice"] <= 1 and out["fingerprint"]
+
+
+def test_several_sources_are_pooled(built):
+    from training.data import training_set
+
+    cfg = train_config(cfg_dict(built, "x", data=[{"path": str(built), "query": "n_twins == 0"},
+                                                  {"path": str(built), "split": "test", "n_images": 2}]))
+    pooled = training_set(cfg.data_sources, cfg.augment, 0)
+    alone = [read_arrays(s, 0)[2] for s in cfg.data_sources]
+    assert pooled.ids == alone[0] + alone[1] and len(alone[1]) == 2
+    with pytest.raises(ConfigError, match="format: parquet"):
+        train_config(cfg_dict(built, "x", data=[{"path": str(built)}, {"path": str(built), "format": "webdataset"}]))

@@ -94,7 +94,7 @@ class TrainConfig(Strict):
     seed: int = Field(0, ge=0)
     epochs: int = Field(25, ge=1, le=10_000)
     batch_size: int = Field(16, ge=1)
-    data: DataSource
+    data: DataSource | list[DataSource] = Field(description="one source, or several (Parquet) whose records are pooled")
     benchmarks: list[Benchmark] = Field(min_length=1)
     model: ModelConfig = ModelConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -122,6 +122,20 @@ class TrainConfig(Strict):
         if self.monitor is not None and self.monitor not in names:
             raise ValueError(f"monitor {self.monitor!r} is not a benchmark name; choose one of {names}")
         return self
+
+    @field_validator("data")
+    @classmethod
+    def _pooled(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one data source")
+            if len(v) > 1 and any(s.format != "parquet" for s in v):
+                raise ValueError("several data sources are pooled in memory: use format: parquet for each")
+        return v
+
+    @property
+    def data_sources(self) -> list[DataSource]:
+        return self.data if isinstance(self.data, list) else [self.data]
 
     @property
     def monitor_name(self) -> str:

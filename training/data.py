@@ -176,10 +176,15 @@ class WdsSet(IterableDataset):
         return to_sample(image, mask, self.cfg.normalise)
 
 
-def training_set(src: DataSource, augment_cfg: AugmentConfig, seed: int):
-    if src.format == "webdataset":
-        return WdsSet(src, augment_cfg, seed)
-    images, masks, ids = read_arrays(src, seed)
+def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: int):
+    if sources[0].format == "webdataset":
+        return WdsSet(sources[0], augment_cfg, seed)
+    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data") for i, s in enumerate(sources)]
+    if len({p[0].shape[1:] for p in parts}) > 1:
+        raise DataError(f"data: the sources' images differ in size ({sorted({p[0].shape[1:] for p in parts})}); "
+                        "pool folders of one image size")
+    images, masks = (np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in (0, 1))
+    ids = [i for p in parts for i in p[2]]
     return ArraySet(images, masks, ids, augment_cfg, train=True, seed=seed)
 
 

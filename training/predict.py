@@ -13,8 +13,8 @@ from .models import load_model
 
 
 def _model_pixel_size(config: dict) -> float | None:
-    sizes = config.get("train_data", {}).get("pixel_sizes_A") or []
-    return sizes[0] if len(sizes) == 1 else None
+    sizes = {px for src in config.get("train_data", []) for px in src.get("pixel_sizes_A") or []}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 @torch.no_grad()

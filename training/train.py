@@ -150,7 +150,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     set_seed(cfg.seed)
     log = accelerator.print
 
-    train_set = training_set(cfg.data, cfg.augment, cfg.seed)
+    train_set = training_set(cfg.data_sources, cfg.augment, cfg.seed)
     benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]") for b in cfg.benchmarks}
     if cfg.init_from:
         model, parent = load_model(cfg.init_from)
@@ -192,7 +192,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     bar = _bar(cfg, n_batches, state.epoch, progress and accelerator.is_local_main_process)
     info = {"name": cfg.name, "phase": cfg.phase, "seed": cfg.seed, "world_size": accelerator.num_processes,
             "mixed_precision": cfg.mixed_precision, "training_config": json.loads(cfg.model_dump_json()),
-            "train_data": source_json(cfg.data), "benchmarks": [source_json(b) for b in cfg.benchmarks],
+            "train_data": [source_json(s) for s in cfg.data_sources], "benchmarks": [source_json(b) for b in cfg.benchmarks],
             "init_from": _parent_info(cfg), "epoch_offset": offset}
     for epoch in range(state.epoch, cfg.epochs):
         if cfg.patience and state.bad_epochs >= cfg.patience:
