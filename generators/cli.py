@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.set_defaults(func=cmd_evaluate)
+    st = sub.add_parser("study", help="`study run STUDY.yaml` (subsets x seeds x fine-tuning on Dask), "
+                        "`study report STUDY_DIR`", add_help=False)
+    st.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
@@ -143,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     from .run import RunError
     from .simulate import SimulatorUnavailable
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["study"]:  # its own parser, so that `temsynth study run --help` reaches it
+        from training.study import main as study_main
+
+        return study_main(argv[1:])
     args = build_parser().parse_args(argv)
     errors = (ConfigError, RunError, SimulatorUnavailable, QueryError)
     if args.verb in ("predict", "evaluate"):

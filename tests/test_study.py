@@ -1,0 +1,125 @@
+"""Study: subsets × seeds × fine-tuning on Dask, resume after a kill, failures, the results table."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from generators.config import ConfigError
+from training.results import RESULT_SCHEMA
+from training.study import load_study, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def study_dict(data_dir, out, **over):
+    d = {"name": "tiny-study", "output_dir": str(out), "seeds": 2, "workers": 0,
+         "subsets": [{"name": "first_condition", "sources": [{"path": str(data_dir), "query": "condition_index == 0"}]},
+                     {"name": "second_condition", "sources": [{"path": str(data_dir), "query": "condition_index == 1"}]}],
+         "benchmarks": [{"name": "validation", "path": str(data_dir)},
+                        {"name": "test", "path": str(data_dir), "split": "test"}],
+         "training": {"epochs": 1, "batch_size": 4, "model": {"unet": {"depth": 2, "base_width": 4}}},
+         "finetune": {"data": {"path": str(data_dir), "split": "test"}, "amounts": [2],
+                      "settings": {"epochs": 1, "batch_size": 2}}}
+    d.update(over)
+    return d
+
+
+def write(tmp_path, d, name="study.yaml"):
+    f = tmp_path / name
+    f.write_text(yaml.safe_dump(d))
+    return f
+
+
+def test_jobs_follow_the_seed_study_recipe(built, tmp_path):
+    study, jobs = load_study(write(tmp_path, study_dict(built, tmp_path / "s")))
+    assert [j["job_id"] for j in jobs] == ["first_condition-s0", "first_condition-s0-ft2", "first_condition-s1",
+                                           "first_condition-s1-ft2", "second_condition-s0",
+                                           "second_condition-s0-ft2", "second_condition-s1", "second_condition-s1-ft2"]
+    train, ft = jobs[0]["config"], jobs[1]["config"]
+    assert ft["init_from"] == str(Path(train["output_dir"]) / "model")
+    assert ft["optimizer"]["lr"] == pytest.approx(train["optimizer"]["lr"] / 2)
+    assert ft["patience"] == 10 and ft["data"]["n_images"] == 2 and ft["model"] == train["model"]
+    assert load_study(write(tmp_path, {k: v for k, v in study_dict(built, "x").items() if k != "seeds"}))[0].seed_list \
+        == [0, 1, 2, 3, 4]  # five seeds unless told otherwise
+
+
+def test_tiny_study_end_to_end_with_one_row_per_job_epoch_benchmark(built, tmp_path):
+    s = run_study(write(tmp_path, study_dict(built, tmp_path / "s")), progress=False, log=lambda *a: None)
+    assert s["done"] == 8 and not s["failed"]
+    t = pq.read_table(s["results"])
+    assert t.schema.equals(RESULT_SCHEMA)
+    rows = t.to_pylist()
+    keys = [(r["job_id"], r["phase"], r["epoch"], r["benchmark"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 8 * 1 * 2
+    ft = [r for r in rows if r["phase"] == "finetune"]
+    assert {r["epoch"] for r in ft} == {2} and {r["finetune_images"] for r in ft} == {2}
+    assert {r["subset_query"] for r in rows} == {"condition_index == 0", "condition_index == 1"}
+    assert all(len(r["data_fingerprint"]) == 64 and len(r["model_fingerprint"]) == 64 for r in rows)
+    # Fine-tuning jobs carry the subset of the model they started from, not their own experimental data.
+    assert {r["data_path"] for r in ft} == {str(built)}
+    again = run_study(write(tmp_path, study_dict(built, tmp_path / "s")), progress=False, log=lambda *a: None)
+    assert again["timing"]["jobs_run"] == 0 and pq.read_table(s["results"]).num_rows == 16
+
+
+def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
+    f = write(tmp_path, study_dict(built, tmp_path / "s"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "generators.cli", "study", "run", str(f), "--quiet"]
+    proc = subprocess.Popen(cmd + ["--workers", "0"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    done = lambda: sorted((tmp_path / "s" / "jobs").glob("*/*/done.json"))  # noqa: E731
+    while len(done()) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p: p.stat().st_mtime_ns for p in done()}
+    assert 3 <= len(before) < 8
+    r = subprocess.run(cmd + ["--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout[r.stdout.index("{"):])
+    assert out["done"] == 8 and out["timing"]["jobs_run"] == 8 - len(before)
+    assert all(p.stat().st_mtime_ns == m for p, m in before.items())  # finished jobs were not run again
+    rows = pq.read_table(tmp_path / "s" / "results.parquet").to_pylist()
+    keys = [(r["job_id"], r["phase"], r["epoch"], r["benchmark"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 16
+
+
+def test_failed_jobs_are_listed_and_retried_on_request(built, tmp_path):
+    d = study_dict(built, tmp_path / "s", seeds=[0])
+    d["subsets"][1]["sources"][0]["query"] = "dose_e_per_A2 > 1e9"  # selects nothing: that job must fail
+    f = write(tmp_path, d)
+    s = run_study(f, progress=False, log=lambda *a: None)
+    assert set(s["failed"]) == {"second_condition-s0", "second_condition-s0-ft2"}
+    assert "selects no records" in s["failed"]["second_condition-s0"]
+    assert "parent job second_condition-s0 did not finish" in s["failed"]["second_condition-s0-ft2"]
+    assert s["done"] == 2 and pq.read_table(s["results"]).num_rows == 2 * 2
+    lines = []
+    again = run_study(f, progress=False, log=lines.append)
+    assert again["timing"]["jobs_run"] == 0 and "--retry-failed" in lines[0]
+    retried = run_study(f, retry_failed=True, progress=False, log=lambda *a: None)
+    assert retried["timing"]["jobs_run"] == 2 and set(retried["failed"]) == set(s["failed"])
+
+
+def test_bad_study_files_name_the_field(built, tmp_path):
+    with pytest.raises(ConfigError, match="seeds"):
+        load_study(write(tmp_path, study_dict(built, "x", seeds=[1, 1])))
+    with pytest.raises(ConfigError, match="subsets"):
+        load_study(write(tmp_path, study_dict(built, "x", subsets=[])))
+    with pytest.raises(ConfigError, match=r"(?s)job first_condition-s0.*epochs"):
+        load_study(write(tmp_path, study_dict(built, "x", training={"epochs": -1})))
+    with pytest.raises(ConfigError, match="finetune.amounts"):
+        d = study_dict(built, "x")
+        d["finetune"]["amounts"] = [0]
+        load_study(write(tmp_path, d))
+    r = subprocess.run([sys.executable, "-m", "generators.cli", "study", "run", str(tmp_path / "missing.yaml")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
