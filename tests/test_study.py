@@ -66,6 +66,14 @@ def test_tiny_study_end_to_end_with_one_row_per_job_epoch_benchmark(built, tmp_p
     assert {r["data_path"] for r in ft} == {str(built)}
     again = run_study(write(tmp_path, study_dict(built, tmp_path / "s")), progress=False, log=lambda *a: None)
     assert again["timing"]["jobs_run"] == 0 and pq.read_table(s["results"]).num_rows == 16
+    from generators.cli import main
+
+    assert main(["study", "report", str(tmp_path / "s")]) == 0
+    report = tmp_path / "s" / "report"
+    assert {"report.html", "report.md", "fig1_final_dice.png", "fig2_dynamics.png", "statistics.csv",
+            "pairwise.csv"} <= {p.name for p in report.iterdir()}
+    assert "first_condition" in (report / "report.md").read_text()
+    assert main(["study", "report", str(tmp_path)]) == 2  # no results table there
 
 
 def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+RESULTS_FILE = "results.parquet"   # in the study folder
+STUDY_FILE = "study.json"          # the study's config, subsets, jobs, failures and timing
+
 RESULT_SCHEMA = pa.schema([
     pa.field("study", pa.string()),                # study name
     pa.field("job_id", pa.string()),               # "{subset}-s{seed}" (+ "-ft{amount}" for a fine-tuning job)

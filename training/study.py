@@ -22,10 +22,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from generators.config import ConfigError, Strict, format_errors, read_yaml
 
 from .config import Benchmark, DataSource, TrainConfig, train_config
-from .results import RESULT_SCHEMA
-
-RESULTS_FILE = "results.parquet"
-STUDY_FILE = "study.json"
+from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
 
 
 class StudyError(RuntimeError):
@@ -345,7 +342,7 @@ def _run_on_dask(jobs, todo, workers, scheduler, bar, record, finished):
             futures[job["job_id"]] = client.submit(run_job, job, parent, threads, key=f"job-{job['job_id']}-"
                                                    f"{time.time_ns()}", pure=False)
         job_of = {f.key: by_id[j] for j, f in futures.items()}
-        failed = 0
+        failed, since = 0, time.time()
         for fut in as_completed(list(futures.values())):
             try:
                 r = fut.result()
@@ -353,7 +350,7 @@ def _run_on_dask(jobs, todo, workers, scheduler, bar, record, finished):
                 r = _worker_lost(job_of[fut.key], err)
             failed += r["status"] == "failed"
             record(r)
-            running = sum(len(v) for v in client.processing().values())
+            running = max(0, sum(_started(j, since) for j in job_of.values()) - len(finished))
             bar.set_postfix_str(f"done {len(finished) - failed} running {running} failed {failed}")
     finally:
         bar.close()
@@ -361,6 +358,12 @@ def _run_on_dask(jobs, todo, workers, scheduler, bar, record, finished):
         if cluster is not None:
             cluster.close()
     return finished
+
+
+def _started(job: dict, since: float) -> bool:
+    """Started in this run: Dask hands out tasks ahead of time, so only the job's own files say it is running."""
+    f = _job_dir(job) / "train_config.json"
+    return f.exists() and f.stat().st_mtime >= since
 
 
 def _worker_lost(job: dict, err: Exception) -> dict:
