@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo study test test-slow bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +21,13 @@ demo: $(STAMP)
 	# A small U-Net for a few minutes on CPU; prints Dice per benchmark and where the model and metrics are.
 	HF_HUB_OFFLINE=1 $(PY) -m training.train --config training/examples/demo.yaml
 
+# The example study (docs in README): 4 data subsets x 5 seeds, fine-tuned on a domain-shifted set; ~15 min on 2 cores.
+study: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) dataset_scripts/build_tem_au_np.py --preset demo --out tem_au_np --quiet
+	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth generate --preset shifted --out tem_au_shifted --quiet
+	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth study run training/examples/study_demo.yaml
+	$(VENV)/bin/temsynth study report runs/study_demo
+
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
@@ -31,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_simulation.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_study.py
 
 clean:
-	rm -rf tem_au_np runs bench_out
+	rm -rf tem_au_np tem_au_shifted runs bench_out

@@ -24,6 +24,8 @@ from generators.config import ConfigError, Strict, format_errors, read_yaml
 from .config import Benchmark, DataSource, TrainConfig, train_config
 from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
 
+RUNNING_FILE = "running.json"  # present while a job runs (or was killed running): progress reads it
+
 
 class StudyError(RuntimeError):
     pass
@@ -144,13 +146,14 @@ def run_job(job: dict, parent: dict | None = None, threads: int | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     started = time.time()
+    (out / RUNNING_FILE).write_text(json.dumps({"started": started, "pid": os.getpid()}))
     try:
         if parent is not None and parent.get("status") != "done":
             raise StudyError(f"parent job {job['parent']} did not finish: {parent.get('error', 'unknown')}")
         if threads:
             torch.set_num_threads(threads)
         _pick_gpu()
-        summary = run(TrainConfig.model_validate(job["config"]), progress=False)
+        summary = run(TrainConfig.model_validate(job["config"]), progress=False, echo=False)
         result = {"job_id": job["job_id"], "status": "done", "seconds": time.perf_counter() - t0,
                   "started": started, "finished": time.time(), "summary": summary,
                   "model_fingerprint": sha256_file(Path(summary["model_dir"]) / "model.safetensors")}
@@ -162,6 +165,7 @@ def run_job(job: dict, parent: dict | None = None, threads: int | None = None) -
                   "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         with atomic_path(out / "error.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
+    (out / RUNNING_FILE).unlink(missing_ok=True)
     return result
 
 
@@ -350,7 +354,7 @@ def _run_on_dask(jobs, todo, workers, scheduler, bar, record, finished):
                 r = _worker_lost(job_of[fut.key], err)
             failed += r["status"] == "failed"
             record(r)
-            running = max(0, sum(_started(j, since) for j in job_of.values()) - len(finished))
+            running = sum(_running(j, since) for j in job_of.values())
             bar.set_postfix_str(f"done {len(finished) - failed} running {running} failed {failed}")
     finally:
         bar.close()
@@ -360,10 +364,13 @@ def _run_on_dask(jobs, todo, workers, scheduler, bar, record, finished):
     return finished
 
 
-def _started(job: dict, since: float) -> bool:
-    """Started in this run: Dask hands out tasks ahead of time, so only the job's own files say it is running."""
-    f = _job_dir(job) / "train_config.json"
-    return f.exists() and f.stat().st_mtime >= since
+def _running(job: dict, since: float) -> bool:
+    """Dask hands tasks to workers ahead of time, so only the job's own marker says it is running now."""
+    f = _job_dir(job) / RUNNING_FILE
+    try:
+        return f.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
 
 
 def _worker_lost(job: dict, err: Exception) -> dict:

@@ -139,7 +139,7 @@ def _prior(cfg: TrainConfig) -> tuple[list[dict], int]:
 
 
 # ---------------------------------------------------------------- the run
-def run(cfg: TrainConfig, progress: bool = True) -> dict:
+def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -148,7 +148,7 @@ def run(cfg: TrainConfig, progress: bool = True) -> dict:
     # The lr decays once per epoch: the scheduler must not step with every optimizer step of every process.
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
     set_seed(cfg.seed)
-    log = accelerator.print
+    log = accelerator.print if echo else (lambda *a, **k: None)
 
     train_set = training_set(cfg.data_sources, cfg.augment, cfg.seed)
     benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]") for b in cfg.benchmarks}
