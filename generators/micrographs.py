@@ -25,7 +25,8 @@ import numpy as np
 import pyarrow as pa
 
 from . import __version__
-from .records import Column, nested_list_array
+from . import records
+from .records import Column, fixed_list, nested_list_array
 from .writers import CARDS_DIR, atomic_path, sha256_file, versions, write_manifest, write_split
 
 EXTENSIONS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".npy": "npy",
@@ -355,10 +356,6 @@ def tile(image: np.ndarray, mask: np.ndarray, size_px: int, overlap_px: int = 0)
 
 
 # ---------------------------------------------------------------- schema
-def _fixed(t, n):
-    return pa.list_(t, n)
-
-
 COLUMNS: tuple[Column, ...] = (
     Column("record_id", pa.string(), "unique id: {source stem, [A-Za-z0-9_-] only}-t{tile_index:04d}"),
     Column("split", pa.string(), "finetune / benchmark, assigned per source micrograph"),
@@ -369,8 +366,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("pixel_size_A", pa.float64(), "pixel size of the tile (the import's target pixel size)"),
     Column("image_size_px", pa.int32(), "tile side length"),
     Column("tile_index", pa.int32(), "tile number within its source micrograph, row by row"),
-    Column("tile_origin_px", _fixed(pa.int32(), 2), "(x, y) of the tile corner in the resampled micrograph"),
-    Column("tile_valid_size_px", _fixed(pa.int32(), 2), "(width, height) of real data from the corner; the rest "
+    Column("tile_origin_px", fixed_list(pa.int32(), 2), "(x, y) of the tile corner in the resampled micrograph"),
+    Column("tile_valid_size_px", fixed_list(pa.int32(), 2), "(width, height) of real data from the corner; the rest "
                                                          "is padding (image reflected, mask 0)"),
     Column("padded", pa.bool_(), "the micrograph was smaller than a tile and was padded"),
     Column("material", pa.string(), "particle material, as given to the import"),
@@ -380,17 +377,11 @@ COLUMNS: tuple[Column, ...] = (
 
 
 def arrow_schema() -> pa.Schema:
-    return pa.schema([pa.field("image", pa.list_(pa.list_(pa.float32()))),
-                      pa.field("mask", pa.list_(pa.list_(pa.uint8())))]
-                     + [pa.field(c.name, c.arrow) for c in COLUMNS])
+    return records.arrow_schema(COLUMNS)
 
 
 def hf_features(size_px: int):
-    from datasets import Array2D, Features
-
-    meta = Features.from_arrow_schema(pa.schema([pa.field(c.name, c.arrow) for c in COLUMNS]))
-    return Features({"image": Array2D((size_px, size_px), "float32"),
-                     "mask": Array2D((size_px, size_px), "uint8"), **meta})
+    return records.hf_features(size_px, COLUMNS)
 
 
 # ---------------------------------------------------------------- pairing and planning

@@ -17,7 +17,7 @@ class Column:
     description: str
 
 
-def _fixed(t, n):
+def fixed_list(t, n):
     return pa.list_(t, n)
 
 
@@ -29,9 +29,9 @@ METADATA_COLUMNS: tuple[Column, ...] = (
     Column("split", pa.string(), "train / validation / test, assigned per structure"),
     Column("material", pa.string(), "particle material"),
     Column("particle_radius_A", pa.float64(), "sphere radius"),
-    Column("particle_center_px", _fixed(pa.float64(), 2), "(x, y) particle centre in image pixel indices"),
-    Column("orientation_euler_deg", _fixed(pa.float64(), 3), "ZXZ Euler angles crystal -> lab frame (beam = +z)"),
-    Column("beam_direction_crystal", _fixed(pa.float64(), 3), "unit beam direction in the crystal's Cartesian frame"),
+    Column("particle_center_px", fixed_list(pa.float64(), 2), "(x, y) particle centre in image pixel indices"),
+    Column("orientation_euler_deg", fixed_list(pa.float64(), 3), "ZXZ Euler angles crystal -> lab frame (beam = +z)"),
+    Column("beam_direction_crystal", fixed_list(pa.float64(), 3), "unit beam direction in the crystal's Cartesian frame"),
     Column("defect_type", pa.string(), "realised planar defects: none, twin, multiple_twins, stacking_fault, mixed"),
     Column("n_defects", pa.int32(), "number of planar defects"),
     Column("n_twins", pa.int32(), "number of twin boundaries"),
@@ -46,7 +46,7 @@ METADATA_COLUMNS: tuple[Column, ...] = (
     Column("n_frozen_phonons", pa.int32(), "frozen-phonon configurations averaged"),
     Column("pixel_size_A", pa.float64(), "detector pixel size"),
     Column("image_size_px", pa.int32(), "image side length"),
-    Column("crop_offset_px", _fixed(pa.int32(), 2), "(x, y) of the image corner in the simulated field"),
+    Column("crop_offset_px", fixed_list(pa.int32(), 2), "(x, y) of the image corner in the simulated field"),
     Column("defocus_nm", pa.float64(), "C10; negative = underfocus"),
     Column("cs_mm", pa.float64(), "spherical aberration C30"),
     Column("astigmatism_nm", pa.float64(), "two-fold astigmatism |C12|"),
@@ -69,17 +69,19 @@ METADATA_NAMES = tuple(c.name for c in METADATA_COLUMNS)
 ARRAY_COLUMNS = ("image", "mask")
 
 
-def arrow_schema() -> pa.Schema:
-    """Parquet schema: images as nested lists (datasets casts them to Array2D from the card's features)."""
+def arrow_schema(columns: tuple[Column, ...] = METADATA_COLUMNS) -> pa.Schema:
+    """Parquet schema: images as nested lists (datasets casts them to Array2D from the card's features).
+
+    `columns`: the metadata of simulated records by default; experimental imports pass their own."""
     return pa.schema([pa.field("image", pa.list_(pa.list_(pa.float32()))),
                       pa.field("mask", pa.list_(pa.list_(pa.uint8())))]
-                     + [pa.field(c.name, c.arrow) for c in METADATA_COLUMNS])
+                     + [pa.field(c.name, c.arrow) for c in columns])
 
 
-def hf_features(image_size_px: int):
+def hf_features(image_size_px: int, columns: tuple[Column, ...] = METADATA_COLUMNS):
     from datasets import Array2D, Features
 
-    feats = Features.from_arrow_schema(pa.schema([pa.field(c.name, c.arrow) for c in METADATA_COLUMNS]))
+    feats = Features.from_arrow_schema(pa.schema([pa.field(c.name, c.arrow) for c in columns]))
     out = {"image": Array2D((image_size_px, image_size_px), "float32"),
            "mask": Array2D((image_size_px, image_size_px), "uint8")}
     out.update(feats)
