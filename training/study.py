@@ -336,7 +336,9 @@ def _run_on_dask(jobs, todo, workers, scheduler, bar, record, finished):
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         # Dask starts workers with OMP/MKL_NUM_THREADS=1 (right for numpy tasks, not for a torch job that owns
-        # its share of the cores): measured 2.4x slower jobs on 1 worker until the share is passed down.
+        # its share of the cores). Processes, not threads: concurrent jobs in one process would share torch's
+        # global RNG and break seed-for-seed reproducibility. (Open: on CPUs a job in a nanny-spawned worker
+        # still measures ~2.4x slower than in a plain process; `workers: 0` runs jobs here at full speed.)
         env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                env=env)
