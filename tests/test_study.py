@@ -131,3 +131,14 @@ def test_bad_study_files_name_the_field(built, tmp_path):
     r = subprocess.run([sys.executable, "-m", "generators.cli", "study", "run", str(tmp_path / "missing.yaml")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_edited_subset_is_not_mistaken_for_a_finished_one(built, tmp_path):
+    from training.study import StudyError
+
+    d = study_dict(built, tmp_path / "s", seeds=[0], finetune=None)
+    d["subsets"] = d["subsets"][:1]
+    run_study(write(tmp_path, d), progress=False, log=lambda *a: None)
+    d["subsets"][0]["sources"][0]["query"] = "condition_index == 1"
+    with pytest.raises(StudyError, match="first_condition-s0 finished with another config.*data"):
+        run_study(write(tmp_path, d), progress=False, log=lambda *a: None)

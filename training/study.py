@@ -250,6 +250,7 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
     out.mkdir(parents=True, exist_ok=True)
     _check_folder(study, out)
     states = {j["job_id"]: job_state(j) for j in jobs}
+    _check_done_jobs(jobs, states)
     todo = [j for j in jobs if not states[j["job_id"]] or
             (states[j["job_id"]]["status"] == "failed" and retry_failed)]
     skipped_failed = [j["job_id"] for j in jobs if states[j["job_id"]] and
@@ -261,15 +262,15 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
     results = _run_jobs(study, jobs, todo, workers, scheduler, progress) if todo else []
     wall = time.perf_counter() - t0
     write_results(study, jobs)
-    failed = {j["job_id"]: (job_state(j) or {}).get("error") for j in jobs
-              if (job_state(j) or {}).get("status") == "failed"}
+    final = {j["job_id"]: job_state(j) or {} for j in jobs}
+    failed = {k: s.get("error") for k, s in final.items() if s.get("status") == "failed"}
     job_seconds = sum(r["seconds"] for r in results)
     timing = {"wall_seconds": round(wall, 2), "jobs_run": len(results), "job_seconds": round(job_seconds, 2),
               "workers": workers if not scheduler else None, "scheduler": scheduler,
               "jobs_per_hour": round(3600 * len(results) / wall, 1) if results else None}
     _write_study_json(study, out, jobs, timing, failed)
     summary = {"study": study.name, "output_dir": str(out), "jobs": len(jobs),
-               "done": sum(1 for j in jobs if (job_state(j) or {}).get("status") == "done"),
+               "done": sum(s.get("status") == "done" for s in final.values()),
                "failed": failed, "results": str(out / RESULTS_FILE), "timing": timing}
     for job_id, err in failed.items():
         log(f"FAILED {job_id}: {err}")
@@ -281,12 +282,27 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
     if f.exists():
         old = json.loads(f.read_text()).get("config", {})
         mine = json.loads(study.model_dump_json())
-        keep = ("workers", "scheduler")
-        diff = sorted(k for k in set(old) | set(mine) if k not in keep and old.get(k) != mine.get(k)
-                      and k not in ("seeds", "subsets", "finetune"))
+        # Seeds, subsets and amounts may grow: each job checks its own config (_check_done_jobs).
+        free = ("workers", "scheduler", "seeds", "subsets", "finetune")
+        diff = sorted(k for k in set(old) | set(mine) if k not in free and old.get(k) != mine.get(k))
         if diff:
             raise StudyError(f"{out} holds a study with another config (differs in {', '.join(diff)}); "
                              "choose a new output_dir. Adding seeds, subsets or fine-tuning amounts is allowed.")
+
+
+def _check_done_jobs(jobs: list[dict], states: dict) -> None:
+    """A finished job is only reused for the config it ran with (a subset's query may have been edited)."""
+    from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE
+
+    for job in jobs:
+        if (states[job["job_id"]] or {}).get("status") != "done":
+            continue
+        ran = json.loads((_job_dir(job) / RUN_CONFIG_FILE).read_text())
+        diff = sorted(k for k in set(ran) | set(job["config"])
+                      if k not in RESUMABLE_CHANGES and ran.get(k) != job["config"].get(k))
+        if diff:
+            raise StudyError(f"job {job['job_id']} finished with another config (differs in {', '.join(diff)}); "
+                             "a changed subset or training field needs a new output_dir")
 
 
 def _write_study_json(study, out, jobs, timing, failed) -> None:
