@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from generators.query import Query, wds_filter
+from generators.query import Query, QueryError, wds_filter
 
 from .config import AugmentConfig, DataSource
 
@@ -66,7 +66,10 @@ def _split_files(src: DataSource, field: str) -> list[str]:
 def read_arrays(src: DataSource, seed: int = 0, field: str = "data"):
     """(images (n, h, w) float32, masks (n, h, w) uint8, record ids) of one split, query pushed into the scan."""
     ds = pads.dataset(_split_files(src, field), format="parquet")
-    expr = Query(src.query, ds.schema).expression if src.query else None
+    try:
+        expr = Query(src.query, ds.schema).expression if src.query else None
+    except QueryError as err:
+        raise QueryError(f"{field}.query: {err}") from None
     table = ds.to_table(columns=["record_id", "image", "mask"], filter=expr).sort_by("record_id")
     if len(table) == 0:
         raise DataError(f"{field}.query selects no records of {src.label}")
