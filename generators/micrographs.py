@@ -40,6 +40,9 @@ _A_PER_UNIT = {"m": 1e10, "µm": 1e4, "um": 1e4, "micron": 1e4, "microns": 1e4, 
 _MAX_TIFF_TAG_PIXEL_A = 1e4
 
 
+READER_PACKAGES = ("rosettasciio", "ncempy", "tifffile", "pillow", "h5py")
+
+
 class MicrographError(ValueError):
     """A micrograph or mask that cannot be used, with a one-line message naming the file and the fix."""
 
@@ -602,7 +605,7 @@ def _write_folder(out: Path, name: str, sources: list[Source], args: dict, image
     manifest = {
         "name": name, "kind": "experimental",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "generator": "temsynth", "generator_version": __version__, "versions": {**versions(), **_reader_versions()},
+        "generator": "temsynth", "generator_version": __version__, "versions": versions(*READER_PACKAGES),
         "import": args, "n_sources": len(sources), "n_records": sum(counts.values()), "splits": counts,
         "sources": [_source_entry(s, images_dir) for s in sources], "shards": shards,
     }
@@ -617,18 +620,6 @@ def _source_entry(s: Source, images_dir: Path) -> dict:
             "pixel_size_source": s.pixel_size_source, "file_pixel_size_A": s.file_pixel_size_A,
             "size_px": [s.shape_px[1], s.shape_px[0]], "resampled_size_px": [s.resampled_px[1], s.resampled_px[0]],
             "sha256": sha256_file(s.image), "mask_sha256": sha256_file(s.mask)}
-
-
-def _reader_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("rosettasciio", "ncempy", "tifffile", "pillow", "h5py"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 # ---------------------------------------------------------------- card

@@ -111,11 +111,13 @@ def write_split(out: Path, split: str, tables: Iterable[pa.Table], n_records: in
     return entries
 
 
-def versions() -> dict:
+def versions(*extra: str) -> dict:
+    """Python, platform and the versions of the packages that shape a dataset, plus `extra` packages."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("temsynth", "abtem", "czone", "ase", "numpy", "scipy", "pyarrow", "datasets", "webdataset", "dask"):
+    for pkg in ("temsynth", "abtem", "czone", "ase", "numpy", "scipy", "pyarrow", "datasets", "webdataset", "dask",
+                *extra):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -5,21 +5,15 @@ from pathlib import Path
 
 import yaml
 
-CARDS_DIR = Path(__file__).resolve().parents[1] / "cards"
+from generators.writers import CARDS_DIR
+
+TRAINING_PACKAGES = ("torch", "accelerate", "transformers", "safetensors")
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from generators.writers import versions as all_versions
 
-    from generators.writers import versions as data_versions
-
-    out = data_versions()
-    for pkg in ("torch", "accelerate", "transformers", "safetensors"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return all_versions(*TRAINING_PACKAGES)
 
 
 def write_model_card(model_dir: Path, config: dict, summary: dict, rows: list[dict]) -> None:

@@ -159,19 +159,19 @@ class WdsSet(IterableDataset):
                 yield s["__key__"], s["image.npy"], s["mask.png"]
 
     def __iter__(self):
-        from PIL import Image
-
         rng = np.random.default_rng([self.seed, 2, self.epoch])
         buf = []
         for key, img_bytes, mask_bytes in self._samples():
             buf.append((key, img_bytes, mask_bytes))
             if len(buf) >= self.buffer:
-                yield self._decode(buf.pop(int(rng.integers(len(buf)))), rng, Image)
+                yield self._decode(buf.pop(int(rng.integers(len(buf)))), rng)
         rng.shuffle(buf)
         for item in buf:
-            yield self._decode(item, rng, Image)
+            yield self._decode(item, rng)
 
-    def _decode(self, item, rng, Image):
+    def _decode(self, item, rng):
+        from PIL import Image
+
         _, img_bytes, mask_bytes = item
         image = np.load(io.BytesIO(img_bytes))
         mask = np.asarray(Image.open(io.BytesIO(mask_bytes)), dtype=np.uint8)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from generators.writers import CARDS_DIR
+
 from .results import RESULTS_FILE, STUDY_FILE
 from .stats import MODEL_KEY, bootstrap_median_ci, final_scores, min_attainable_p, pairwise_mannwhitney
 
@@ -26,7 +28,6 @@ LEVEL = 0.95
 N_BOOT = 10000
 TRAIN_COLOR = "0.35"
 FIG1, FIG2 = "fig1_final_dice.png", "fig2_dynamics.png"
-CARDS_DIR = Path(__file__).resolve().parents[1] / "cards"
 
 
 class ReportError(ValueError):

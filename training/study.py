@@ -223,16 +223,22 @@ def _train_data_info(state: dict) -> list[dict]:
     return config.get("train_data") or []
 
 
-def write_results(study: StudyConfig, jobs: list[dict]) -> Path:
+def write_results(study: StudyConfig, jobs: list[dict], cache: dict | None = None) -> Path:
+    """Rewrite results.parquet from every finished job; `cache` keeps rows already read (a finished job's
+    metrics never change), so rewriting after each of n jobs reads each job's files once, not n times."""
     import pyarrow.parquet as pq
 
     from generators.writers import atomic_path
 
+    cache = {} if cache is None else cache
     rows = []
     for job in jobs:
-        state = job_state(job)
-        if state and state["status"] == "done":
-            rows += _job_rows(study, job, state)
+        if job["job_id"] not in cache:
+            state = job_state(job)
+            if not state or state["status"] != "done":
+                continue
+            cache[job["job_id"]] = _job_rows(study, job, state)
+        rows += cache[job["job_id"]]
     table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
     path = Path(study.output_dir) / RESULTS_FILE
     with atomic_path(path) as tmp:
@@ -259,9 +265,10 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
     log(f"study {study.name}: {len(jobs)} jobs, {done_before} done before, {len(todo)} to run"
         + (f", {len(skipped_failed)} failed before (--retry-failed to run them again)" if skipped_failed else ""))
     t0 = time.perf_counter()
-    results = _run_jobs(study, jobs, todo, workers, scheduler, progress) if todo else []
+    cache: dict = {}
+    results = _run_jobs(study, jobs, todo, workers, scheduler, progress, cache) if todo else []
     wall = time.perf_counter() - t0
-    write_results(study, jobs)
+    write_results(study, jobs, cache)
     final = {j["job_id"]: job_state(j) or {} for j in jobs}
     failed = {k: s.get("error") for k, s in final.items() if s.get("status") == "failed"}
     job_seconds = sum(r["seconds"] for r in results)
@@ -320,7 +327,7 @@ def _write_study_json(study, out, jobs, timing, failed) -> None:
         tmp.write_text(json.dumps(doc, indent=2))
 
 
-def _run_jobs(study, jobs, todo, workers, scheduler, progress) -> list[dict]:
+def _run_jobs(study, jobs, todo, workers, scheduler, progress, cache) -> list[dict]:
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), disable=not progress, unit="job", desc=f"study {study.name}", dynamic_ncols=True)
@@ -329,7 +336,7 @@ def _run_jobs(study, jobs, todo, workers, scheduler, progress) -> list[dict]:
     def record(r):
         finished.append(r)
         bar.update(1)
-        write_results(study, jobs)  # after every job: a kill loses nothing that finished
+        write_results(study, jobs, cache)  # after every job: a kill loses nothing that finished
 
     if workers == 0 and not scheduler:
         by_id = {j["job_id"]: j for j in jobs}

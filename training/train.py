@@ -204,7 +204,7 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
         lr = scheduler.get_last_lr()[0]
         loss_sum = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         model.train()
-        for batch in train_dl:
+        for step, batch in enumerate(train_dl):
             loss = segmentation_loss(model(batch["image"]), batch["mask"], cfg.loss)
             accelerator.backward(loss)
             optimizer.step()
@@ -212,7 +212,8 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
             loss_sum += torch.stack([loss.detach().double() * len(batch["image"]),
                                      loss_sum.new_tensor(len(batch["image"]))])
             bar.update(1)
-            bar.set_postfix_str(f"epoch {epoch + 1} loss {loss.item():.3f}", refresh=False)
+            if not bar.disable and step % 10 == 0:  # .item() waits for the GPU: not on every step
+                bar.set_postfix_str(f"epoch {epoch + 1} loss {loss.item():.3f}", refresh=False)
         scheduler.step()
         loss_sum = accelerator.reduce(loss_sum, "sum")
         train_loss = float(loss_sum[0] / max(loss_sum[1], 1))
