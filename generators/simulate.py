@@ -77,8 +77,11 @@ class AbtemSimulator:
         import abtem
 
         # Eager, single-threaded inside our own workers: parallelism is one structure per Dask worker.
+        # FFTW_ESTIMATE, not abTEM's default FFTW_MEASURE: measured plans differ from run to run, their
+        # last-bit differences change Poisson draws, and two builds of one config differed in 0.5 % of pixels.
         with abtem.config.set({"device": self.device, "precision": "float32", "dask.lazy": False,
-                               "diagnostics.progress_bar": False, "fftw.threads": 1}):
+                               "diagnostics.progress_bar": False, "fftw.threads": 1,
+                               "fftw.planning_effort": "FFTW_ESTIMATE"}):
             yield
 
     def _potential(self, positions, numbers, cell_xy, height):
