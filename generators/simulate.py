@@ -77,11 +77,11 @@ class AbtemSimulator:
         import abtem
 
         # Eager, single-threaded inside our own workers: parallelism is one structure per Dask worker.
-        # FFTW_ESTIMATE, not abTEM's default FFTW_MEASURE: measured plans differ from run to run, their
-        # last-bit differences change Poisson draws, and two builds of one config differed in 0.5 % of pixels.
+        # abTEM's FFTW_MEASURE plans stay: FFTW_ESTIMATE (deterministic plans) made the multislice 3x slower and
+        # numpy's FFT 2x. The price: plans measured in another process may differ in the last bits, which moves
+        # some Poisson draws (0.5 % of pixels between two builds of the demo); one process is bit-reproducible.
         with abtem.config.set({"device": self.device, "precision": "float32", "dask.lazy": False,
-                               "diagnostics.progress_bar": False, "fftw.threads": 1,
-                               "fftw.planning_effort": "FFTW_ESTIMATE"}):
+                               "diagnostics.progress_bar": False, "fftw.threads": 1}):
             yield
 
     def _potential(self, positions, numbers, cell_xy, height):
