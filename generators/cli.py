@@ -61,7 +61,7 @@ def cmd_regenerate(args) -> int:
 
     r = regenerate_record(args.dataset, args.record_id)
     same = r["image_identical"] and r["mask_identical"]
-    print(json.dumps({k: v for k, v in r.items() if k not in ("image", "mask")}, indent=2))
+    print(json.dumps({k: v for k, v in r.items() if k not in ("image", "mask", "instance_mask")}, indent=2))
     print("identical: image and mask match the stored record bit for bit" if same else
           f"DIFFERENT: largest image difference {r['image_max_abs_diff']} counts, "
           f"{r['mask_pixels_differing']} mask pixels")

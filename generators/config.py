@@ -22,6 +22,8 @@ import numpy as np
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .materials import MATERIALS
+
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
@@ -96,6 +98,25 @@ class TruncNormal(Strict):
         return (self.truncnormal.low, self.truncnormal.high)
 
 
+class LogUniform(Strict):
+    """Uniform in log(x): as many particles between 1 and 2 nm as between 4 and 8 nm."""
+    loguniform: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        lo, hi = self.loguniform
+        if not 0 < lo <= hi:
+            raise ValueError(f"loguniform: [low, high] needs 0 < low <= high, got {list(self.loguniform)}")
+        return self
+
+    def sample(self, rng: np.random.Generator, index: int = 0) -> float:
+        lo, hi = self.loguniform
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+    def support(self) -> tuple[float, float]:
+        return self.loguniform
+
+
 class _Lin(Strict):
     start: float
     stop: float
@@ -162,7 +183,7 @@ class Fixed(Strict):
             return None
 
 
-Distribution = Union[Uniform, Integers, TruncNormal, Linspace, Choice, Fixed]
+Distribution = Union[Uniform, LogUniform, Integers, TruncNormal, Linspace, Choice, Fixed]
 
 
 def _as_dist(v: Any) -> Any:
@@ -234,13 +255,37 @@ class Substrate(Strict):
     bank_size: int = Field(default=8, ge=1, le=1024)
 
 
+# Largest distance of an outline from the centre over the equivalent-volume radius (octahedron: (pi)^(1/3)).
+SHAPE_REACH = {"sphere": 1.0, "octahedron": 1.47, "cuboctahedron": 1.25, "truncated_octahedron": 1.2}
+SHAPES = tuple(SHAPE_REACH)
+
+
 class StructureConfig(Strict):
-    material: choice_of(("Au", "CdSe")) = Fixed(value="Au")
+    """A scene: `n_particles` particles, each drawing its own material, shape, radius, defects and orientation,
+    resting on one amorphous carbon substrate."""
+    n_particles: ranged(0, 64, "n_particles") = Fixed(value=1)
+    material: choice_of(tuple(MATERIALS)) = Fixed(value="Au")
+    # sphere, or a Wulff construction (czone's prefab.wulff) of the material's surface energies
+    shape: choice_of(SHAPES) = Fixed(value="sphere")
+    # Sphere radius, or the equivalent-volume radius of a faceted shape.
     radius_A: ranged(2, 500, "particle radius") = Uniform(uniform=(10, 20))
+    # None: every particle draws radius_A. A number s: radius_A is drawn once per scene (one synthesis batch)
+    # and each particle takes that radius times exp(N(0, s)), kept inside radius_A's range.
+    radius_spread: float | None = Field(default=None, ge=0, le=2)
+    # None: n_particles particles. A distribution: particles are added until their projected discs (pi r^2)
+    # cover this fraction of the field, at most n_particles of them; 0 gives bare carbon.
+    area_fraction: ranged(0, 0.5, "area_fraction") | None = None
     defects: Defects = Defects()
     orientation: Orientation = Orientation()
     substrate: Substrate = Substrate()
+    # False: every particle lies whole inside the image, edge_margin_A from its border. True: particles may
+    # be cut by the border (the cell is periodic, so a cut particle re-enters at the opposite edge).
+    allow_border_cuts: bool = False
     edge_margin_A: float = Field(default=4.0, ge=0)
+    # Lowest particle atom above the highest carbon atom: no metal-carbon contact is shorter than ~2 Å.
+    contact_distance_A: float = Field(default=2.2, ge=1.0, le=10.0)
+    # Least gap between the projected outlines (bounding circles) of two particles: they may touch, never overlap.
+    particle_gap_A: float = Field(default=2.5, ge=0.0, le=100.0)
     # RMS thermal displacement per frozen-phonon configuration (0: static lattice).
     thermal_sigma_A: float = Field(default=0.0, ge=0, le=0.5)
 
@@ -255,12 +300,38 @@ class SimulationConfig(Strict):
     n_frozen_phonons: int = Field(default=1, ge=1, le=64)
 
 
+DETECTOR_TYPES = ("ideal", "scintillator", "counting")
+
+
+class DetectorConfig(Strict):
+    """The camera after the dose (generators/detector.py has the model and its formulas).
+
+    ideal: Poisson counts, one per electron. scintillator (CCD/CMOS behind a scintillator): Poisson electrons,
+    a gamma-distributed light yield per electron (DQE(0) = dqe0), the scintillator's point spread
+    MTF(f) = (1 - mtf_c) / (1 + (f / mtf_f0)^2) + mtf_c on signal and noise alike, gain, Gaussian read noise.
+    counting (direct detector in counting mode): each electron found with probability dqe0 and localised with
+    a Gaussian error, MTF(f) = exp(-2 pi^2 sigma^2 f^2); the noise stays white. f in cycles per detector pixel.
+    """
+    type: choice_of(DETECTOR_TYPES) = Fixed(value="ideal")
+    gain_counts_per_e: ranged(1e-3, 1e4, "gain_counts_per_e") = Fixed(value=1.0)
+    read_noise_counts: ranged(0, 1e4, "read_noise_counts") = Fixed(value=0.0)
+    dqe0: ranged(0.01, 1.0, "dqe0") = Fixed(value=1.0)
+    mtf_c: ranged(0.0, 1.0, "mtf_c") = Fixed(value=0.05)
+    mtf_f0: ranged(0.005, 10.0, "mtf_f0") = Fixed(value=0.15)
+    counting_sigma_px: ranged(0.0, 5.0, "counting_sigma_px") = Fixed(value=0.3)
+
+
 class ImagingConfig(Strict):
     image_size_px: int = Field(default=256, ge=16, le=8192)
     # Simulated field in detector pixels; when larger than image_size_px each condition stores a random
     # image_size_px crop that still holds the whole particle (the seed study's 640 -> 512 crop).
     field_size_px: int | None = Field(default=None, ge=16, le=8192)
     pixel_size_A: float = Field(default=0.25, gt=0.01, le=10)
+    # The camera's own pixel size, drawn per structure; the recorded image is then resampled onto the stored
+    # grid (pixel_size_A) exactly as the experimental importer resamples real micrographs. None: the camera's
+    # pixels are the stored ones.
+    detector_pixel_size_A: ranged(0.02, 10, "detector_pixel_size_A") | None = None
+    detector: DetectorConfig = DetectorConfig()
     # Defocus is C10 (negative = underfocus; Scherzer is negative for positive Cs), chi = pi lam df k^2 + ...
     defocus_nm: ranged(-5000, 5000, "defocus_nm") = Uniform(uniform=(-20, 20))
     cs_mm: ranged(-10, 10, "cs_mm") = Fixed(value=-0.02)
@@ -324,24 +395,26 @@ class GenerationConfig(Strict):
     def _geometry(self):
         im, sim, st = self.imaging, self.simulation, self.structure
         ratio = im.pixel_size_A / sim.sampling_A
-        if abs(ratio - round(ratio)) > 1e-6:
+        if im.detector_pixel_size_A is not None:
+            if im.field_size_px is not None and im.field_size_px != im.image_size_px:
+                raise ValueError("imaging.field_size_px (a crop of a larger field) cannot be combined with "
+                                 "imaging.detector_pixel_size_A; drop one of them")
+            if sim.sampling_A > im.detector_pixel_size_A.support()[0]:
+                raise ValueError(f"simulation.sampling_A ({sim.sampling_A}) must not exceed the smallest "
+                                 f"imaging.detector_pixel_size_A ({im.detector_pixel_size_A.support()[0]})")
+        elif abs(ratio - round(ratio)) > 1e-6:
             raise ValueError(
                 f"imaging.pixel_size_A ({im.pixel_size_A}) must be an integer multiple of simulation.sampling_A "
                 f"({sim.sampling_A}) so that detector pixels integrate whole simulation pixels; "
                 f"e.g. sampling_A: {im.pixel_size_A / max(1, math.ceil(ratio))}"
             )
-        half = self.imaging.image_size_px * self.imaging.pixel_size_A / 2
-        rmax = st.radius_A.support()[1]
-        if rmax + st.edge_margin_A >= half:
-            raise ValueError(
-                f"structure.radius_A up to {rmax} Å plus edge_margin_A {st.edge_margin_A} Å does not fit in half the "
-                f"image ({half:.1f} Å = image_size_px × pixel_size_A / 2): lower the radius or enlarge the image"
-            )
-        from .materials import MATERIALS
-
-        materials = st.material.choice if isinstance(st.material, Choice) else (st.material.value,)
-        defects = st.defects.type.choice if isinstance(st.defects.type, Choice) else (st.defects.type.value,)
+        self._scene_fits()
+        materials, defects = _values(st.material), _values(st.defects.type)
         for m in materials:
+            shapes = [sh for sh in _values(st.shape) if sh != "sphere" and sh not in MATERIALS[m].wulff_shapes]
+            if shapes:
+                raise ValueError(f"structure.shape {shapes} is not available for material {m}; {m} takes "
+                                 f"{['sphere', *MATERIALS[m].wulff_shapes]}")
             unsupported = [d for d in defects if d not in MATERIALS[m].defect_types]
             if unsupported:
                 raise ValueError(
@@ -349,6 +422,41 @@ class GenerationConfig(Strict):
                     f"{m} supports {list(MATERIALS[m].defect_types)}"
                 )
         return self
+
+    def _scene_fits(self):
+        """Refuse scenes that cannot be laid out, before anything is written."""
+        st, im = self.structure, self.imaging
+        half = im.image_size_px * im.pixel_size_A / 2
+        rmax = st.radius_A.support()[1]
+        # A faceted particle's corners reach beyond its equivalent radius (an octahedron's by 1.5x).
+        reach = rmax * max(SHAPE_REACH[sh] for sh in _values(st.shape))
+        if not st.allow_border_cuts and reach + st.edge_margin_A >= half:
+            raise ValueError(
+                f"structure.radius_A up to {rmax} Å (outline up to {reach:.0f} Å) plus edge_margin_A "
+                f"{st.edge_margin_A} Å does not fit in half the image ({half:.1f} Å = image_size_px × pixel_size_A "
+                "/ 2): lower the radius, enlarge the image, or set allow_border_cuts: true")
+        if st.allow_border_cuts and 2 * reach + st.particle_gap_A >= self.field_of_view_A:
+            raise ValueError(
+                f"structure.radius_A up to {rmax} Å: a particle {2 * reach:.0f} Å across overlaps its own periodic "
+                f"image in a {self.field_of_view_A:.0f} Å field; lower the radius or enlarge the image")
+        n_max = int(st.n_particles.support()[1])
+        side = self.field_of_view_A - (0 if st.allow_border_cuts else 2 * st.edge_margin_A)
+        # Random sequential placement of discs jams near 55 % coverage: ask for at most 40 % on average at the
+        # largest count (particles that find no room are left out and counted in n_particles_requested).
+        if st.area_fraction is not None:
+            top = st.area_fraction.support()[1] * (reach / rmax) ** 2
+            if top > 0.4:
+                raise ValueError(f"structure.area_fraction up to {st.area_fraction.support()[1]} covers up to "
+                                 f"{top:.0%} of the field with the particles' outlines; random placement needs "
+                                 "<= 40 %: lower area_fraction")
+            return
+        draws = np.array([st.radius_A.sample(rng) for rng in [np.random.default_rng(0)] for _ in range(2000)])
+        mean_area = float(np.mean(math.pi * (draws * reach / rmax + st.particle_gap_A / 2) ** 2))
+        if n_max > 1 and n_max * mean_area > 0.4 * side**2:
+            raise ValueError(
+                f"structure.n_particles up to {n_max} with radius_A {st.radius_A.model_dump()} cover "
+                f"{n_max * mean_area / side**2:.0%} of the {side:.0f} Å field on average; random placement needs "
+                "<= 40 %: fewer or smaller particles, a larger image, or area_fraction")
 
     @property
     def field_of_view_A(self) -> float:
@@ -370,11 +478,15 @@ class GenerationConfig(Strict):
 
 
 # ---------------------------------------------------------------- loading
+def _values(d) -> tuple:
+    return tuple(d.choice) if isinstance(d, Choice) else (d.value,)
+
+
 def format_errors(err: ValidationError, source: str, what: str = "generation config") -> str:
     lines = [f"invalid {what} ({source}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "Fixed", "Uniform",
-                                                                            "Choice", "Integers", "TruncNormal",
+                                                                            "Choice", "Integers", "TruncNormal", "LogUniform",
                                                                             "Linspace", "tagged-union")))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
@@ -432,7 +544,7 @@ def load_preset(name: str, **overrides: Any) -> GenerationConfig:
 
 
 # ---------------------------------------------------------------- seeds
-STAGE_STRUCTURE, STAGE_PHONONS, STAGE_CONDITIONS, STAGE_NOISE, STAGE_SUBSTRATE, STAGE_SPLITS = range(6)
+STAGE_STRUCTURE, STAGE_PHONONS, STAGE_CONDITIONS, STAGE_NOISE, STAGE_SUBSTRATE, STAGE_SPLITS, STAGE_DETECTOR = range(7)
 
 
 def rng_for(root_seed: int, stage: int, *ids: int) -> np.random.Generator:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.fft
 
-from .config import POLAR_SYMBOLS, STAGE_CONDITIONS, STAGE_NOISE, GenerationConfig, ImagingConfig, rng_for  # noqa: F401
+from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig, rng_for
 
 
 @dataclass(frozen=True)
@@ -35,23 +35,73 @@ class Condition:
         return d
 
 
-def sample_conditions(cfg: GenerationConfig, structure_index: int, center_px: tuple[float, float],
-                      radius_px: float) -> list[Condition]:
+@dataclass(frozen=True)
+class Grid:
+    """The sampling of one structure: `detector_px` camera pixels across the field, each integrating
+    `bin_factor` x `bin_factor` multislice samples."""
+    field_A: float
+    detector_px: int
+    bin_factor: int
+
+    @property
+    def detector_pixel_size_A(self) -> float:
+        return self.field_A / self.detector_px
+
+    @property
+    def sim_gpts(self) -> int:
+        return self.detector_px * self.bin_factor
+
+    @property
+    def sim_sampling_A(self) -> float:
+        return self.field_A / self.sim_gpts
+
+
+def _smooth(n: int) -> bool:
+    for p in (2, 3, 5, 7):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+def grid_for(cfg: GenerationConfig, structure_index: int) -> Grid:
+    """The fixed grid of the config, or, with `detector_pixel_size_A`, a camera pixel size drawn per structure
+    and snapped to a nearby detector size whose multislice grid has only small prime factors (fast FFTs)."""
+    im = cfg.imaging
+    L = cfg.field_of_view_A
+    if im.detector_pixel_size_A is None:
+        return Grid(L, im.field_px, cfg.bin_factor)
+    p = float(im.detector_pixel_size_A.sample(rng_for(cfg.seed, STAGE_DETECTOR, structure_index, 0)))
+    k = max(1, int(np.ceil(p / cfg.simulation.sampling_A - 1e-9)))
+    n0 = max(8, int(round(L / p)))
+    n = min(range(max(8, n0 - 6), n0 + 7), key=lambda n: (not _smooth(n * k), abs(n - n0)))
+    return Grid(L, n, k)
+
+
+def sample_conditions(cfg: GenerationConfig, structure_index: int, centers_px: list[tuple[float, float]],
+                      radii_px: list[float]) -> list[Condition]:
+    """Imaging conditions of one structure. With a field larger than the image, the crop keeps every particle
+    whole where it can (the seed study's 640 -> 512 crop), else it is drawn at random."""
     im = cfg.imaging
     out = []
-    margin = radius_px + cfg.structure.edge_margin_A / im.pixel_size_A
+    margin = cfg.structure.edge_margin_A / im.pixel_size_A
+    hi_max = im.field_px - im.image_size_px
     for c in range(cfg.conditions_per_structure):
         rng = rng_for(cfg.seed, STAGE_CONDITIONS, structure_index, c)
         values = {name: float(getattr(im, name).sample(rng, c)) for name in
                   ("defocus_nm", "cs_mm", "astigmatism_nm", "astigmatism_angle_deg", "focal_spread_nm",
                    "dose_e_per_A2")}
         offset = []
-        for centre in center_px:
-            hi_max = im.field_px - im.image_size_px
-            lo = int(np.ceil(centre + margin - im.image_size_px + 1))
-            hi = int(np.floor(centre - margin))
-            lo, hi = max(0, lo), min(hi_max, hi)
-            offset.append(int(rng.integers(lo, hi + 1)) if hi >= lo else int(np.clip(round(centre - im.image_size_px / 2), 0, hi_max)))
+        for axis in (0, 1):
+            lo, hi = 0, hi_max
+            for centre, r in zip(centers_px, radii_px):
+                lo = max(lo, int(np.ceil(centre[axis] + r + margin - im.image_size_px + 1)))
+                hi = min(hi, int(np.floor(centre[axis] - r - margin)))
+            if hi >= lo:
+                offset.append(int(rng.integers(lo, hi + 1)))
+            elif len(centers_px) == 1:
+                offset.append(int(np.clip(round(centers_px[0][axis] - im.image_size_px / 2), 0, hi_max)))
+            else:
+                offset.append(int(rng.integers(0, hi_max + 1)))
         out.append(Condition(condition_index=c, crop_offset_px=(offset[0], offset[1]), **values))
     return out
 
@@ -139,12 +189,6 @@ def bin_mean(a: np.ndarray, f: int) -> np.ndarray:
 def crop(a: np.ndarray, offset_xy: tuple[int, int], size: int) -> np.ndarray:
     ox, oy = offset_xy
     return a[..., oy: oy + size, ox: ox + size]
-
-
-def apply_dose(intensity: np.ndarray, dose_e_per_A2: float, pixel_size_A: float, rng: np.random.Generator) -> np.ndarray:
-    """Electron counts per pixel: Poisson(dose x pixel area x normalised intensity)."""
-    expected = np.clip(intensity, 0, None).astype(np.float64) * dose_e_per_A2 * pixel_size_A**2
-    return rng.poisson(expected).astype(np.float32)
 
 
 def noise_rng(cfg: GenerationConfig, structure_index: int, condition_index: int) -> np.random.Generator:

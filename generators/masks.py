@@ -19,11 +19,14 @@ def disk(radius_px: float) -> np.ndarray:
     return (x**2 + y**2) <= radius_px**2 + 1e-9
 
 
-def particle_mask(particle_waves: np.ndarray, bin_factor: int, phase_threshold_rad: float,
-                  closing_radius_px: float) -> np.ndarray:
-    """uint8 mask (1 = particle) at detector pixels from (configs, N, N) particle-only exit waves."""
-    above = (np.abs(np.angle(particle_waves)) > phase_threshold_rad).mean(axis=0)  # fraction of configurations
-    coverage = bin_mean(above.astype(np.float32), bin_factor)
+def phase_coverage(particle_waves: np.ndarray, phase_threshold_rad: float) -> np.ndarray:
+    """Per simulation sample, the fraction of frozen-phonon configurations whose |phase| passes the threshold."""
+    return (np.abs(np.angle(particle_waves)) > phase_threshold_rad).mean(axis=0).astype(np.float32)
+
+
+def mask_from_coverage(coverage: np.ndarray, closing_radius_px: float) -> np.ndarray:
+    """uint8 mask (1 = particle) from the coverage averaged onto the output pixels: majority vote, closing,
+    holes filled."""
     mask = coverage >= 0.5
     if closing_radius_px > 0:
         pad = int(np.ceil(closing_radius_px)) + 1
@@ -32,3 +35,30 @@ def particle_mask(particle_waves: np.ndarray, bin_factor: int, phase_threshold_r
         mask = padded[pad:-pad, pad:-pad]
     mask = ndimage.binary_fill_holes(mask)
     return mask.astype(np.uint8)
+
+
+def particle_mask(particle_waves: np.ndarray, bin_factor: int, phase_threshold_rad: float,
+                  closing_radius_px: float) -> np.ndarray:
+    """uint8 mask (1 = particle) at detector pixels from (configs, N, N) particle-only exit waves."""
+    coverage = bin_mean(phase_coverage(particle_waves, phase_threshold_rad), bin_factor)
+    return mask_from_coverage(coverage, closing_radius_px)
+
+
+def instance_labels(mask: np.ndarray, atoms_xy_A: np.ndarray, owner: np.ndarray, pixel_size_A: float,
+                    field_A: float, sample_offset_A: float = 0.0) -> np.ndarray:
+    """Instance mask: each mask pixel takes the label (1-based) of the particle whose nearest atom is closest
+    to the pixel centre, with periodic distances (the cell is periodic). 0 stays background.
+
+    Pixel i's centre lies at (i + 1/2) * pixel_size_A - sample_offset_A in the cell (the offset is half a
+    multislice sample: sample j sits at j * sampling and stands for the cell around it)."""
+    from scipy.spatial import cKDTree
+
+    labels = np.zeros(mask.shape, np.uint8)
+    if len(atoms_xy_A) == 0 or not mask.any():
+        return labels
+    rows, cols = np.nonzero(mask)
+    centres = np.c_[(cols + 0.5) * pixel_size_A - sample_offset_A, (rows + 0.5) * pixel_size_A - sample_offset_A]
+    tree = cKDTree(np.mod(atoms_xy_A, field_A), boxsize=field_A)
+    _, nearest = tree.query(np.mod(centres, field_A))
+    labels[rows, cols] = owner[nearest] + 1
+    return labels

@@ -20,6 +20,9 @@ class Material:
     defect_builders: dict[str, Callable] = field(default_factory=dict)
     nearest_neighbour_A: float = 0.0
     description: str = ""
+    # Faceted shapes: name -> relative surface energies {(h, k, l): gamma} for czone's Wulff construction.
+    wulff_shapes: dict[str, dict] = field(default_factory=dict)
+    atoms_per_A3: float = 0.0  # number density, turns an equivalent radius into an atom count
 
     @property
     def defect_types(self) -> tuple[str, ...]:
@@ -35,11 +38,14 @@ def _template(name: str):
     return MATERIALS[name].make_generator()
 
 
-def _au_generator():
-    from czone.generator import Generator
+def _fcc_generator(Z: int, a_A: float):
+    def make():
+        from czone.generator import Generator
 
-    return Generator.from_spacegroup(Z=[79], coords=np.array([[0.0, 0.0, 0.0]]), cellDims=4.07825 * np.ones(3),
-                                     cellAngs=[90, 90, 90], sgn=225)
+        return Generator.from_spacegroup(Z=[Z], coords=np.array([[0.0, 0.0, 0.0]]), cellDims=a_A * np.ones(3),
+                                         cellAngs=[90, 90, 90], sgn=225)
+
+    return make
 
 
 def _cdse_generator():
@@ -103,10 +109,18 @@ def _wurtzite_sf(generator, volume, n, defects_cfg):
     return obj, {"n_twins": 0, "n_stacking_faults": prefab.N}
 
 
-MATERIALS: dict[str, Material] = {
-    "Au": Material(
-        name="Au",
-        make_generator=_au_generator,
+# fcc Wulff shapes (relative surface energies): {111} lowest for the noble metals; the mix sets the facets.
+FCC_WULFF = {
+    "octahedron": {(1, 1, 1): 1.0},
+    "cuboctahedron": {(1, 0, 0): 1.0, (1, 1, 1): 1.15},
+    "truncated_octahedron": {(1, 1, 1): 1.0, (1, 0, 0): 1.1, (1, 1, 0): 1.15},
+}
+
+
+def _fcc_metal(name: str, Z: int, a_A: float, full_name: str) -> Material:
+    return Material(
+        name=name,
+        make_generator=_fcc_generator(Z, a_A),
         defect_builders={
             "none": _no_defect,
             "twin": _fcc_prefab("twin"),
@@ -114,14 +128,23 @@ MATERIALS: dict[str, Material] = {
             "stacking_fault": _fcc_prefab("stacking_fault"),
             "mixed": _fcc_prefab("mixed"),
         },
-        nearest_neighbour_A=4.07825 / np.sqrt(2),
-        description="fcc gold, a = 4.07825 Å (Fm-3m)",
-    ),
+        nearest_neighbour_A=a_A / np.sqrt(2),
+        description=f"fcc {full_name}, a = {a_A} Å (Fm-3m)",
+        wulff_shapes=FCC_WULFF,
+        atoms_per_A3=4 / a_A**3,
+    )
+
+
+MATERIALS: dict[str, Material] = {
+    "Au": _fcc_metal("Au", 79, 4.07825, "gold"),
+    "Ag": _fcc_metal("Ag", 47, 4.086, "silver"),
+    "Pt": _fcc_metal("Pt", 78, 3.924, "platinum"),
     "CdSe": Material(
         name="CdSe",
         make_generator=_cdse_generator,
         defect_builders={"none": _no_defect, "stacking_fault": _wurtzite_sf},
         nearest_neighbour_A=2.63,
         description="wurtzite CdSe, a = 4.30 Å, c = 7.01 Å (P6_3mc)",
+        atoms_per_A3=4 / (np.sqrt(3) / 2 * 4.30**2 * 7.01),
     ),
 }

@@ -67,7 +67,7 @@ class Query:
 
     # ------------------------------------------------------------ parsing
     def _fail(self, msg: str):
-        cols = ", ".join(n for n in self.schema.names if n not in ("image", "mask"))
+        cols = ", ".join(n for n in self.schema.names if n not in ("image", "mask", "instance_mask"))
         raise QueryError(f"{msg}\n  query: {self.text}\n  columns: {cols}")
 
     def _column(self, node) -> tuple[str, int | None]:
@@ -80,7 +80,7 @@ class Query:
             return None
         if name not in self.schema.names:
             self._fail(f"unknown column {name!r}")
-        if name in ("image", "mask"):
+        if name in ("image", "mask", "instance_mask"):
             self._fail(f"column {name!r} holds pixels; queries select on metadata only")
         t = self.schema.field(name).type
         if index is not None and not (pa.types.is_list(t) or pa.types.is_fixed_size_list(t)):

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import typing
+
 import numpy as np
 import pyarrow as pa
+
+from .structures import Particle, particle_columns
 
 
 @dataclass(frozen=True)
@@ -21,30 +25,53 @@ def fixed_list(t, n):
     return pa.list_(t, n)
 
 
+def _arrow_of(annotation) -> pa.DataType:
+    if annotation is str:
+        return pa.string()
+    if annotation is float:
+        return pa.float64()
+    if annotation is int:
+        return pa.int32()
+    if annotation is bool:
+        return pa.bool_()
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and args and all(a is args[0] for a in args):
+        return fixed_list(_arrow_of(args[0]), len(args))
+    raise TypeError(f"no Arrow type for {annotation!r}")
+
+
+def _particle_columns() -> tuple[Column, ...]:
+    """One list column per `Particle` field marked as a column (generators/structures.py), plus the per-record
+    (crop-dependent) ones: the typed object, not a hand-kept key list, decides what reaches the records."""
+    hints = typing.get_type_hints(Particle)
+    out = [Column(name, pa.list_(_arrow_of(hints[attr])), f"per particle: {doc}")
+           for name, attr, doc in particle_columns()]
+    out += [
+        Column("particle_center_px", pa.list_(fixed_list(pa.float64(), 2)), "per particle: (x, y) centre in image pixel indices"),
+        Column("particle_cut_by_border", pa.list_(pa.bool_()), "per particle: its outline crosses the image border"),
+        Column("particle_area_px", pa.list_(pa.int32()), "per particle: pixels of its label in instance_mask"),
+    ]
+    return tuple(out)
+
+
 METADATA_COLUMNS: tuple[Column, ...] = (
     Column("record_id", pa.string(), "unique id: {structure_id}-c{condition_index:03d}"),
     Column("structure_id", pa.string(), "id of the simulated structure; structures/{structure_id}.extxyz"),
     Column("structure_index", pa.int32(), "index of the structure in the generation run"),
     Column("condition_index", pa.int32(), "index of the imaging condition for this structure"),
     Column("split", pa.string(), "train / validation / test, assigned per structure"),
-    Column("material", pa.string(), "particle material"),
-    Column("particle_radius_A", pa.float64(), "sphere radius"),
-    Column("particle_center_px", fixed_list(pa.float64(), 2), "(x, y) particle centre in image pixel indices"),
-    Column("orientation_euler_deg", fixed_list(pa.float64(), 3), "ZXZ Euler angles crystal -> lab frame (beam = +z)"),
-    Column("beam_direction_crystal", fixed_list(pa.float64(), 3), "unit beam direction in the crystal's Cartesian frame"),
-    Column("defect_type", pa.string(), "realised planar defects: none, twin, multiple_twins, stacking_fault, mixed"),
-    Column("n_defects", pa.int32(), "number of planar defects"),
-    Column("n_twins", pa.int32(), "number of twin boundaries"),
-    Column("n_stacking_faults", pa.int32(), "number of stacking faults"),
+    Column("n_particles", pa.int32(), "particles in the scene (0: bare carbon)"),
+    Column("n_particles_requested", pa.int32(), "particles drawn; more than n_particles when some found no room"),
+    *_particle_columns(),
     Column("substrate_thickness_A", pa.float64(), "amorphous carbon thickness"),
     Column("substrate_bank_index", pa.int32(), "which periodic carbon block the substrate was cut from"),
-    Column("n_atoms", pa.int32(), "atoms in the specimen (particle + substrate)"),
-    Column("n_particle_atoms", pa.int32(), "atoms in the particle"),
+    Column("n_atoms", pa.int32(), "atoms in the specimen (particles + substrate)"),
     Column("energy_keV", pa.float64(), "beam energy"),
     Column("sim_sampling_A", pa.float64(), "multislice real-space sampling"),
     Column("slice_thickness_A", pa.float64(), "multislice slice thickness"),
     Column("n_frozen_phonons", pa.int32(), "frozen-phonon configurations averaged"),
-    Column("pixel_size_A", pa.float64(), "detector pixel size"),
+    Column("pixel_size_A", pa.float64(), "pixel size of the stored image"),
+    Column("detector_pixel_size_A", pa.float64(), "the camera's pixel size (resampled to pixel_size_A when different)"),
     Column("image_size_px", pa.int32(), "image side length"),
     Column("crop_offset_px", fixed_list(pa.int32(), 2), "(x, y) of the image corner in the simulated field"),
     Column("defocus_nm", pa.float64(), "C10; negative = underfocus"),
@@ -53,11 +80,17 @@ METADATA_COLUMNS: tuple[Column, ...] = (
     Column("astigmatism_angle_deg", pa.float64(), "two-fold astigmatism angle phi12"),
     Column("focal_spread_nm", pa.float64(), "1/e^(1/2) focal spread (temporal incoherence)"),
     Column("dose_e_per_A2", pa.float64(), "electron dose"),
+    Column("detector_type", pa.string(), "camera model: ideal, scintillator, counting"),
+    Column("detector_gain_counts_per_e", pa.float64(), "counts per electron (scintillator) or per detected electron"),
+    Column("detector_read_noise_counts", pa.float64(), "Gaussian read noise, counts RMS"),
+    Column("detector_dqe0", pa.float64(), "DQE at zero frequency"),
+    Column("detector_mtf_c", pa.float64(), "scintillator MTF plateau c"),
+    Column("detector_mtf_f0", pa.float64(), "scintillator MTF half-width f0, cycles per detector pixel"),
+    Column("detector_counting_sigma_px", pa.float64(), "counting detector localisation error, detector pixels"),
     Column("mask_phase_threshold_rad", pa.float64(), "|phase| threshold of the particle-only exit wave"),
     Column("mask_closing_radius_A", pa.float64(), "closing radius that bridges inter-column gaps"),
     Column("mask_area_px", pa.int32(), "pixels in the mask"),
     Column("seed", pa.int64(), "root seed of the run; every stage's seed derives from it and the ids"),
-    Column("czone_seed", pa.int64(), "seed handed to czone for this structure"),
     Column("simulator", pa.string(), "multislice backend"),
     Column("simulator_version", pa.string(), "backend version"),
     Column("generator_version", pa.string(), "temsynth version"),
@@ -66,15 +99,20 @@ METADATA_COLUMNS: tuple[Column, ...] = (
 )
 
 METADATA_NAMES = tuple(c.name for c in METADATA_COLUMNS)
-ARRAY_COLUMNS = ("image", "mask")
+# Pixel columns and their types; `instance_mask` (0 = background, k = particle k, 1-based) only in simulated records.
+ARRAY_TYPES = {"image": pa.float32(), "mask": pa.uint8(), "instance_mask": pa.uint8()}
+ARRAY_COLUMNS = tuple(ARRAY_TYPES)
+
+
+def _arrays(columns) -> tuple[str, ...]:
+    return ARRAY_COLUMNS if columns is METADATA_COLUMNS else ("image", "mask")
 
 
 def arrow_schema(columns: tuple[Column, ...] = METADATA_COLUMNS) -> pa.Schema:
     """Parquet schema: images as nested lists (datasets casts them to Array2D from the card's features).
 
     `columns`: the metadata of simulated records by default; experimental imports pass their own."""
-    return pa.schema([pa.field("image", pa.list_(pa.list_(pa.float32()))),
-                      pa.field("mask", pa.list_(pa.list_(pa.uint8())))]
+    return pa.schema([pa.field(a, pa.list_(pa.list_(ARRAY_TYPES[a]))) for a in _arrays(columns)]
                      + [pa.field(c.name, c.arrow) for c in columns])
 
 
@@ -82,8 +120,7 @@ def hf_features(image_size_px: int, columns: tuple[Column, ...] = METADATA_COLUM
     from datasets import Array2D, Features
 
     feats = Features.from_arrow_schema(pa.schema([pa.field(c.name, c.arrow) for c in columns]))
-    out = {"image": Array2D((image_size_px, image_size_px), "float32"),
-           "mask": Array2D((image_size_px, image_size_px), "uint8")}
+    out = {a: Array2D((image_size_px, image_size_px), str(ARRAY_TYPES[a])) for a in _arrays(columns)}
     out.update(feats)
     return Features(out)
 
@@ -96,9 +133,18 @@ def nested_list_array(stack: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(0, n * h + 1, h, dtype=np.int32)), rows)
 
 
-def to_table(images: np.ndarray, masks: np.ndarray, metadata: list[dict], image_size_px: int) -> pa.Table:
+def to_table(images: np.ndarray, masks: np.ndarray, metadata: list[dict], image_size_px: int,
+             instance_masks: np.ndarray | None = None) -> pa.Table:
     schema = arrow_schema()
-    cols = {"image": nested_list_array(images.astype(np.float32)), "mask": nested_list_array(masks.astype(np.uint8))}
+    names = set(METADATA_NAMES)
+    for m in metadata:
+        if set(m) != names:
+            raise ValueError(f"record {m.get('record_id')}: keys outside the schema {sorted(set(m) - names)}, "
+                             f"missing {sorted(names - set(m))}; declare a column or drop the key")
+    if instance_masks is None:
+        instance_masks = masks
+    cols = {"image": nested_list_array(images.astype(np.float32)), "mask": nested_list_array(masks.astype(np.uint8)),
+            "instance_mask": nested_list_array(instance_masks.astype(np.uint8))}
     for c in METADATA_COLUMNS:
         cols[c.name] = pa.array([m[c.name] for m in metadata], type=c.arrow)
     return pa.table(cols, schema=schema)

@@ -20,9 +20,12 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .config import STAGE_SPLITS, ConfigError, GenerationConfig, from_dict, rng_for
-from .imaging import ImageFormer, apply_dose, crop, noise_rng, sample_conditions
-from .masks import particle_mask
+from .detector import sample_detector
+from .imaging import Grid, ImageFormer, bin_mean, crop, grid_for, noise_rng, sample_conditions
+from .masks import instance_labels, mask_from_coverage, phase_coverage
+from .micrographs import resample
 from .records import to_table
+from .structures import particle_columns
 from .simulate import make_simulator, wavelength_A
 from .structures import build_structure, structure_id
 from .writers import SPLITS, versions, write_card, write_manifest, write_parquet, write_split
@@ -46,65 +49,89 @@ def assign_splits(cfg: GenerationConfig) -> dict[int, str]:
 _CONTEXT: dict = {}
 
 
-def _context(cfg: GenerationConfig):
-    """Per-process simulator and image former, built once per config."""
-    key = cfg.sha256()
+def _context(cfg: GenerationConfig, grid: Grid):
+    """Per-process simulator and image former per sampling grid, and the split assignment per config."""
+    key = (cfg.sha256(), grid)
     if key not in _CONTEXT:
-        _CONTEXT.clear()
-        sim = make_simulator(cfg.simulation, cfg.sim_gpts, cfg.structure.thermal_sigma_A)
-        former = ImageFormer(cfg.imaging, cfg.sim_gpts, cfg.simulation.sampling_A,
-                             wavelength_A(cfg.simulation.energy_keV), cfg.bin_factor)
-        _CONTEXT[key] = (sim, former, assign_splits(cfg))
-    return _CONTEXT[key]
+        if len(_CONTEXT) > 16:
+            _CONTEXT.clear()
+        sim = make_simulator(cfg.simulation, grid.sim_gpts, cfg.structure.thermal_sigma_A)
+        former = ImageFormer(cfg.imaging, grid.sim_gpts, grid.sim_sampling_A,
+                             wavelength_A(cfg.simulation.energy_keV), grid.bin_factor)
+        _CONTEXT[key] = (sim, former)
+    split_key = ("splits", cfg.sha256())
+    if split_key not in _CONTEXT:
+        _CONTEXT[split_key] = assign_splits(cfg)
+    return (*_CONTEXT[key], _CONTEXT[split_key])
+
+
+def record_id(structure_index: int, condition_index: int) -> str:
+    return f"{structure_id(structure_index)}-c{condition_index:03d}"
 
 
 def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None):
-    """Structure -> exit waves -> (images, masks, per-record metadata, structure). Pure function of (cfg, index)."""
+    """Structure -> exit waves -> (images, masks, instance masks, per-record metadata, structure).
+    A pure function of (cfg, index)."""
     from importlib.metadata import version
 
-    sim, former, splits = _context(cfg)
     im = cfg.imaging
-    p, f = im.pixel_size_A, cfg.bin_factor
+    grid = grid_for(cfg, index)
+    sim, former, splits = _context(cfg, grid)
+    p = im.pixel_size_A
     s = build_structure(cfg, index, cache_dir)
     waves = sim.exit_waves(s, cfg.seed)
-    # Pixel i integrates simulation samples i*f .. i*f+f-1, whose mean position is (i + (f-1)/(2f)) * p.
-    to_px = lambda x_A: x_A / p - (f - 1) / (2 * f)
-    center_field = (to_px(s.center_A[0]), to_px(s.center_A[1]))
-    radius_px = s.meta["particle_radius_A"] / p
-    conditions = sample_conditions(cfg, index, center_field, radius_px)
-    intensity = former.intensity(waves.full, conditions)
-    mask_field = particle_mask(waves.particle, f, cfg.mask.phase_threshold_rad, cfg.mask.closing_radius_A / p)
+    camera = sample_detector(im.detector, cfg.seed, index)
+    # The camera's pixels are resampled onto the stored grid exactly as the importer resamples micrographs.
+    resampled = grid.detector_px != im.field_px
+    to_stored = (lambda a, from_A: resample(a, from_A, p)) if resampled else (lambda a, from_A: a)
 
-    split = splits[index]
+    # Sample j of the multislice grid sits at j * sampling; stored pixel i spans [i p, (i + 1) p) - sampling / 2.
+    half_sample = grid.sim_sampling_A / 2
+    to_px = lambda x_A: (x_A + half_sample) / p - 0.5
+    centres = [(to_px(pt.center_A[0]), to_px(pt.center_A[1])) for pt in s.particles]
+    radii_px = [pt.bounding_radius_A / p for pt in s.particles]
+    conditions = sample_conditions(cfg, index, centres, radii_px)
+    intensity = former.intensity(waves.full, conditions)
+    coverage = phase_coverage(waves.particle, cfg.mask.phase_threshold_rad)
+    coverage = to_stored(coverage, grid.sim_sampling_A) if resampled else bin_mean(coverage, grid.bin_factor)
+    mask_field = mask_from_coverage(coverage, cfg.mask.closing_radius_A / p)
+    labels_field = instance_labels(mask_field, s.particle_positions[:, :2], s.particle_index, p, s.cell_xy_A,
+                                   half_sample)
+
     base = {
-        "structure_id": s.structure_id, "structure_index": index, "split": split,
-        "material": s.meta["material"], "particle_radius_A": s.meta["particle_radius_A"],
-        "orientation_euler_deg": s.meta["orientation_euler_deg"],
-        "beam_direction_crystal": s.meta["beam_direction_crystal"],
-        "defect_type": s.meta["defect_type"], "n_defects": s.meta["n_defects"], "n_twins": s.meta["n_twins"],
-        "n_stacking_faults": s.meta["n_stacking_faults"], "substrate_thickness_A": s.meta["substrate_thickness_A"],
-        "substrate_bank_index": s.meta["substrate_bank_index"], "n_atoms": s.meta["n_atoms"],
-        "n_particle_atoms": s.meta["n_particle_atoms"], "energy_keV": cfg.simulation.energy_keV,
-        "sim_sampling_A": cfg.simulation.sampling_A, "slice_thickness_A": cfg.simulation.slice_thickness_A,
-        "n_frozen_phonons": cfg.simulation.n_frozen_phonons, "pixel_size_A": p, "image_size_px": im.image_size_px,
+        "structure_id": s.structure_id, "structure_index": index, "split": splits[index],
+        "n_particles": s.n_particles, "n_particles_requested": s.n_particles_requested,
+        **{name: [getattr(pt, attr) for pt in s.particles] for name, attr, _ in particle_columns()},
+        "substrate_thickness_A": s.substrate.thickness_A, "substrate_bank_index": s.substrate.bank_index,
+        "n_atoms": s.n_atoms, "energy_keV": cfg.simulation.energy_keV, "sim_sampling_A": grid.sim_sampling_A,
+        "slice_thickness_A": cfg.simulation.slice_thickness_A,
+        "n_frozen_phonons": cfg.simulation.n_frozen_phonons, "pixel_size_A": p,
+        "detector_pixel_size_A": grid.detector_pixel_size_A, "image_size_px": im.image_size_px,
+        **camera.as_dict(),
         "mask_phase_threshold_rad": cfg.mask.phase_threshold_rad, "mask_closing_radius_A": cfg.mask.closing_radius_A,
-        "seed": cfg.seed, "czone_seed": s.meta["czone_seed"], "simulator": sim.name,
-        "simulator_version": sim.version, "generator_version": __version__, "czone_version": version("czone"),
-        "config_sha256": cfg.sha256(),
+        "seed": cfg.seed, "simulator": sim.name, "simulator_version": sim.version,
+        "generator_version": __version__, "czone_version": version("czone"), "config_sha256": cfg.sha256(),
     }
-    images, masks, metas = [], [], []
+    size = im.image_size_px
+    images, masks, labels, metas = [], [], [], []
     for c, inten in zip(conditions, intensity):
-        img = apply_dose(crop(inten, c.crop_offset_px, im.image_size_px), c.dose_e_per_A2, p,
-                         noise_rng(cfg, index, c.condition_index))
-        m = crop(mask_field, c.crop_offset_px, im.image_size_px)
+        counts = camera.record(inten, c.dose_e_per_A2, grid.detector_pixel_size_A, noise_rng(cfg, index, c.condition_index))
+        img = crop(to_stored(counts, grid.detector_pixel_size_A), c.crop_offset_px, size)
+        m = crop(mask_field, c.crop_offset_px, size)
+        lab = crop(labels_field, c.crop_offset_px, size)
+        ox, oy = c.crop_offset_px
+        centre_px = [[x - ox, y - oy] for x, y in centres]
         images.append(img)
         masks.append(m)
-        metas.append({**base, **{k: v for k, v in c.as_dict().items() if k != "condition_index"},
-                      "record_id": f"{s.structure_id}-c{c.condition_index:03d}",
-                      "condition_index": c.condition_index,
-                      "particle_center_px": [center_field[0] - c.crop_offset_px[0], center_field[1] - c.crop_offset_px[1]],
+        labels.append(lab)
+        metas.append({**base, **c.as_dict(), "record_id": record_id(index, c.condition_index),
+                      "particle_center_px": centre_px,
+                      # the bounding circle crosses a pixel edge of the border
+                      "particle_cut_by_border": [bool(min(x, y) - r < -0.5 or max(x, y) + r > size - 0.5)
+                                                 for (x, y), r in zip(centre_px, radii_px)],
+                      "particle_area_px": [int(np.count_nonzero(lab == k + 1)) for k in range(s.n_particles)],
                       "mask_area_px": int(m.sum())})
-    return np.stack(images), np.stack(masks), metas, s
+    return np.stack(images), np.stack(masks), np.stack(labels), metas, s
 
 
 def process_structure(cfg_json: str, index: int, out_dir: str) -> dict:
@@ -112,9 +139,9 @@ def process_structure(cfg_json: str, index: int, out_dir: str) -> dict:
     cfg = from_dict(json.loads(cfg_json))
     out = Path(out_dir)
     t0 = time.perf_counter()
-    images, masks, metas, s = simulate_structure(cfg, index, out / "_work" / "substrates")
+    images, masks, labels, metas, s = simulate_structure(cfg, index, out / "_work" / "substrates")
     s.write_extxyz(out / "structures" / f"{s.structure_id}.extxyz")
-    write_parquet(to_table(images, masks, metas, cfg.imaging.image_size_px), _part_path(out, index))
+    write_parquet(to_table(images, masks, metas, cfg.imaging.image_size_px, labels), _part_path(out, index))
     return {"index": index, "records": len(metas), "seconds": time.perf_counter() - t0}
 
 
@@ -255,12 +282,16 @@ def _summary(out: Path) -> dict:
     import pyarrow.dataset as pads
 
     t = pads.dataset(out / "data", format="parquet").to_table(
-        columns=["defect_type", "particle_radius_A", "defocus_nm", "dose_e_per_A2", "mask_area_px"])
-    counts = {d["values"]: d["counts"] for d in pc.value_counts(t["defect_type"]).to_pylist()}
-    rng = lambda c: [round(pc.min(t[c]).as_py(), 2), round(pc.max(t[c]).as_py(), 2)]
-    return {"defect_types": dict(sorted(counts.items())), "particle_radius_A": rng("particle_radius_A"),
-            "defocus_nm": rng("defocus_nm"), "dose_e_per_A2": rng("dose_e_per_A2"),
-            "mask_area_px": rng("mask_area_px")}
+        columns=["n_particles", "particle_defect_type", "particle_material", "particle_shape", "particle_radius_A",
+                 "defocus_nm", "dose_e_per_A2", "detector_pixel_size_A", "mask_area_px"])
+    counts = lambda col: dict(sorted((d["values"], d["counts"]) for d in pc.value_counts(col).to_pylist()))
+    rng = lambda col: [round(pc.min(col).as_py(), 2), round(pc.max(col).as_py(), 2)] if pc.count(col).as_py() else None
+    flat = lambda c: pc.list_flatten(t[c])
+    return {"n_particles": counts(t["n_particles"]), "particle_defect_types": counts(flat("particle_defect_type")),
+            "particle_materials": counts(flat("particle_material")), "particle_shapes": counts(flat("particle_shape")),
+            "particle_radius_A": rng(flat("particle_radius_A")), "defocus_nm": rng(t["defocus_nm"]),
+            "dose_e_per_A2": rng(t["dose_e_per_A2"]), "detector_pixel_size_A": rng(t["detector_pixel_size_A"]),
+            "mask_area_px": rng(t["mask_area_px"])}
 
 
 # ---------------------------------------------------------------- provenance helpers
@@ -294,6 +325,8 @@ def read_record(dataset_dir: str | Path, record_id: str) -> dict:
     size = row["image_size_px"]
     row["image"] = np.asarray(row["image"], np.float32).reshape(size, size)
     row["mask"] = np.asarray(row["mask"], np.uint8).reshape(size, size)
+    if "instance_mask" in row:
+        row["instance_mask"] = np.asarray(row["instance_mask"], np.uint8).reshape(size, size)
     return row
 
 
@@ -302,7 +335,7 @@ def regenerate_record(dataset_dir: str | Path, record_id: str) -> dict:
     cfg = config_of(dataset_dir)
     s_idx, c_idx = parse_record_id(record_id)
     stored = read_record(dataset_dir, record_id)
-    images, masks, metas, _ = simulate_structure(cfg, s_idx)
+    images, masks, _, metas, _ = simulate_structure(cfg, s_idx)
     img, msk = images[c_idx], masks[c_idx]
     return {
         "record_id": record_id,

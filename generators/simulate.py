@@ -103,12 +103,18 @@ class AbtemSimulator:
             if s.substrate_height_A > 0 and len(s.substrate_numbers):
                 substrate = self._potential(s.substrate_positions, s.substrate_numbers, s.cell_xy_A, s.substrate_height_A)
             for _ in range(self.cfg.n_frozen_phonons):
-                pos = s.particle_positions
-                if self.thermal_sigma_A > 0:
-                    pos = pos + rng.normal(0.0, self.thermal_sigma_A, size=pos.shape)
-                pot = self._potential(pos, s.particle_numbers, s.cell_xy_A, s.particle_height_A)
-                wave = abtem.PlaneWave(energy=self.cfg.energy_keV * 1e3).multislice(pot)
-                particle.append(_to_numpy(wave.array))
+                plane = abtem.PlaneWave(energy=self.cfg.energy_keV * 1e3, gpts=(self.gpts, self.gpts),
+                                        extent=(s.cell_xy_A, s.cell_xy_A))
+                if len(s.particle_numbers):
+                    pos = s.particle_positions
+                    if self.thermal_sigma_A > 0:
+                        pos = pos + rng.normal(0.0, self.thermal_sigma_A, size=pos.shape)
+                    pot = self._potential(pos, s.particle_numbers, s.cell_xy_A, s.particle_height_A)
+                    wave = plane.multislice(pot)
+                    particle.append(_to_numpy(wave.array))
+                else:  # an empty field: the particle-only wave is the incident plane wave
+                    wave = plane.build()
+                    particle.append(np.ones((self.gpts, self.gpts), np.complex64))
                 if substrate is not None:
                     wave = wave.multislice(substrate)
                 full.append(_to_numpy(wave.array))

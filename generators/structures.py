@@ -1,45 +1,92 @@
-"""Structures: a czone nanoparticle (material, radius, planar defects, orientation) resting on amorphous carbon.
+"""Structures: a scene of czone nanoparticles (material, shape, radius, planar defects, orientation) resting on
+amorphous carbon.
 
-Geometry (beam along +z, entering at z = 0): the particle occupies the top `particle_height_A` of the cell, the
+Geometry (beam along +z, entering at z = 0): the particles occupy the top `particle_height_A` of the cell, the
 substrate the `substrate_height_A` below it. Both heights are whole numbers of slices, so the potentials of the
-two parts slice independently and add exactly, and the particle-only exit wave is the wave after the particle's
-own slices.
+two parts slice independently and add exactly, and the particle-only exit wave is the wave after the particles'
+own slices. Every particle rests on the carbon: its lowest atom lies `contact_distance_A` above the highest
+carbon atom. Particles never overlap in projection (their bounding circles keep `particle_gap_A` apart), so they
+may touch but never interpenetrate.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from .config import (STAGE_STRUCTURE, STAGE_SUBSTRATE, GenerationConfig, rng_for, seed_for)
+from .config import STAGE_STRUCTURE, GenerationConfig, rng_for
 from .materials import MATERIALS
+from .substrate import SubstrateCut, cut_substrate
+
+
+def column(doc: str, name: str | None = None):
+    """A dataclass field that becomes a record column (per particle: a list column `particle_<name>`)."""
+    return field(metadata={"doc": doc, "column": name})
+
+
+def internal(doc: str):
+    """A dataclass field kept off the records on purpose (it lives in the structure file or is derived)."""
+    return field(metadata={"doc": doc, "column": False})
+
+
+@dataclass(frozen=True)
+class Particle:
+    """One particle's typed metadata; every `column` field becomes the list column `particle_<name>`."""
+    material: str = column("material of each particle")
+    shape: str = column("sphere or a Wulff shape (octahedron, cuboctahedron, truncated_octahedron)")
+    radius_A: float = column("sphere radius, or the equivalent-volume radius of a faceted shape")
+    bounding_radius_A: float = column("largest distance of an atom from the particle's axis along the beam")
+    defect_type: str = column("realised planar defects: none, twin, multiple_twins, stacking_fault, mixed")
+    defect_type_requested: str = internal("the defect type asked for; small particles may hold fewer planes")
+    n_twins: int = column("twin boundaries")
+    n_stacking_faults: int = column("stacking faults")
+    orientation_euler_deg: tuple[float, float, float] = column("ZXZ Euler angles crystal -> lab frame (beam = +z)")
+    beam_direction_crystal: tuple[float, float, float] = column("unit beam direction in the crystal's frame")
+    center_A: tuple[float, float, float] = internal("centre in the cell, Å; records give it in image pixels")
+    n_atoms: int = column("atoms in the particle")
+    czone_seed: int = column("seed handed to czone for this particle")
+
+    @property
+    def n_defects(self) -> int:
+        return self.n_twins + self.n_stacking_faults
+
+
+def particle_columns() -> list[tuple[str, str, object]]:
+    """(record column, Particle attribute, doc) for every field that reaches the records."""
+    return [(f"particle_{f.metadata['column'] or f.name}", f.name, f.metadata["doc"])
+            for f in fields(Particle) if f.metadata.get("column") is not False]
 
 
 @dataclass
 class Structure:
     structure_id: str
     structure_index: int
-    particle_positions: np.ndarray  # (N, 3) Å, in the particle's own slab (z from 0)
+    particle_positions: np.ndarray  # (N, 3) Å, in the particles' own slab (z from 0)
     particle_numbers: np.ndarray
+    particle_index: np.ndarray  # (N,) which particle each atom belongs to (0-based)
     substrate_positions: np.ndarray  # (M, 3) Å, in the substrate's own slab (z from 0)
     substrate_numbers: np.ndarray
     cell_xy_A: float
     particle_height_A: float
     substrate_height_A: float
-    rotation: np.ndarray  # 3x3, crystal frame -> lab frame
-    center_A: np.ndarray  # particle centre in the lab frame (x, y, z in the particle slab)
-    meta: dict = field(default_factory=dict)
+    particles: list[Particle]
+    substrate: SubstrateCut
+    n_particles_requested: int
 
     @property
     def n_atoms(self) -> int:
         return len(self.particle_numbers) + len(self.substrate_numbers)
 
+    @property
+    def n_particles(self) -> int:
+        return len(self.particles)
+
     def to_ase(self):
-        """The whole specimen as one ase.Atoms with a per-atom `is_particle` flag; cell = simulation cell."""
+        """The whole specimen as one ase.Atoms with per-atom `is_particle` and `particle_index` (-1: carbon)."""
         import ase
 
         sub = self.substrate_positions + np.array([0.0, 0.0, self.particle_height_A])
@@ -49,8 +96,10 @@ class Structure:
                           pbc=[True, True, False])
         atoms.new_array("is_particle", np.r_[np.ones(len(self.particle_numbers), bool),
                                              np.zeros(len(self.substrate_numbers), bool)])
-        atoms.info.update({k: v for k, v in self.meta.items() if isinstance(v, (int, float, str))})
-        atoms.info["particle_height_A"] = self.particle_height_A
+        atoms.new_array("particle_index", np.r_[self.particle_index, -np.ones(len(self.substrate_numbers), int)])
+        atoms.info.update({"structure_id": self.structure_id, "n_particles": self.n_particles,
+                           "substrate_thickness_A": self.substrate.thickness_A,
+                           "particle_height_A": self.particle_height_A})
         return atoms
 
     def write_extxyz(self, path: Path) -> None:
@@ -87,15 +136,31 @@ def _seeded_czone(seed: int):
 
 
 # ---------------------------------------------------------------- particle
-def build_particle(material: str, radius_A: float, defect_type: str, n_defects: int, defects_cfg, seed: int):
-    """Atoms of a spherical particle in its crystal frame (centred at the origin) and the realised defects."""
+def _volume(mat, shape: str, radius_A: float, gen):
+    """czone volume of one particle centred at the origin: a sphere, or a Wulff construction whose volume
+    equals the sphere's (wulffpack scales the shape to an atom count)."""
     from czone.volume import Volume
     from czone.volume.algebraic import Sphere
 
+    if shape == "sphere":
+        return Volume(alg_objects=[Sphere(radius=radius_A, center=np.zeros(3))], generator=gen)
+    from czone.prefab.wulff import WulffSingle
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    natoms = max(13, int(round(4 / 3 * math.pi * radius_A**3 * mat.atoms_per_A3)))
+    wulff = WulffSingle(gen, {k: float(v) for k, v in mat.wulff_shapes[shape].items()}, natoms=natoms)
+    # czone 2022.9.20 hands wulffpack a primitive cell without its lattice (spglib then fails): give it the real one.
+    wulff._p_atoms = AseAtomsAdaptor.get_atoms(gen.structure.get_primitive_structure())
+    return wulff.get_construction()
+
+
+def build_particle(material: str, radius_A: float, defect_type: str, n_defects: int, defects_cfg, seed: int,
+                   shape: str = "sphere"):
+    """Atoms of one particle in its crystal frame (centred at the origin) and the realised defects."""
     mat = MATERIALS[material]
     with _seeded_czone(seed):
         gen = mat.generator()
-        vol = Volume(alg_objects=[Sphere(radius=radius_A, center=np.zeros(3))], generator=gen)
+        vol = _volume(mat, shape, radius_A, gen)
         n = n_defects
         while True:
             try:
@@ -136,119 +201,129 @@ def _orientation(cfg: GenerationConfig, rng: np.random.Generator, material: str)
     return tilt * spin * onto_beam
 
 
-# ---------------------------------------------------------------- substrate
-def _bank_block(cfg: GenerationConfig, index: int, cache_dir: Path | None) -> np.ndarray:
-    """A periodic (in x, y) amorphous carbon block of the full field and the deepest thickness asked for."""
-    from czone.generator.amorphous_algorithms import gen_p_substrate
-
-    sub = cfg.structure.substrate
-    L = cfg.field_of_view_A
-    depth = math.ceil(sub.thickness_A.support()[1] / cfg.simulation.slice_thickness_A) * cfg.simulation.slice_thickness_A
-    key = f"carbon-{index}-L{L:g}-t{depth:g}-rho{sub.density_atoms_per_A3:g}-d{sub.min_dist_A:g}-s{cfg.seed}"
-    if key in _BANK:
-        return _BANK[key]
-    path = cache_dir / f"{key}.npy" if cache_dir else None
-    if path is not None and path.exists():
-        block = np.load(path)
-    else:
-        state = np.random.get_state()
-        np.random.seed(seed_for(cfg.seed, STAGE_SUBSTRATE, index))
-        try:
-            block = gen_p_substrate([L, L, depth], min_dist=sub.min_dist_A, density=sub.density_atoms_per_A3) if depth > 0 \
-                else np.zeros((0, 3))
-        finally:
-            np.random.set_state(state)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{np.random.default_rng().integers(1 << 30)}.tmp.npy")
-            np.save(tmp, block)
-            tmp.replace(path)
-    _BANK.clear() if len(_BANK) > 64 else None
-    _BANK[key] = block
-    return block
-
-
-_BANK: dict[str, np.ndarray] = {}
-
-
-def _substrate(cfg, rng, thickness_A: float, cache_dir: Path | None):
-    """Carbon of the given thickness cut from a bank block, shifted and flipped at random (exact: the block is
-    periodic in x and y), so thousands of structures need only `bank_size` slow amorphous generations."""
-    sub = cfg.structure.substrate
-    L = cfg.field_of_view_A
-    bank_index = int(rng.integers(sub.bank_size))
-    shift = rng.uniform(0, L, size=2)
-    flip = rng.integers(0, 2, size=2).astype(bool)
-    swap = bool(rng.integers(0, 2))
-    block = _bank_block(cfg, bank_index, cache_dir)
-    pos = block[block[:, 2] < thickness_A].copy()
-    pos[:, :2] = np.mod(pos[:, :2] + shift, L)
-    for ax in (0, 1):
-        if flip[ax]:
-            pos[:, ax] = np.mod(L - pos[:, ax], L)
-    if swap:
-        pos[:, [0, 1]] = pos[:, [1, 0]]
-    return pos, {"substrate_bank_index": bank_index}
-
-
 # ---------------------------------------------------------------- structure
 def structure_id(index: int) -> str:
     return f"s{index:06d}"
 
 
+class SceneError(RuntimeError):
+    pass
+
+
+def _draw_particle(cfg: GenerationConfig, rng: np.random.Generator, radius: float):
+    """Sample and build one particle; returns its lab-frame atoms about its own centre and its metadata."""
+    st = cfg.structure
+    material = str(st.material.sample(rng))
+    shape = str(st.shape.sample(rng))
+    requested = str(st.defects.type.sample(rng))
+    n_req = 0 if requested == "none" else int(st.defects.n_defects.sample(rng))
+    czone_seed = int(rng.integers(2**31))
+    pos, numbers, counts = build_particle(material, radius, requested, n_req, st.defects, czone_seed, shape)
+    rot = _orientation(cfg, rng, material)
+    lab = rot.apply(pos - pos.mean(axis=0)) if len(pos) else pos
+    meta = dict(material=material, shape=shape, radius_A=radius,
+                bounding_radius_A=float(np.max(np.hypot(lab[:, 0], lab[:, 1]))) if len(lab) else 0.0,
+                defect_type=classify_defects(counts["n_twins"], counts["n_stacking_faults"]),
+                defect_type_requested=requested, n_twins=counts["n_twins"],
+                n_stacking_faults=counts["n_stacking_faults"],
+                orientation_euler_deg=tuple(float(a) for a in rot.as_euler("ZXZ", degrees=True)),
+                beam_direction_crystal=tuple(float(v) for v in rot.inv().apply([0.0, 0.0, 1.0])),
+                n_atoms=len(numbers), czone_seed=czone_seed)
+    return lab, numbers, meta
+
+
+def _place(cfg: GenerationConfig, rng: np.random.Generator, radii: list[float]) -> list[tuple[float, float]]:
+    """Centres (x, y) for bounding circles of `radii`, largest first, random sequential placement: circles keep
+    `particle_gap_A` apart (periodic distances when border cuts are allowed). A particle that finds no room in
+    200 draws is left out (the config check keeps that rare); the record counts what was placed."""
+    st = cfg.structure
+    L = cfg.field_of_view_A
+    im = cfg.imaging
+    placed: list[tuple[float, float, float]] = []
+    out: dict[int, tuple[float, float]] = {}
+    for k in sorted(range(len(radii)), key=lambda i: -radii[i]):
+        r = radii[k]
+        if st.allow_border_cuts:
+            lo, hi = 0.0, L
+        else:
+            lo, hi = r + st.edge_margin_A, L - r - st.edge_margin_A
+            if im.field_px > im.image_size_px:
+                # Keep particles where every crop of image_size_px can still hold them whole.
+                half_img = im.image_size_px * im.pixel_size_A / 2
+                lo, hi = max(lo, L / 2 - half_img + r + st.edge_margin_A), min(hi, L / 2 + half_img - r - st.edge_margin_A)
+        for _ in range(200):
+            c = rng.uniform(lo, hi, size=2) if hi > lo else np.array([L / 2, L / 2])
+            ok = True
+            for (x, y, rr) in placed:
+                d = np.array([c[0] - x, c[1] - y])
+                if st.allow_border_cuts:
+                    d -= L * np.round(d / L)
+                if np.hypot(*d) < r + rr + st.particle_gap_A:
+                    ok = False
+                    break
+            if ok:
+                placed.append((float(c[0]), float(c[1]), r))
+                out[k] = (float(c[0]), float(c[1]))
+                break
+    return [out.get(k) for k in range(len(radii))]
+
+
+def _draw_radii(cfg: GenerationConfig, rng: np.random.Generator) -> list[float]:
+    """The radii of one scene: n_particles draws, or draws until their discs cover area_fraction of the field."""
+    st = cfg.structure
+    n_max = int(st.n_particles.sample(rng))
+    lo, hi = st.radius_A.support()
+    scene_radius = float(st.radius_A.sample(rng)) if st.radius_spread is not None else None
+
+    def one() -> float:
+        if scene_radius is None:
+            return float(st.radius_A.sample(rng))
+        return float(np.clip(scene_radius * np.exp(rng.normal(0.0, st.radius_spread)), lo, hi))
+
+    if st.area_fraction is None:
+        return [one() for _ in range(n_max)]
+    target = float(st.area_fraction.sample(rng)) * cfg.field_of_view_A**2
+    radii: list[float] = []
+    while len(radii) < n_max and sum(math.pi * r * r for r in radii) < target:
+        radii.append(one())
+    return radii
+
+
 def build_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None) -> Structure:
+    """A pure function of (config, index): particles drawn, placed on the carbon, and the carbon cut."""
     st = cfg.structure
     rng = rng_for(cfg.seed, STAGE_STRUCTURE, index)
-    material = str(st.material.sample(rng))
-    radius = float(st.radius_A.sample(rng))
-    requested = str(st.defects.type.sample(rng))
-    n_req = int(st.defects.n_defects.sample(rng))
-    if requested == "none":
-        n_req = 0
-    czone_seed = int(rng.integers(2**31))
-    pos, numbers, counts = build_particle(material, radius, requested, n_req, st.defects, czone_seed)
+    radii = _draw_radii(cfg, rng)
+    n_requested = len(radii)
+    drawn = [_draw_particle(cfg, rng, r) for r in radii]
+    centres = _place(cfg, rng, [m["bounding_radius_A"] for _, _, m in drawn])
+    drawn = [(d, c) for d, c in zip(drawn, centres) if c is not None]
 
-    rot = _orientation(cfg, rng, material)
-    L = cfg.field_of_view_A
+    sub_pos, cut = cut_substrate(cfg, rng, cache_dir)
     dz = cfg.simulation.slice_thickness_A
-    lo, hi = radius + st.edge_margin_A, L - radius - st.edge_margin_A
-    if cfg.imaging.field_px > cfg.imaging.image_size_px:
-        # Keep the particle where every crop of image_size_px can still hold it whole.
-        half_img = cfg.imaging.image_size_px * cfg.imaging.pixel_size_A / 2
-        lo, hi = max(lo, L / 2 - half_img + radius + st.edge_margin_A), min(hi, L / 2 + half_img - radius - st.edge_margin_A)
-    cx, cy = rng.uniform(lo, hi, size=2)
-    particle_height = math.ceil((2 * radius + 1.5) / dz) * dz
-    # Rest the particle on the carbon: lowest atom plane ~0.5 Å above the top surface.
-    cz = particle_height - radius - 0.5
-    center = np.array([cx, cy, cz])
-    lab = rot.apply(pos) + center
+    L = cfg.field_of_view_A
+    # Every particle's lowest atom sits contact_distance_A above the highest carbon atom (z grows downwards).
+    top_carbon = float(sub_pos[:, 2].min()) if len(sub_pos) else 0.0
+    gap = max(0.0, st.contact_distance_A - top_carbon)
+    tallest = max((float(np.ptp(lab[:, 2])) for (lab, _, _), _ in drawn if len(lab)), default=0.0)
+    particle_height = math.ceil((tallest + gap + 1.0) / dz) * dz if drawn else 0.0
 
-    thickness = float(st.substrate.thickness_A.sample(rng))
-    sub_pos, sub_meta = _substrate(cfg, rng, thickness, cache_dir)
-    substrate_height = math.ceil(thickness / dz) * dz if thickness > 0 else 0.0
-
-    beam_in_crystal = rot.inv().apply([0.0, 0.0, 1.0])
-    meta = {
-        "material": material,
-        "particle_radius_A": radius,
-        "particle_center_A": [float(cx), float(cy)],
-        "orientation_euler_deg": [float(a) for a in rot.as_euler("ZXZ", degrees=True)],
-        "beam_direction_crystal": [float(v) for v in beam_in_crystal],
-        "defect_type": classify_defects(counts["n_twins"], counts["n_stacking_faults"]),
-        "defect_type_requested": requested,
-        "n_defects": counts["n_twins"] + counts["n_stacking_faults"],
-        "n_twins": counts["n_twins"],
-        "n_stacking_faults": counts["n_stacking_faults"],
-        "substrate_thickness_A": thickness,
-        "n_particle_atoms": len(numbers),
-        "n_atoms": len(numbers) + len(sub_pos),
-        "czone_seed": czone_seed,
-        **sub_meta,
-    }
+    positions, numbers, owner, particles = [], [], [], []
+    for k, ((lab, nums, meta), (cx, cy)) in enumerate(drawn):
+        shift = np.array([cx, cy, particle_height - gap - lab[:, 2].max()])
+        atoms = lab + shift
+        atoms[:, :2] = np.mod(atoms[:, :2], L)
+        positions.append(atoms)
+        numbers.append(nums)
+        owner.append(np.full(len(nums), k))
+        particles.append(Particle(center_A=(float(cx), float(cy), float(shift[2])), **meta))
+    cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape)
+    substrate_height = math.ceil(cut.thickness_A / dz) * dz if cut.thickness_A > 0 else 0.0
     return Structure(
         structure_id=structure_id(index), structure_index=index,
-        particle_positions=lab, particle_numbers=numbers,
+        particle_positions=cat(positions, (0, 3)), particle_numbers=cat(numbers, (0,)).astype(int),
+        particle_index=cat(owner, (0,)).astype(int),
         substrate_positions=sub_pos, substrate_numbers=np.full(len(sub_pos), 6, int),
         cell_xy_A=L, particle_height_A=particle_height, substrate_height_A=substrate_height,
-        rotation=rot.as_matrix(), center_A=center, meta=meta,
+        particles=particles, substrate=cut, n_particles_requested=n_requested,
     )

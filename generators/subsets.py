@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from .query import Query, QueryError
-from .records import arrow_schema
+from .records import ARRAY_COLUMNS, arrow_schema
 from .run import config_of, load_manifest, parse_record_id, read_record
 from .writers import SPLITS, versions, write_card, write_manifest, write_split
 
@@ -27,7 +27,7 @@ def fingerprint(dataset_dir: str | Path) -> str:
 
 def metadata(dataset_dir: str | Path, columns=None, expression=None) -> pa.Table:
     ds = pads.dataset(Path(dataset_dir) / "data", format="parquet")
-    cols = columns or [n for n in ds.schema.names if n not in ("image", "mask")]
+    cols = columns or [n for n in ds.schema.names if n not in ARRAY_COLUMNS]
     return ds.to_table(columns=cols, filter=expression)
 
 
@@ -126,7 +126,7 @@ def trace(dataset_dir: str | Path, record_id: str) -> dict:
     row = read_record(dataset_dir, record_id)
     s_idx, c_idx = parse_record_id(record_id)
     root = manifest["config"]["seed"]
-    meta = {k: v for k, v in row.items() if k not in ("image", "mask")}
+    meta = {k: v for k, v in row.items() if k not in ARRAY_COLUMNS}
     structure_file = Path(dataset_dir) / "structures" / f"{row['structure_id']}.extxyz"
     return {
         "record_id": record_id,

@@ -65,22 +65,23 @@ def write_wds(table: pa.Table, path: Path) -> None:
     from PIL import Image
 
     size = len(table[0][0]) if len(table) else 0
-    images = table.column("image").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-    masks = table.column("mask").combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
-    images = images.reshape(len(table), size, size)
-    masks = masks.reshape(len(table), size, size)
-    meta = table.drop_columns(["image", "mask"]).to_pylist()
+    arrays = [a for a in ("image", "mask", "instance_mask") if a in table.column_names]
+    pixels = {a: table.column(a).combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
+              .reshape(len(table), size, size) for a in arrays}
+    meta = table.drop_columns(arrays).to_pylist()
     with atomic_path(path) as tmp:
         # A fixed member mtime: the same records give the same bytes, so fingerprints compare content.
         with wds.TarWriter(str(tmp), mtime=0) as sink:
-            for img, msk, m in zip(images, masks, meta):
+            for i, m in enumerate(meta):
                 buf = io.BytesIO()
-                np.save(buf, np.ascontiguousarray(img, dtype=np.float32))
-                png = io.BytesIO()
-                Image.fromarray(np.ascontiguousarray(msk, dtype=np.uint8), mode="L").save(png, format="PNG")
+                np.save(buf, np.ascontiguousarray(pixels["image"][i], dtype=np.float32))
+                sample = {"__key__": m["record_id"], "image.npy": buf.getvalue(), "json": json.dumps(m).encode()}
+                for a in arrays[1:]:  # masks as 8-bit PNG: "mask.png", "instance_mask.png"
+                    png = io.BytesIO()
+                    Image.fromarray(np.ascontiguousarray(pixels[a][i], dtype=np.uint8), mode="L").save(png, format="PNG")
+                    sample[f"{a}.png"] = png.getvalue()
                 # Keys are record ids: no dots, as WebDataset splits the key at the first dot.
-                sink.write({"__key__": m["record_id"], "image.npy": buf.getvalue(), "mask.png": png.getvalue(),
-                            "json": json.dumps(m).encode()})
+                sink.write(sample)
 
 
 def iter_shards(tables: Iterable[pa.Table], rows_per_shard: int) -> Iterator[pa.Table]:
