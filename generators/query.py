@@ -11,6 +11,7 @@ ever evaluated, so a query cannot run code.
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +21,17 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 
+PIXEL_COLUMNS = ("image", "mask", "instance_mask")
+
+
 class QueryError(ValueError):
     pass
+
+
+MAX_QUERY_CHARS = 10_000
+MAX_DEPTH = 64  # nesting of and / or / not / parentheses; deeper queries are refused, not recursed into
+INT64 = (-(2 ** 63), 2 ** 63 - 1)
+FLOAT_EXACT_INT = 2 ** 53  # larger integers are not all representable as float64
 
 
 _CMP = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
@@ -58,29 +68,44 @@ class Query:
     def __init__(self, text: str, schema: pa.Schema):
         self.text = text
         self.schema = schema
+        if not isinstance(text, str) or not text.strip():
+            self._fail("empty query: write e.g. defect_type == 'twin'")
+        if len(text) > MAX_QUERY_CHARS:
+            self._fail(f"query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}")
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as err:
-            self._fail(f"query syntax error at column {err.offset}")
+            self._fail(f"query syntax error at column {err.offset}: {err.msg}")
+        except (RecursionError, MemoryError):
+            self._fail(f"query nested too deeply (the limit is {MAX_DEPTH} levels); simplify it")
+        depth = _depth(tree.body)
+        if depth > MAX_DEPTH:
+            self._fail(f"query nested {depth} levels deep; the limit is {MAX_DEPTH}: simplify it "
+                       "(e.g. `not not x` is `x`)")
         self.tree = self._node(tree.body)
         self.columns = sorted({c.column for c in _leaves(self.tree)})
 
     # ------------------------------------------------------------ parsing
     def _fail(self, msg: str):
-        cols = ", ".join(n for n in self.schema.names if n not in ("image", "mask", "instance_mask"))
-        raise QueryError(f"{msg}\n  query: {self.text}\n  columns: {cols}")
+        cols = ", ".join(n for n in self.schema.names if n not in PIXEL_COLUMNS)
+        text = self.text if isinstance(self.text, str) else repr(self.text)
+        text = text if len(text) <= 200 else text[:200] + f"… ({len(text)} characters)"
+        raise QueryError(f"{msg}\n  query: {text}\n  columns: {cols}")
 
     def _column(self, node) -> tuple[str, int | None]:
         if isinstance(node, ast.Name):
             name, index = node.id, None
         elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
-                and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, int):
+                and isinstance(node.slice, ast.Constant) and type(node.slice.value) is int:
             name, index = node.value.id, node.slice.value
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
+            self._fail(f"index a list column with a non-negative integer, e.g. {node.value.id}[0], "
+                       f"not {ast.unparse(node)!r}")
         else:
             return None
         if name not in self.schema.names:
             self._fail(f"unknown column {name!r}")
-        if name in ("image", "mask", "instance_mask"):
+        if name in PIXEL_COLUMNS:
             self._fail(f"column {name!r} holds pixels; queries select on metadata only")
         t = self.schema.field(name).type
         if index is not None and not (pa.types.is_list(t) or pa.types.is_fixed_size_list(t)):
@@ -93,13 +118,19 @@ class Query:
 
     def _literal(self, node):
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool)):
-            return node.value
+            return self._in_range(node.value)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) \
                 and isinstance(node.operand.value, (int, float)) and not isinstance(node.operand.value, bool):
-            return -node.operand.value
+            return self._in_range(-node.operand.value)
         if isinstance(node, (ast.Tuple, ast.List)):
             return tuple(self._literal(e) for e in node.elts)
         self._fail(f"expected a literal (number, 'string', True/False or a tuple of them), got {ast.unparse(node)!r}")
+
+    def _in_range(self, v):
+        if type(v) is int and not INT64[0] <= v <= INT64[1]:
+            self._fail(f"integer literal with {len(str(abs(v)))} digits is out of range (64-bit integers end at "
+                       f"{INT64[1]}); write it as a float, e.g. {float(v):.3g}")
+        return v
 
     def _check_type(self, name, index, value):
         t = self.schema.field(name).type
@@ -107,11 +138,16 @@ class Query:
             t = t.value_type
         values = value if isinstance(value, tuple) else (value,)
         is_str = pa.types.is_string(t) or pa.types.is_large_string(t)
+        is_bool = pa.types.is_boolean(t)
         for v in values:
             if is_str and not isinstance(v, str):
                 self._fail(f"column {name!r} holds text; quote the value: {name} == '{v}'")
-            if not is_str and isinstance(v, str):
+            if is_bool and not isinstance(v, bool):
+                self._fail(f"column {name!r} is true/false; compare it with True or False, not {v!r}")
+            if not is_str and not is_bool and isinstance(v, (str, bool)):
                 self._fail(f"column {name!r} is {t}; compare it with a number, not {v!r}")
+            if pa.types.is_floating(t) and type(v) is int and abs(v) > FLOAT_EXACT_INT:
+                self._fail(f"column {name!r} holds floats; write the integer {v} as a float, e.g. {float(v):.17g}")
 
     def _node(self, node):
         if isinstance(node, ast.BoolOp):
@@ -136,7 +172,7 @@ class Query:
             if not isinstance(value, tuple):
                 self._fail(f"right of 'in' must be a tuple or list, e.g. ('twin', 'mixed')")
             self._check_type(*col, value)
-            return Cmp(col[0], col[1], "in" if isinstance(op, ast.In) else "not in", value)
+            return Cmp(col[0], col[1], "in" if isinstance(op, ast.In) else "not in", self._value_set(*col, value))
         if type(op) not in _CMP:
             self._fail(f"unsupported operator {type(op).__name__}")
         sym = _CMP[type(op)]
@@ -151,7 +187,53 @@ class Query:
         if isinstance(value, tuple):
             self._fail(f"use 'in' to compare with a tuple")
         self._check_type(*lc, value)
-        return Cmp(lc[0], lc[1], sym, value)
+        if sym not in ("==", "!=") and pa.types.is_boolean(self._type(*lc)):
+            self._fail(f"column {lc[0]!r} is true/false: use == or != with True or False")
+        return self._normalise(lc[0], lc[1], sym, value)
+
+    # ------------------------------------------------------------ one meaning for every evaluation path
+    def _type(self, name, index):
+        t = self.schema.field(name).type
+        return t.value_type if index is not None else t
+
+    def _value_set(self, name, index, values: tuple) -> tuple:
+        """The literals of `in` that a cell of this column can equal, in the column's own type, so that every
+        engine (Arrow's value sets are cast to the column type, Python compares exactly) agrees."""
+        t = self._type(name, index)
+        if pa.types.is_integer(t):
+            lo, hi = _int_bounds(t)
+            return tuple(dict.fromkeys(int(v) for v in values if math.isfinite(v) and float(v).is_integer()
+                                       and lo <= v <= hi))
+        if pa.types.is_float32(t) or pa.types.is_float16(t):
+            import numpy as np
+
+            np_t = np.float32 if pa.types.is_float32(t) else np.float16
+            return tuple(dict.fromkeys(float(v) for v in values if float(np_t(v)) == v))
+        if pa.types.is_floating(t):
+            return tuple(dict.fromkeys(float(v) for v in values))
+        return tuple(dict.fromkeys(values))
+
+    def _normalise(self, name, index, op, v) -> "Cmp":
+        """An integer column compared with a float (or an integer beyond its type) becomes the equivalent
+        comparison with an integer of the column's type: `n < 2.5` is `n <= 2`, never `n < 2`."""
+        t = self._type(name, index)
+        if not pa.types.is_integer(t) or (type(v) is int and _int_bounds(t)[0] <= v <= _int_bounds(t)[1]):
+            return Cmp(name, index, op, float(v) if pa.types.is_floating(t) else v)
+        lo, hi = _int_bounds(t)
+        true, false = Cmp(name, index, ">=", lo), Cmp(name, index, "<", lo)  # for every non-null cell
+        if op in ("==", "!="):
+            exact = math.isfinite(v) and float(v).is_integer() and lo <= v <= hi
+            if exact:
+                return Cmp(name, index, op, int(v))
+            return false if op == "==" else true
+        if not math.isfinite(v):
+            below = op in ("<", "<=")  # x < +inf, x <= +inf: all; x < -inf: none
+            return (true if v > 0 else false) if below else (false if v > 0 else true)
+        if op in ("<", "<="):  # x <= m
+            m = math.ceil(v) - 1 if op == "<" else math.floor(v)
+            return true if m >= hi else false if m < lo else Cmp(name, index, "<=", m)
+        m = math.floor(v) + 1 if op == ">" else math.ceil(v)  # x >= m
+        return true if m <= lo else false if m > hi else Cmp(name, index, ">=", m)
 
     # ------------------------------------------------------------ compiling
     @property
@@ -169,15 +251,55 @@ class Query:
 
     @property
     def dnf(self) -> list | None:
-        """Parquet DNF filters [[(col, op, value), ...], ...], or None where the query indexes list columns."""
+        """Parquet DNF filters [[(col, op, value), ...], ...] for columns without nulls (see `dnf_for`)."""
+        return self.dnf_for(())
+
+    def dnf_for(self, null_columns) -> list | None:
+        """Parquet DNF filters, or None where no DNF has this query's meaning: list indexing; `not` over an
+        ordering (NaN); a negation (`not`, `!=` from `not ==`, `not in`) over a column in `null_columns`,
+        as a comparison with a null cell is false whichever the operator, and DNF cannot test for null."""
         if any(c.index is not None for c in _leaves(self.tree)):
             return None
         try:
             conjunctions = _to_dnf(self.tree)
         except _NoDNF:
             return None
+        nulls = set(null_columns)
+        if any(c.op in ("not in",) and c.column in nulls for conj in conjunctions for c in conj) or \
+                any(c.column in nulls for c in _negated_leaves(self.tree)):
+            return None
         return [[[c.column, c.op, list(c.value) if isinstance(c.value, tuple) else c.value] for c in conj]
                 for conj in conjunctions]
+
+
+def _depth(node) -> int:
+    """Nesting depth of an ast, without recursion (a crafted query must not exhaust the stack)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((c, d + 1) for c in ast.iter_child_nodes(n))
+    return deepest
+
+
+def _int_bounds(t: pa.DataType) -> tuple[int, int]:
+    import numpy as np
+
+    info = np.iinfo(t.to_pandas_dtype())
+    return int(info.min), int(info.max)
+
+
+def _negated_leaves(node, negated=False):
+    if isinstance(node, Cmp):
+        if negated:
+            yield node
+    elif isinstance(node, Not):
+        yield from _negated_leaves(node.part, not negated)
+    else:
+        for p in node.parts:
+            yield from _negated_leaves(p, negated)
 
 
 def _leaves(node):
@@ -197,12 +319,15 @@ def _field_expr(c: Cmp):
 
 def _expr(node):
     if isinstance(node, Cmp):
+        # A comparison with a null cell is False (never null), so that `not` flips it as in Python.
         f = _field_expr(node)
         if node.op == "in":
-            return f.isin(list(node.value))
+            return f.is_valid() & f.isin(list(node.value))
         if node.op == "not in":
-            return ~f.isin(list(node.value))
-        return {"==": f.__eq__, "!=": f.__ne__, "<": f.__lt__, "<=": f.__le__, ">": f.__gt__, ">=": f.__ge__}[node.op](node.value)
+            return f.is_valid() & ~f.isin(list(node.value))
+        value = pa.scalar(node.value)
+        cmp = {"==": f.__eq__, "!=": f.__ne__, "<": f.__lt__, "<=": f.__le__, ">": f.__gt__, ">=": f.__ge__}[node.op](value)
+        return f.is_valid() & cmp
     if isinstance(node, Not):
         return ~_expr(node.part)
     parts = [_expr(p) for p in node.parts]
@@ -219,10 +344,11 @@ def _eval(node, table):
             col = pc.list_element(col, node.index)
         if node.op in ("in", "not in"):
             hit = pc.is_in(col, value_set=pa.array(list(node.value), type=col.type))
-            return hit if node.op == "in" else pc.invert(hit)
+            return hit if node.op == "in" else pc.and_(pc.is_valid(col), pc.invert(hit))
         fn = {"==": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal, ">": pc.greater,
               ">=": pc.greater_equal}[node.op]
-        return fn(col, pa.scalar(node.value, type=col.type) if not isinstance(node.value, bool) else node.value)
+        # Literals were normalised to the column's kind at parse time; float32 columns widen to float64.
+        return fn(col, pa.scalar(node.value))
     if isinstance(node, Not):
         return pc.invert(pc.fill_null(_eval(node.part, table), False))
     parts = [pc.fill_null(_eval(p, table), False) for p in node.parts]
@@ -234,9 +360,9 @@ def _eval(node, table):
 
 def _match(node, row) -> bool:
     if isinstance(node, Cmp):
-        v = row[node.column]
-        if node.index is not None:
-            v = v[node.index]
+        v = row.get(node.column)
+        if v is not None and node.index is not None:
+            v = v[node.index] if node.index < len(v) else None
         if v is None:
             return False
         if node.op == "in":
