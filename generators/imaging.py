@@ -37,23 +37,24 @@ class Condition:
 
 @dataclass(frozen=True)
 class Grid:
-    """The sampling of one structure: `detector_px` camera pixels across the field, each integrating
-    `bin_factor` x `bin_factor` multislice samples."""
+    """The sampling of one structure: `sim_gpts` multislice samples and `detector_px` camera pixels across the
+    field. Where the camera's pixel is a whole number of samples it averages them (`bin_factor`); otherwise the
+    intensity is area-averaged onto the camera's pixels (each pixel integrates the field it covers)."""
     field_A: float
+    sim_gpts: int
     detector_px: int
-    bin_factor: int
 
     @property
     def detector_pixel_size_A(self) -> float:
         return self.field_A / self.detector_px
 
     @property
-    def sim_gpts(self) -> int:
-        return self.detector_px * self.bin_factor
-
-    @property
     def sim_sampling_A(self) -> float:
         return self.field_A / self.sim_gpts
+
+    @property
+    def bin_factor(self) -> int | None:
+        return self.sim_gpts // self.detector_px if self.sim_gpts % self.detector_px == 0 else None
 
 
 def _smooth(n: int) -> bool:
@@ -64,17 +65,17 @@ def _smooth(n: int) -> bool:
 
 
 def grid_for(cfg: GenerationConfig, structure_index: int) -> Grid:
-    """The fixed grid of the config, or, with `detector_pixel_size_A`, a camera pixel size drawn per structure
-    and snapped to a nearby detector size whose multislice grid has only small prime factors (fast FFTs)."""
+    """The config's fixed grid, or, with `detector_pixel_size_A`, a camera pixel size drawn per structure over
+    one multislice grid for the whole run (FFT plans are made once per grid, so it must not change)."""
     im = cfg.imaging
     L = cfg.field_of_view_A
     if im.detector_pixel_size_A is None:
-        return Grid(L, im.field_px, cfg.bin_factor)
+        return Grid(L, cfg.sim_gpts, im.field_px)
+    gpts = int(np.ceil(L / cfg.simulation.sampling_A - 1e-9))
+    while not _smooth(gpts):
+        gpts += 1
     p = float(im.detector_pixel_size_A.sample(rng_for(cfg.seed, STAGE_DETECTOR, structure_index, 0)))
-    k = max(1, int(np.ceil(p / cfg.simulation.sampling_A - 1e-9)))
-    n0 = max(8, int(round(L / p)))
-    n = min(range(max(8, n0 - 6), n0 + 7), key=lambda n: (not _smooth(n * k), abs(n - n0)))
-    return Grid(L, n, k)
+    return Grid(L, gpts, max(8, int(round(L / p))))
 
 
 def sample_conditions(cfg: GenerationConfig, structure_index: int, centers_px: list[tuple[float, float]],

@@ -1,11 +1,13 @@
 """Metadata queries: a small, safe expression language compiled to Arrow compute (and to Parquet DNF filters).
 
-    defect_type in ('twin', 'mixed') and particle_radius_A > 20 and -20 <= defocus_nm <= 20
-    not (dose_e_per_A2 >= 200) or particle_center_px[0] < 64
+    n_particles >= 2 and any(particle_defect_type in ('twin', 'mixed')) and -20 <= defocus_nm <= 20
+    n_particles == 0 or all(particle_radius_A > 20)
+    not (dose_e_per_A2 >= 200) or crop_offset_px[0] < 64
 
 Grammar: comparisons (==, !=, <, <=, >, >=, chained), `in` / `not in` with a tuple or list of literals, `and`,
-`or`, `not`, parentheses, literals (numbers, quoted strings, True/False), column names, and `column[i]` for
-fixed-size list columns. The text is parsed with Python's `ast` module and translated node by node; nothing is
+`or`, `not`, parentheses, literals (numbers, quoted strings, True/False), column names, `column[i]` for
+fixed-size list columns, and `any(...)` / `all(...)` of a condition on the elements of one per-particle list
+column (`any(8 < particle_radius_A < 15)`; all() of an empty list is true, any() false, as in Python). The text is parsed with Python's `ast` module and translated node by node; nothing is
 ever evaluated, so a query cannot run code.
 """
 from __future__ import annotations
@@ -48,6 +50,14 @@ class Cmp:
 
 
 @dataclass(frozen=True)
+class Quant:
+    """any(...) / all(...): the condition `part`, written on one list column's elements, over each row's list."""
+    kind: str  # any, all
+    column: str
+    part: Any
+
+
+@dataclass(frozen=True)
 class And:
     parts: tuple
 
@@ -68,6 +78,7 @@ class Query:
     def __init__(self, text: str, schema: pa.Schema):
         self.text = text
         self.schema = schema
+        self._quant = None  # [kind, list column] while parsing inside any(...) / all(...)
         if not isinstance(text, str) or not text.strip():
             self._fail("empty query: write e.g. defect_type == 'twin'")
         if len(text) > MAX_QUERY_CHARS:
@@ -84,6 +95,7 @@ class Query:
                        "(e.g. `not not x` is `x`)")
         self.tree = self._node(tree.body)
         self.columns = sorted({c.column for c in _leaves(self.tree)})
+        self.quantified = any(True for _ in _quants(self.tree))
 
     # ------------------------------------------------------------ parsing
     def _fail(self, msg: str):
@@ -108,9 +120,19 @@ class Query:
         if name in PIXEL_COLUMNS:
             self._fail(f"column {name!r} holds pixels; queries select on metadata only")
         t = self.schema.field(name).type
+        if self._quant is not None and index is None:
+            if self._quant[1] is None and pa.types.is_list(t):
+                self._quant[1] = name
+            if name != self._quant[1]:
+                self._fail(f"{self._quant[0]}(...) takes the elements of one list column, e.g. "
+                           f"{self._quant[0]}(particle_radius_A < 15); {name!r} is not it")
+            return name, None
         if index is not None and not (pa.types.is_list(t) or pa.types.is_fixed_size_list(t)):
             self._fail(f"column {name!r} is not a list; drop the [{index}]")
-        if index is None and (pa.types.is_list(t) or pa.types.is_fixed_size_list(t)):
+        if index is None and pa.types.is_list(t):
+            self._fail(f"column {name!r} holds one value per particle; ask about its elements with any(...) or "
+                       f"all(...), e.g. any({name} > 10)")
+        if index is None and pa.types.is_fixed_size_list(t):
             self._fail(f"column {name!r} is a list; compare one element, e.g. {name}[0]")
         if index is not None and pa.types.is_fixed_size_list(t) and not 0 <= index < t.list_size:
             self._fail(f"{name}[{index}] is out of range: {name} has {t.list_size} elements")
@@ -133,9 +155,7 @@ class Query:
         return v
 
     def _check_type(self, name, index, value):
-        t = self.schema.field(name).type
-        if index is not None:
-            t = t.value_type
+        t = self._type(name, index)
         values = value if isinstance(value, tuple) else (value,)
         is_str = pa.types.is_string(t) or pa.types.is_large_string(t)
         is_bool = pa.types.is_boolean(t)
@@ -155,13 +175,29 @@ class Query:
             return And(parts) if isinstance(node.op, ast.And) else Or(parts)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             return Not(self._node(node.operand))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("any", "all"):
+            kind = node.func.id
+            if self._quant is not None:
+                self._fail(f"{kind}(...) cannot be nested inside {self._quant[0]}(...)")
+            if len(node.args) != 1 or node.keywords:
+                self._fail(f"{kind}(...) takes one condition on a list column, e.g. {kind}(particle_radius_A < 15)")
+            self._quant = [kind, None]
+            try:
+                part = self._node(node.args[0])
+                column = self._quant[1]
+            finally:
+                self._quant = None
+            if column is None:
+                self._fail(f"{kind}(...) needs a per-particle list column inside, e.g. {kind}(particle_radius_A < 15)")
+            return Quant(kind, column, part)
         if isinstance(node, ast.Compare):
             terms = [node.left, *node.comparators]
             out = []
             for left, op, right in zip(terms[:-1], node.ops, terms[1:]):
                 out.append(self._compare(left, op, right))
             return out[0] if len(out) == 1 else And(tuple(out))
-        self._fail(f"unsupported expression {ast.unparse(node)!r}: use comparisons joined by and / or / not")
+        self._fail(f"unsupported expression {ast.unparse(node)!r}: use comparisons joined by and / or / not, "
+                   "and any(...) / all(...) over per-particle columns")
 
     def _compare(self, left, op, right) -> Cmp:
         if isinstance(op, (ast.In, ast.NotIn)):
@@ -194,7 +230,8 @@ class Query:
     # ------------------------------------------------------------ one meaning for every evaluation path
     def _type(self, name, index):
         t = self.schema.field(name).type
-        return t.value_type if index is not None else t
+        elementwise = self._quant is not None and name == self._quant[1] and index is None
+        return t.value_type if index is not None or elementwise else t
 
     def _value_set(self, name, index, values: tuple) -> tuple:
         """The literals of `in` that a cell of this column can equal, in the column's own type, so that every
@@ -238,7 +275,23 @@ class Query:
     # ------------------------------------------------------------ compiling
     @property
     def expression(self) -> pads.Expression:
+        """A pyarrow dataset filter; not for any(...) / all(...) (Arrow expressions cannot reduce lists):
+        use `table`, which takes either kind."""
+        if self.quantified:
+            raise QueryError("any(...) / all(...) queries have no pyarrow dataset Expression; use Query.table")
         return _expr(self.tree)
+
+    def table(self, dataset: pads.Dataset, columns=None, extra: pads.Expression | None = None) -> pa.Table:
+        """The matching rows of a pyarrow dataset (and `extra`), with `columns` (None: all). Plain queries are
+        pushed into the scan; any(...) / all(...) queries read their metadata columns first, then only the
+        matching records' `columns`."""
+        if not self.quantified:
+            expr = self.expression if extra is None else self.expression & extra
+            return dataset.to_table(columns=columns, filter=expr)
+        meta = dataset.to_table(columns=list(dict.fromkeys(["record_id", *self.columns])), filter=extra)
+        ids = meta.filter(self.mask(meta))["record_id"]
+        expr = pads.field("record_id").isin(ids)
+        return dataset.to_table(columns=columns, filter=expr if extra is None else expr & extra)
 
     def mask(self, table: pa.Table | pa.RecordBatch) -> pa.Array:
         """Boolean selection over a table holding (at least) the query's columns; nulls count as False."""
@@ -258,7 +311,7 @@ class Query:
         """Parquet DNF filters, or None where no DNF has this query's meaning: list indexing; `not` over an
         ordering (NaN); a negation (`not`, `!=` from `not ==`, `not in`) over a column in `null_columns`,
         as a comparison with a null cell is false whichever the operator, and DNF cannot test for null."""
-        if any(c.index is not None for c in _leaves(self.tree)):
+        if self.quantified or any(c.index is not None for c in _leaves(self.tree)):
             return None
         try:
             conjunctions = _to_dnf(self.tree)
@@ -302,10 +355,20 @@ def _negated_leaves(node, negated=False):
             yield from _negated_leaves(p, negated)
 
 
+def _quants(node):
+    if isinstance(node, Quant):
+        yield node
+    elif isinstance(node, Not):
+        yield from _quants(node.part)
+    elif not isinstance(node, Cmp):
+        for p in node.parts:
+            yield from _quants(p)
+
+
 def _leaves(node):
     if isinstance(node, Cmp):
         yield node
-    elif isinstance(node, Not):
+    elif isinstance(node, (Not, Quant)):
         yield from _leaves(node.part)
     else:
         for p in node.parts:
@@ -338,6 +401,19 @@ def _expr(node):
 
 
 def _eval(node, table):
+    if isinstance(node, Quant):
+        import numpy as np
+
+        col = table.column(node.column) if isinstance(table, pa.Table) else table[node.column]
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        flat = pa.table({node.column: pc.list_flatten(col)})
+        hit = pc.fill_null(_eval(node.part, flat), False).to_numpy(zero_copy_only=False)
+        parents = pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+        hits = np.bincount(parents, weights=hit, minlength=len(col))
+        size = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+        # all() of an empty list is True, any() False, as in Python; a null list matches neither.
+        out = hits > 0 if node.kind == "any" else hits == size
+        return pa.array(out & col.is_valid().to_numpy(zero_copy_only=False))
     if isinstance(node, Cmp):
         col = table.column(node.column) if isinstance(table, pa.Table) else table[node.column]
         if node.index is not None:
@@ -359,6 +435,12 @@ def _eval(node, table):
 
 
 def _match(node, row) -> bool:
+    if isinstance(node, Quant):
+        values = row.get(node.column)
+        if values is None:
+            return False
+        hits = (_match(node.part, {node.column: v}) for v in values)
+        return any(hits) if node.kind == "any" else all(hits)
     if isinstance(node, Cmp):
         v = row.get(node.column)
         if v is not None and node.index is not None:

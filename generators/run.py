@@ -51,13 +51,13 @@ _CONTEXT: dict = {}
 
 def _context(cfg: GenerationConfig, grid: Grid):
     """Per-process simulator and image former per sampling grid, and the split assignment per config."""
-    key = (cfg.sha256(), grid)
+    key = (cfg.sha256(), grid.sim_gpts, grid.bin_factor or 1)
     if key not in _CONTEXT:
         if len(_CONTEXT) > 16:
             _CONTEXT.clear()
         sim = make_simulator(cfg.simulation, grid.sim_gpts, cfg.structure.thermal_sigma_A)
         former = ImageFormer(cfg.imaging, grid.sim_gpts, grid.sim_sampling_A,
-                             wavelength_A(cfg.simulation.energy_keV), grid.bin_factor)
+                             wavelength_A(cfg.simulation.energy_keV), grid.bin_factor or 1)
         _CONTEXT[key] = (sim, former)
     split_key = ("splits", cfg.sha256())
     if split_key not in _CONTEXT:
@@ -83,7 +83,6 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     camera = sample_detector(im.detector, cfg.seed, index)
     # The camera's pixels are resampled onto the stored grid exactly as the importer resamples micrographs.
     resampled = grid.detector_px != im.field_px
-    to_stored = (lambda a, from_A: resample(a, from_A, p)) if resampled else (lambda a, from_A: a)
 
     # Sample j of the multislice grid sits at j * sampling; stored pixel i spans [i p, (i + 1) p) - sampling / 2.
     half_sample = grid.sim_sampling_A / 2
@@ -92,8 +91,13 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     radii_px = [pt.bounding_radius_A / p for pt in s.particles]
     conditions = sample_conditions(cfg, index, centres, radii_px)
     intensity = former.intensity(waves.full, conditions)
+    if grid.bin_factor is None:  # camera pixels that are no whole number of samples integrate the area they cover
+        intensity = np.stack([resample(a, grid.sim_sampling_A, grid.detector_pixel_size_A) for a in intensity])
     coverage = phase_coverage(waves.particle, cfg.mask.phase_threshold_rad)
-    coverage = to_stored(coverage, grid.sim_sampling_A) if resampled else bin_mean(coverage, grid.bin_factor)
+    if grid.bin_factor and not resampled:
+        coverage = bin_mean(coverage, grid.bin_factor)
+    else:
+        coverage = resample(coverage, grid.sim_sampling_A, p)
     mask_field = mask_from_coverage(coverage, cfg.mask.closing_radius_A / p)
     labels_field = instance_labels(mask_field, s.particle_positions[:, :2], s.particle_index, p, s.cell_xy_A,
                                    half_sample)
@@ -116,7 +120,9 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     images, masks, labels, metas = [], [], [], []
     for c, inten in zip(conditions, intensity):
         counts = camera.record(inten, c.dose_e_per_A2, grid.detector_pixel_size_A, noise_rng(cfg, index, c.condition_index))
-        img = crop(to_stored(counts, grid.detector_pixel_size_A), c.crop_offset_px, size)
+        if resampled:
+            counts = resample(counts, grid.detector_pixel_size_A, p)
+        img = crop(counts, c.crop_offset_px, size)
         m = crop(mask_field, c.crop_offset_px, size)
         lab = crop(labels_field, c.crop_offset_px, size)
         ox, oy = c.crop_offset_px

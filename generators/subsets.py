@@ -25,15 +25,15 @@ def fingerprint(dataset_dir: str | Path) -> str:
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
 
 
-def metadata(dataset_dir: str | Path, columns=None, expression=None) -> pa.Table:
+def metadata(dataset_dir: str | Path, columns=None, query: Query | None = None) -> pa.Table:
     ds = pads.dataset(Path(dataset_dir) / "data", format="parquet")
     cols = columns or [n for n in ds.schema.names if n not in ARRAY_COLUMNS]
-    return ds.to_table(columns=cols, filter=expression)
+    return q.table(ds, cols) if (q := query) is not None else ds.to_table(columns=cols)
 
 
 def query_summary(dataset_dir: str | Path, text: str) -> dict:
     q = Query(text, arrow_schema())
-    t = metadata(dataset_dir, expression=q.expression)
+    t = metadata(dataset_dir, query=q)
     out = {"query": text, "records": len(t), "structures": len(pc.unique(t["structure_id"])) if len(t) else 0}
     for c in KEY_COLUMNS:
         col = t[c]
@@ -60,7 +60,7 @@ def save_named_subset(dataset_dir: str | Path, name: str, text: str) -> dict:
     manifest = load_manifest(out)
     subsets = {s["config_name"]: s for s in manifest.get("subsets", [])}
     # datasets refuses a split with no rows, so a named config lists only the splits the query reaches.
-    hits = metadata(out, columns=["split"], expression=q.expression)["split"].to_pylist()
+    hits = metadata(out, columns=["split"], query=q)["split"].to_pylist()
     present = [s for s in SPLITS if s in hits]
     if not present:
         raise QueryError(f"query selects no records: {text}")
@@ -93,7 +93,7 @@ def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dic
     ds = pads.dataset(src / "data", format="parquet")
     shards, counts = [], {}
     for split in SPLITS:
-        table = ds.to_table(filter=q.expression & (pads.field("split") == split))
+        table = q.table(ds, extra=pads.field("split") == split)
         table = table.sort_by("record_id")
         counts[split] = len(table)
         shards += write_split(out, split, [table], len(table), cfg.records_per_shard)

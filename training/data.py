@@ -67,10 +67,11 @@ def read_arrays(src: DataSource, seed: int = 0, field: str = "data"):
     """(images (n, h, w) float32, masks (n, h, w) uint8, record ids) of one split, query pushed into the scan."""
     ds = pads.dataset(_split_files(src, field), format="parquet")
     try:
-        expr = Query(src.query, ds.schema).expression if src.query else None
+        q = Query(src.query, ds.schema) if src.query else None
     except QueryError as err:
         raise QueryError(f"{field}.query: {err}") from None
-    table = ds.to_table(columns=["record_id", "image", "mask"], filter=expr).sort_by("record_id")
+    columns = ["record_id", "image", "mask"]
+    table = (q.table(ds, columns) if q else ds.to_table(columns=columns)).sort_by("record_id")
     if len(table) == 0:
         raise DataError(f"{field}.query selects no records of {src.label}")
     if src.n_images is not None:
@@ -209,6 +210,7 @@ def source_json(src: DataSource) -> dict:
     ds = pads.dataset(_split_files(src, "data"), format="parquet")
     sizes = []
     if "pixel_size_A" in ds.schema.names:
-        expr = Query(src.query, ds.schema).expression if src.query else None
-        sizes = sorted(set(ds.to_table(columns=["pixel_size_A"], filter=expr)["pixel_size_A"].to_pylist()))
+        q = Query(src.query, ds.schema) if src.query else None
+        sizes = sorted(set((q.table(ds, ["pixel_size_A"]) if q else ds.to_table(columns=["pixel_size_A"]))
+                           ["pixel_size_A"].to_pylist()))
     return {**json.loads(src.model_dump_json()), "fingerprint": fp, "pixel_sizes_A": sizes}
