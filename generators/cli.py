@@ -29,10 +29,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .info import describe
+    from .info import report
 
-    print(describe(args.dataset, verify=args.verify))
-    return 0
+    text, intact = report(args.dataset, args.verify)
+    print(text)
+    return 0 if intact else 1
 
 
 def cmd_query(args) -> int:
