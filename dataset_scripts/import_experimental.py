@@ -4,7 +4,10 @@
         --target-pixel-size-A 0.25 --tile-px 256 --material Au
     python dataset_scripts/import_experimental.py micrographs/ --masks labels/ --pixel-size-A 0.18 ...
 
-Masks: `--masks DIR` with the micrograph's file stem, or next to each micrograph as `{stem}_mask.{ext}`.
+    python dataset_scripts/import_experimental.py real/ --pixel-sizes real/index.csv ...   # mixed magnifications
+
+Masks: `--masks DIR` with the micrograph's file stem, or next to each micrograph as `{stem}_mask.{ext}`; values
+{0,1}, {0,255} (255 = particle) or true/false, anything else through `--mask-values VALUE=LABEL,...`.
 A micrograph without a mask stops the import unless `--allow-unlabelled` (then it is skipped with a warning).
 """
 from __future__ import annotations
@@ -25,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", default=None, help="folder of masks named like the micrographs")
     p.add_argument("--pixel-size-A", type=float, default=None,
                    help="source pixel size in Å; overrides the files' calibration, required where there is none")
+    p.add_argument("--pixel-sizes", default=None, metavar="CSV",
+                   help="per-micrograph pixel sizes: a CSV with the columns file,pixel_size_A (others ignored); "
+                        "for folders that mix magnifications. Not together with --pixel-size-A")
+    p.add_argument("--mask-values", default=None, metavar="V=L,...",
+                   help="map mask file values to labels (1 particle, 0 background), e.g. 0=0,1=1,2=1 or 255=0,0=1; "
+                        "needed for masks other than {0,1}, {0,255} (255 = particle) or true/false")
     p.add_argument("--target-pixel-size-A", type=float, required=True, help="pixel size of the tiles, Å")
     p.add_argument("--tile-px", type=int, required=True, help="tile side length, px")
     p.add_argument("--overlap-px", type=int, default=0, help="overlap of neighbouring tiles, px")
@@ -47,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                       finetune_fraction=args.finetune_fraction, seed=args.seed, material=args.material,
                       overlap_px=args.overlap_px, allow_unlabelled=args.allow_unlabelled,
                       records_per_shard=args.records_per_shard, name=args.name,
+                      pixel_sizes_csv=args.pixel_sizes, mask_values=args.mask_values,
                       log=lambda msg: print(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout))
     except MicrographError as e:
         print(f"import_experimental.py: error: {e}", file=sys.stderr)

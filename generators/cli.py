@@ -29,10 +29,11 @@ def cmd_generate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .info import describe
+    from .info import report
 
-    print(describe(args.dataset, verify=args.verify))
-    return 0
+    text, intact = report(args.dataset, args.verify)
+    print(text)
+    return 0 if intact else 1
 
 
 def cmd_query(args) -> int:
@@ -89,6 +90,16 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="temsynth", description="Synthetic HRTEM nanoparticle datasets")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -132,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("dataset")
     ev.add_argument("query", nargs="?", help="metadata query narrowing the records")
     ev.add_argument("--split", default="test")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=_positive_int, default=16)
     ev.set_defaults(func=cmd_evaluate)
     st = sub.add_parser("study", help="`study run STUDY.yaml` (subsets x seeds x fine-tuning on Dask), "
                         "`study report STUDY_DIR`", add_help=False)

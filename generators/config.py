@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from .materials import MATERIALS
 
@@ -33,7 +33,9 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------- distributions
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused by every float field of every config section (and, through
+    # `non_finite_fields`, in free-form values such as a fixed distribution's `value`).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Uniform(Strict):
@@ -183,7 +185,30 @@ class Fixed(Strict):
             return None
 
 
-Distribution = Union[Uniform, LogUniform, Integers, TruncNormal, Linspace, Choice, Fixed]
+_DIST_KEYS = {"uniform": "Uniform", "integers": "Integers", "truncnormal": "TruncNormal", "linspace": "Linspace", "loguniform": "LogUniform",
+              "choice": "Choice", "value": "Fixed"}
+
+
+def _dist_tag(v: Any) -> str | None:
+    """Which distribution a value is, from its key: a range error is then reported once, for that one, instead of
+    with an "unknown field" line for every other alternative."""
+    if isinstance(v, BaseModel):
+        return type(v).__name__
+    if isinstance(v, dict):
+        for key, tag in _DIST_KEYS.items():
+            if key in v:
+                return tag
+    return None
+
+
+Distribution = Annotated[
+    Union[Annotated[Uniform, Tag("Uniform")], Annotated[LogUniform, Tag("LogUniform")], Annotated[Integers, Tag("Integers")],
+          Annotated[TruncNormal, Tag("TruncNormal")], Annotated[Linspace, Tag("Linspace")],
+          Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
+    Discriminator(_dist_tag, custom_error_type="distribution",
+                  custom_error_message="expected a number or one of {uniform: [low, high]}, {integers: [low, high]}, "
+                                       "{truncnormal: {mean, sd, low, high}}, {linspace: {start, stop, num}}, "
+                                       "{choice: [...]}")]
 
 
 def _as_dist(v: Any) -> Any:
@@ -220,7 +245,10 @@ def choice_of(allowed: tuple[str, ...]):
 
     from pydantic import BeforeValidator
 
-    return Annotated[Union[Choice, Fixed], BeforeValidator(_as_dist), AfterValidator(check)]
+    return Annotated[Union[Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
+                     Discriminator(_dist_tag, custom_error_type="distribution",
+                                   custom_error_message=f"use `choice: [...]` or a fixed value from {list(allowed)}"),
+                     BeforeValidator(_as_dist), AfterValidator(check)]
 
 
 # Krivanek polar aberration symbols (abTEM's names): magnitudes C_nm, angles phi_nm.
@@ -245,6 +273,12 @@ class Orientation(Strict):
     mode: Literal["random", "zone_axis"] = "random"
     zone_axis: tuple[int, int, int] = (1, 1, 0)
     tilt_deg: ranged(0, 90, "tilt_deg") = Fixed(value=0.0)
+
+    @model_validator(mode="after")
+    def _axis(self):
+        if not any(self.zone_axis):
+            raise ValueError("zone_axis [0, 0, 0] is no direction; give a crystal direction such as [1, 1, 0]")
+        return self
 
 
 class Substrate(Strict):
@@ -501,9 +535,28 @@ def format_errors(err: ValidationError, source: str, what: str = "generation con
     return "\n".join(out)
 
 
+def non_finite_fields(data: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of every NaN or infinite number anywhere in a raw config (YAML's .nan, .inf, 1e999)."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [prefix or "<top>"]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in non_finite_fields(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(data, (list, tuple)):
+        return [p for i, v in enumerate(data) for p in non_finite_fields(v, f"{prefix}[{i}]")]
+    return []
+
+
+def reject_non_finite(data: Any, source: str, what: str = "generation config") -> None:
+    bad = non_finite_fields(data)
+    if bad:
+        raise ConfigError(f"invalid {what} ({source}):\n" + "\n".join(
+            f"  - {p}: NaN and infinity are not numbers a config can use; give a finite value" for p in bad))
+
+
 def from_dict(data: dict, source: str = "<dict>") -> GenerationConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"invalid generation config ({source}): expected a mapping at the top level")
+    reject_non_finite(data, source)
     try:
         return GenerationConfig.model_validate(data)
     except ValidationError as err:
@@ -514,10 +567,16 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config {path} is a folder, not a YAML file; name the .yaml file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
     return data or {}
 
 
@@ -541,6 +600,31 @@ def load_preset(name: str, **overrides: Any) -> GenerationConfig:
             node = node.setdefault(p, {})
         node[leaf] = value
     return from_dict(data, f"preset {name}")
+
+
+# ---------------------------------------------------------------- resources
+# Bytes per simulation grid point held at once by one worker: the multislice wave, its FFT buffers, the
+# transmission function and propagator (~64 B), the ImageFormer's frequency grids (~32 B) and, per frozen
+# phonon, the particle-only and full exit waves with their stacked copies (32 B). Plus the interpreter with
+# abTEM, czone and Dask loaded.
+WORKER_BASE_BYTES = 600 * 2 ** 20
+BYTES_PER_GRID_POINT = 96
+BYTES_PER_GRID_POINT_PER_PHONON = 32
+
+
+def estimate_worker_bytes(cfg: GenerationConfig) -> int:
+    """Peak memory of one worker simulating one structure (an estimate; the refusal quotes it)."""
+    n2 = cfg.sim_gpts ** 2
+    images = cfg.conditions_per_structure * cfg.imaging.field_px ** 2 * (4 + 4 + 1)  # intensities, images, masks
+    return int(WORKER_BASE_BYTES + n2 * (BYTES_PER_GRID_POINT + BYTES_PER_GRID_POINT_PER_PHONON *
+                                         cfg.simulation.n_frozen_phonons) + images)
+
+
+def estimate_dataset_bytes(cfg: GenerationConfig) -> int:
+    """Disk for the finished folder: float32 image + uint8 mask per record, in Parquet and in WebDataset (noisy
+    counts barely compress), plus the parts kept until assembly."""
+    per_record = cfg.imaging.image_size_px ** 2 * 5
+    return int(cfg.n_structures * cfg.conditions_per_structure * per_record * 3)
 
 
 # ---------------------------------------------------------------- seeds

@@ -261,19 +261,85 @@ def read_micrograph(path) -> tuple[np.ndarray, float | None, str]:
     return image, _pixel_size_A(path, cal), fmt
 
 
-def read_mask(path, shape: tuple[int, int] | None = None, image_path=None) -> np.ndarray:
-    """Binary uint8 mask (1 = particle). With `shape`, it must match the image's shape."""
+def parse_mask_values(text: str | None) -> dict[float, int] | None:
+    """`--mask-values 0=0,1=1,2=1` (or `255=0,0=1` for a white background) -> {file value: 0 or 1}."""
+    if text is None:
+        return None
+    out: dict[float, int] = {}
+    for item in str(text).split(","):
+        k, sep, v = item.partition("=")
+        try:
+            key, label = float(k), int(v)
+        except ValueError:
+            key, label = None, None
+        if not sep or key is None or label not in (0, 1) or not math.isfinite(key):
+            raise MicrographError(f"--mask-values {text!r}: write VALUE=LABEL pairs with LABEL 0 (background) or 1 "
+                                  "(particle), e.g. --mask-values 0=0,1=1,2=1 or 255=0,0=1")
+        if key in out:
+            raise MicrographError(f"--mask-values {text!r}: value {k.strip()} is mapped twice")
+        out[key] = label
+    return out
+
+
+def _values(data: np.ndarray, limit: int = 8) -> str:
+    vals = np.unique(data)
+    shown = ", ".join(f"{v:g}" for v in vals[:limit])
+    return "{" + shown + (f", … ({len(vals)} values)" if len(vals) > limit else "") + "}"
+
+
+def read_mask(path, shape: tuple[int, int] | None = None, image_path=None,
+              mask_values: dict[float, int] | None = None) -> np.ndarray:
+    """Binary uint8 mask (1 = particle). With `shape`, it must match the image's shape.
+
+    Accepted as they are: {0, 1} labels (and booleans), and {0, 255} images with 255 = particle unless 255 is
+    most of the field and of its border (a white background). Anything else needs `mask_values`
+    ({file value: 0/1}, every value present mapped) and is otherwise refused naming the values found.
+    """
     path = Path(path)
     data, _, fmt = _read_any(path)
-    data = np.nan_to_num(np.asarray(data, dtype=np.float64))
-    # JPEG compression leaves faint non-zero pixels around every edge; a half-maximum threshold ignores them.
-    threshold = data.max() / 2 if fmt == "jpeg" else 0
-    mask = (data > threshold).astype(np.uint8)
+    data = np.asarray(data, dtype=np.float64)
+    if not np.all(np.isfinite(data)):
+        raise MicrographError(f"{path.name}: mask holds NaN or infinite values; a mask is 0 = background, 1 = particle")
+    if mask_values is not None:
+        present = np.unique(data)
+        unmapped = [v for v in present if float(v) not in mask_values]
+        if unmapped:
+            raise MicrographError(f"{path.name}: mask values {_values(np.asarray(unmapped))} are not in --mask-values "
+                                  f"({', '.join(f'{k:g}={v}' for k, v in mask_values.items())}); map every value")
+        mask = np.zeros(data.shape, np.uint8)
+        for v, label in mask_values.items():
+            if label:
+                mask[data == v] = 1
+    elif fmt == "jpeg":
+        # JPEG compression leaves faint non-zero pixels around every edge; a half-maximum threshold ignores them.
+        mask = (data > data.max() / 2).astype(np.uint8)
+        _refuse_white_background(path, mask, "the bright value")
+    else:
+        present = set(np.unique(data).tolist())
+        if present <= {0.0, 1.0}:
+            mask = (data == 1).astype(np.uint8)
+        elif present <= {0.0, 255.0}:
+            mask = (data == 255).astype(np.uint8)
+            _refuse_white_background(path, mask, "255")
+        else:
+            raise MicrographError(
+                f"{path.name}: mask values {_values(data)} are not a binary mask ({{0, 1}}, {{0, 255}} or true/false); "
+                "say which are particle with --mask-values, e.g. --mask-values "
+                + ",".join(f"{v:g}={int(v != min(present))}" for v in sorted(present)[:4]))
     if shape is not None and mask.shape != tuple(shape):
         other = Path(image_path).name if image_path is not None else "the image"
         raise MicrographError(f"{path.name}: mask is {_hw(mask.shape)} px but {other} is {_hw(shape)} px; "
                               "masks must be drawn on the full-size micrograph")
     return mask
+
+
+def _refuse_white_background(path: Path, mask: np.ndarray, what: str) -> None:
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    if mask.mean() > 0.5 and border.mean() > 0.5:
+        raise MicrographError(
+            f"{path.name}: {what} covers {mask.mean():.0%} of the mask and {border.mean():.0%} of its border, like a "
+            "white background with dark particles; pass --mask-values 255=0,0=1 if so (or --mask-values 0=0,255=1 "
+            "to import it as particle)")
 
 
 def _hw(shape) -> str:
@@ -365,7 +431,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("source_file", pa.string(), "micrograph file name, relative to the imported folder"),
     Column("source_format", pa.string(), "tiff, png, jpeg, npy, dm3, dm4, emd-ncem, emd-velox, mrc"),
     Column("source_pixel_size_A", pa.float64(), "pixel size of the source micrograph as used for resampling"),
-    Column("pixel_size_source", pa.string(), "where source_pixel_size_A came from: file / command line"),
+    Column("pixel_size_source", pa.string(), "where source_pixel_size_A came from: file / command line / csv"),
     Column("pixel_size_A", pa.float64(), "pixel size of the tile (the import's target pixel size)"),
     Column("image_size_px", pa.int32(), "tile side length"),
     Column("tile_index", pa.int32(), "tile number within its source micrograph, row by row"),
@@ -467,19 +533,70 @@ class Source:
 
 
 def plan_source(image_path: Path, mask_path: Path, pixel_size_A: float | None, target_pixel_size_A: float,
-                tile_px: int, overlap_px: int, log: Callable[[str], None] = print) -> Source:
-    """Read and check one pair (calibration, mask shape) without keeping the pixels."""
+                tile_px: int, overlap_px: int, log: Callable[[str], None] = print,
+                mask_values: dict[float, int] | None = None, pixel_size_source: str = "command line") -> Source:
+    """Read and check one pair (calibration, mask values and shape) without keeping the pixels."""
     image, file_px, fmt = read_micrograph(image_path)
-    read_mask(mask_path, image.shape, image_path)
+    read_mask(mask_path, image.shape, image_path, mask_values)
     px = pixel_size_A if pixel_size_A is not None else file_px
     if px is None:
-        raise MicrographError(f"{image_path.name}: the file has no pixel-size calibration; pass --pixel-size-A")
+        raise MicrographError(f"{image_path.name}: the file has no pixel-size calibration; pass --pixel-size-A "
+                              "or --pixel-sizes CSV")
+    flag = (f"--pixel-size-A {pixel_size_A}" if pixel_size_source == "command line"
+            else f"the pixel-size CSV's {pixel_size_A} Å")
     if pixel_size_A is not None and file_px is not None and not math.isclose(file_px, pixel_size_A, rel_tol=0.01):
-        log(f"warning: {image_path.name}: --pixel-size-A {pixel_size_A} overrides the file's {file_px:.4g} Å")
+        log(f"warning: {image_path.name}: {flag} overrides the file's {file_px:.4g} Å")
     shape = resampled_shape(image.shape, px, target_pixel_size_A)
     return Source(image_path, mask_path, fmt, file_px, float(px),
-                  "command line" if pixel_size_A is not None else "file", tuple(image.shape), shape,
+                  pixel_size_source if pixel_size_A is not None else "file", tuple(image.shape), shape,
                   tile_count(shape, tile_px, overlap_px), record_stem=_safe_stem(image_path))
+
+
+def read_pixel_sizes(csv_path, images: list[Path], images_dir: Path) -> dict[Path, float]:
+    """Per-micrograph pixel sizes from a CSV with (at least) the columns `file,pixel_size_A`; extra columns are
+    ignored. `file` is the micrograph's name or its path relative to the imported folder. Every micrograph must
+    have exactly one row with a positive, finite pixel size."""
+    import csv
+
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MicrographError(f"--pixel-sizes {csv_path}: no such file")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise MicrographError(f"--pixel-sizes {csv_path}: not a readable UTF-8 CSV ({err})") from None
+    missing = [c for c in ("file", "pixel_size_A") if c not in header]
+    if missing:
+        raise MicrographError(f"--pixel-sizes {csv_path}: needs the columns file,pixel_size_A; missing "
+                              f"{', '.join(missing)} (header: {','.join(header) or 'none'})")
+    by_name: dict[str, float] = {}
+    for line, row in enumerate(rows, start=2):
+        name = (row.get("file") or "").strip()
+        if not name:
+            raise MicrographError(f"--pixel-sizes {csv_path}: line {line} has no file name")
+        text = (row.get("pixel_size_A") or "").strip()
+        try:
+            px = float(text)
+        except ValueError:
+            px = float("nan")
+        if not (math.isfinite(px) and px > 0):
+            raise MicrographError(f"--pixel-sizes {csv_path}: {name}: pixel_size_A {text!r} is not a positive number "
+                                  f"(line {line})")
+        key = Path(name).as_posix()
+        if key in by_name:
+            raise MicrographError(f"--pixel-sizes {csv_path}: {name} has more than one row (line {line}); keep one")
+        by_name[key] = px
+    out = {}
+    for p in images:
+        rel = p.relative_to(images_dir).as_posix()
+        hit = by_name.get(rel, by_name.get(p.name))
+        if hit is None:
+            raise MicrographError(f"--pixel-sizes {csv_path}: no row for micrograph {rel}; add `{rel},PIXEL_SIZE_A`")
+        out[p] = hit
+    return out
 
 
 def assign_splits(names: list[str], finetune_fraction: float, seed: int) -> dict[str, str]:
@@ -496,9 +613,9 @@ def assign_splits(names: list[str], finetune_fraction: float, seed: int) -> dict
 
 # ---------------------------------------------------------------- records
 def source_table(src: Source, target_pixel_size_A: float, tile_px: int, overlap_px: int, material: str,
-                 images_dir: Path) -> pa.Table:
+                 images_dir: Path, mask_values: dict[float, int] | None = None) -> pa.Table:
     image, _, _ = read_micrograph(src.image)
-    mask = read_mask(src.mask, image.shape, src.image)
+    mask = read_mask(src.mask, image.shape, src.image, mask_values)
     image = resample(image, src.pixel_size_A, target_pixel_size_A)
     mask = resample_mask(mask, src.pixel_size_A, target_pixel_size_A)
     tiles = tile(image, mask, tile_px, overlap_px)
@@ -551,6 +668,7 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
                   target_pixel_size_A: float, tile_px: int, finetune_fraction: float = 0.5, seed: int = 0,
                   material: str = "unknown", overlap_px: int = 0, allow_unlabelled: bool = False,
                   records_per_shard: int = 256, name: str | None = None,
+                  pixel_sizes_csv=None, mask_values: str | dict | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """Import labelled micrographs into a new dataset folder; returns its manifest.
 
@@ -558,10 +676,20 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
     and renamed into place at the end, so a failed import leaves nothing behind.
     """
     _check_args(target_pixel_size_A, tile_px, overlap_px, finetune_fraction, pixel_size_A, records_per_shard)
+    if pixel_size_A is not None and pixel_sizes_csv is not None:
+        raise MicrographError("give either --pixel-size-A (one size for every micrograph) or --pixel-sizes CSV "
+                              "(one per micrograph), not both")
+    values = parse_mask_values(mask_values) if isinstance(mask_values, (str, type(None))) else dict(mask_values)
     images_dir, out = Path(images_dir), Path(out_dir)
     _check_out(out)
     pairs = pair_files(images_dir, masks_dir, allow_unlabelled, log)
-    sources = [plan_source(i, m, pixel_size_A, target_pixel_size_A, tile_px, overlap_px, log) for i, m in pairs]
+    if pixel_sizes_csv is not None:
+        per_file = read_pixel_sizes(pixel_sizes_csv, [i for i, _ in pairs], images_dir)
+        sources = [plan_source(i, m, per_file[i], target_pixel_size_A, tile_px, overlap_px, log, values, "csv")
+                   for i, m in pairs]
+    else:
+        sources = [plan_source(i, m, pixel_size_A, target_pixel_size_A, tile_px, overlap_px, log, values)
+                   for i, m in pairs]
     _check_unique_ids(sources)
     splits = assign_splits([s.image.name for s in sources], finetune_fraction, seed)
     for s in sources:
@@ -569,7 +697,9 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
     args = {"images_dir": str(images_dir.resolve()), "masks_dir": str(Path(masks_dir).resolve()) if masks_dir
             else None, "pixel_size_A": pixel_size_A, "target_pixel_size_A": target_pixel_size_A,
             "tile_px": tile_px, "overlap_px": overlap_px, "finetune_fraction": finetune_fraction, "seed": seed,
-            "material": material, "allow_unlabelled": allow_unlabelled, "records_per_shard": records_per_shard}
+            "material": material, "allow_unlabelled": allow_unlabelled, "records_per_shard": records_per_shard,
+            "pixel_sizes_csv": str(Path(pixel_sizes_csv).resolve()) if pixel_sizes_csv is not None else None,
+            "mask_values": {f"{k:g}": v for k, v in values.items()} if values is not None else None}
     staging = out.parent / f".{out.name}.importing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -598,8 +728,9 @@ def _write_folder(out: Path, name: str, sources: list[Source], args: dict, image
     for split in SPLITS:
         members = [s for s in sources if s.split == split]
         counts[split] = sum(s.n_tiles for s in members)
+        mask_values = {float(k): v for k, v in args["mask_values"].items()} if args.get("mask_values") else None
         tables = (source_table(s, args["target_pixel_size_A"], args["tile_px"], args["overlap_px"],
-                               args["material"], images_dir) for s in members)
+                               args["material"], images_dir, mask_values) for s in members)
         if counts[split]:
             shards += write_split(out, split, tables, counts[split], args["records_per_shard"])
     manifest = {

@@ -8,9 +8,12 @@ removed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,21 +31,44 @@ from .records import to_table
 from .structures import particle_columns
 from .simulate import make_simulator, wavelength_A
 from .structures import build_structure, structure_id
-from .writers import SPLITS, versions, write_card, write_manifest, write_parquet, write_split
+from .writers import SPLITS, file_entries, versions, write_card, write_manifest, write_parquet, write_split
 
 
 # ---------------------------------------------------------------- splits
-def assign_splits(cfg: GenerationConfig) -> dict[int, str]:
+class SplitMap(Mapping):
+    """Structure index -> split name, one byte per structure (a dict of 10 million entries takes a GiB)."""
+
+    def __init__(self, codes: np.ndarray):
+        self._codes = codes
+
+    def __getitem__(self, index: int) -> str:
+        if not 0 <= int(index) < len(self._codes):
+            raise KeyError(index)
+        return SPLITS[self._codes[int(index)]]
+
+    def __iter__(self):
+        return iter(range(len(self._codes)))
+
+    def __len__(self) -> int:
+        return len(self._codes)
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self._codes == SPLITS.index(split))
+
+
+def assign_splits(cfg: GenerationConfig) -> SplitMap:
     """Structure index -> split, from a seeded permutation: a structure never lands in two splits."""
     n = cfg.n_structures
     order = rng_for(cfg.seed, STAGE_SPLITS).permutation(n)
     n_val = int(round(cfg.splits.validation * n))
     n_test = int(round(cfg.splits.test * n))
     n_train = n - n_val - n_test
-    out = {}
-    for rank, idx in enumerate(order):
-        out[int(idx)] = "train" if rank < n_train else "validation" if rank < n_train + n_val else "test"
-    return out
+    rank_code = np.zeros(n, np.int8)
+    rank_code[n_train:n_train + n_val] = SPLITS.index("validation")
+    rank_code[n_train + n_val:] = SPLITS.index("test")
+    codes = np.empty(n, np.int8)
+    codes[order] = rank_code
+    return SplitMap(codes)
 
 
 # ---------------------------------------------------------------- one structure
@@ -162,38 +188,137 @@ class RunError(RuntimeError):
 
 def _check_folder(cfg: GenerationConfig, out: Path) -> str:
     """'done' if a finished dataset of this config is there, 'resume'/'new' otherwise; refuse a foreign folder."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; choose a folder")
     manifest = out / "manifest.json"
     if manifest.exists():
-        sha = json.loads(manifest.read_text()).get("config_sha256")
+        sha = load_manifest(out).get("config_sha256")
         if sha == cfg.sha256():
             return "done"
-        raise RunError(f"{out} already holds a dataset built from another config (sha256 {sha[:12]}…); "
+        raise RunError(f"{out} already holds a dataset built from another config (sha256 {str(sha)[:12]}…); "
                        "use another --out or remove that folder")
     marker = out / "_work" / "config.json"
     if marker.exists():
-        sha = json.loads(marker.read_text())["config_sha256"]
+        try:
+            sha = json.loads(marker.read_text())["config_sha256"]
+        except (ValueError, KeyError, TypeError):
+            sha = None
         if sha != cfg.sha256():
-            raise RunError(f"{out} holds an unfinished run of another config (sha256 {sha[:12]}…); "
-                           "re-run it with its own config, or remove the folder")
+            if not _finished_parts(out):
+                # The other run finished no structure (it failed at once): nothing is lost by starting over.
+                shutil.rmtree(out / "_work")
+                shutil.rmtree(out / "structures", ignore_errors=True)
+                return "new"
+            raise RunError(f"{out} holds an unfinished run of another config (sha256 {str(sha)[:12]}…) with "
+                           f"{len(_finished_parts(out))} structures done; re-run it with its own config, or remove "
+                           "the folder")
         return "resume"
     if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
         raise RunError(f"{out} exists and is not a temsynth output folder; choose an empty or new --out")
     return "new"
 
 
+def _finished_parts(out: Path) -> set[int]:
+    """Indices of the structures whose records part exists (one directory listing, not one stat per index)."""
+    parts = out / "_work" / "parts"
+    if not parts.is_dir():
+        return set()
+    return {int(e.name[1:-8]) for e in os.scandir(parts)
+            if e.name.startswith("s") and e.name.endswith(".parquet") and e.name[1:-8].isdigit()}
+
+
+LOCK_NAME, OWNER_NAME = ".generate.lock", ".generate.owner.json"
+
+
+def _lock(out: Path):
+    """An exclusive lock on the output folder for the whole run: a second `generate` refuses at once, naming the
+    run that holds it. The lock is the OS's (fcntl through filelock): a killed run releases it."""
+    from filelock import FileLock, Timeout
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            who = json.loads((out / OWNER_NAME).read_text())
+            who = f"pid {who['pid']} on {who['host']}, started {who['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "another process"
+        raise RunError(f"{out} is being generated by another run ({who}); wait for it to finish or stop it, "
+                       "then re-run this command to resume") from None
+    (out / OWNER_NAME).write_text(json.dumps({
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+    return lock
+
+
 def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, scheduler: str | None = None,
              progress: bool = True, log=print) -> dict:
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; choose a folder")
+    check_resources(cfg, out, workers, scheduler)
+    lock = _lock(out)
+    try:
+        return _generate(cfg, out, workers, scheduler, progress, log)
+    finally:
+        (out / OWNER_NAME).unlink(missing_ok=True)
+        lock.release()
+
+
+def check_resources(cfg: GenerationConfig, out: Path, workers: int, scheduler: str | None) -> None:
+    """Refuse, before anything is written, a run whose workers cannot hold one structure in memory or whose
+    dataset cannot fit on the disk, with the figures."""
+    from .config import estimate_dataset_bytes, estimate_worker_bytes
+
+    gib = 2 ** 30
+    need = estimate_worker_bytes(cfg)
+    if scheduler is None:
+        avail = _available_memory()
+        n = max(1, workers)
+        if avail and need * n > avail:
+            raise RunError(
+                f"{cfg.name}: one structure needs about {need / gib:.1f} GiB per worker (a {cfg.sim_gpts}² "
+                f"simulation grid, {cfg.conditions_per_structure} conditions) and {n} worker(s) need "
+                f"{need * n / gib:.1f} GiB, but {avail / gib:.1f} GiB are available; lower "
+                "imaging.image_size_px / field_size_px, raise simulation.sampling_A, or use fewer --workers")
+    disk = estimate_dataset_bytes(cfg)
+    parent = next((p for p in (out, *out.resolve().parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(parent).free
+    if disk > free:
+        raise RunError(f"{cfg.name}: the dataset needs about {disk / gib:,.0f} GiB ({cfg.n_structures} structures × "
+                       f"{cfg.conditions_per_structure} images of {cfg.imaging.image_size_px}² px, Parquet + "
+                       f"WebDataset) but {parent} has {free / gib:,.0f} GiB free; lower n_structures or "
+                       "choose another --out")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _generate(cfg: GenerationConfig, out: Path, workers, scheduler, progress, log) -> dict:
     state = _check_folder(cfg, out)
     if state == "done":
         log(f"{out}: complete ({cfg.n_structures} structures); nothing to do")
-        return json.loads((out / "manifest.json").read_text())
+        return load_manifest(out)
     (out / "_work" / "parts").mkdir(parents=True, exist_ok=True)
     (out / "_work" / "config.json").write_text(json.dumps({"config_sha256": cfg.sha256(),
                                                            "config": cfg.model_dump(mode="json")}))
     for stale in out.rglob(".*.tmp"):
         stale.unlink()
-    pending = [i for i in range(cfg.n_structures) if not _part_path(out, i).exists()]
+    finished = _finished_parts(out)
+    pending = np.setdiff1d(np.arange(cfg.n_structures), np.fromiter(finished, np.int64, len(finished)))
     done = cfg.n_structures - len(pending)
     if state == "resume":
         log(f"{out}: resuming, {done} of {cfg.n_structures} structures already done")
@@ -223,11 +348,19 @@ def _run_units(cfg, out, pending, workers, scheduler, progress, done) -> list[di
         bar.set_postfix(images=images)
 
     try:
-        if not pending:
+        if len(pending) == 0:
             return results
         if workers == 0 and scheduler is None:
             for i in pending:  # in-process: debugging, tests, profiling
-                tick(process_structure(cfg_json, i, str(out)))
+                i = int(i)
+                try:
+                    r = process_structure(cfg_json, i, str(out))
+                except Exception as err:  # noqa: BLE001 - reported as one line; finished parts are kept
+                    failure = _unit_failed(out, i, err)
+                    if failure is err:
+                        raise
+                    raise failure from err
+                tick(r)
             return results
         from dask.distributed import Client, LocalCluster, as_completed
 
@@ -239,10 +372,31 @@ def _run_units(cfg, out, pending, workers, scheduler, progress, done) -> list[di
                                    dashboard_address=None, silence_logs=40)
             client = Client(cluster)
         try:
-            futures = [client.submit(process_structure, cfg_json, i, str(out.resolve()), pure=False,
-                                     key=f"structure-{cfg.sha256()[:8]}-{i}") for i in pending]
-            for fut in as_completed(futures):
-                tick(fut.result())
+            # A bounded window of submitted structures: ten million pending ones cost no memory up front.
+            window = 4 * max(1, len(client.scheduler_info().get("workers", {})) or workers or 1)
+            todo = iter(int(i) for i in pending)
+
+            index_of = {}
+
+            def submit(i):
+                f = client.submit(process_structure, cfg_json, i, str(out.resolve()), pure=False,
+                                  key=f"structure-{cfg.sha256()[:8]}-{i}")
+                index_of[f.key] = i
+                return f
+
+            running = as_completed([submit(i) for i, _ in zip(todo, range(window))])
+            for fut in running:
+                try:
+                    r = fut.result()
+                except Exception as err:  # noqa: BLE001
+                    failure = _unit_failed(out, index_of[fut.key], err)
+                    if failure is err:
+                        raise
+                    raise failure from err
+                tick(r)
+                nxt = next(todo, None)
+                if nxt is not None:
+                    running.add(submit(nxt))
         finally:
             client.close()
             if cluster is not None:
@@ -252,17 +406,27 @@ def _run_units(cfg, out, pending, workers, scheduler, progress, done) -> list[di
         bar.close()
 
 
+def _unit_failed(out: Path, index: int, err: BaseException) -> Exception:
+    from .simulate import SimulatorUnavailable
+
+    if isinstance(err, (SimulatorUnavailable, ConfigError, RunError)):
+        return err  # already one line naming the fix
+    msg = " ".join(str(err).split())[:300] or type(err).__name__
+    return RunError(f"structure {index} failed ({type(err).__name__}: {msg}); the {len(_finished_parts(out))} "
+                    f"finished structures in {out} are kept: fix the cause and re-run the same command to resume")
+
+
 def finalize(cfg: GenerationConfig, out: Path, timings: list[dict] | None = None, elapsed: float | None = None) -> dict:
     """Assemble shards from the parts (deterministic order), then card, then manifest, then drop `_work`."""
     splits = assign_splits(cfg)
-    missing = [i for i in range(cfg.n_structures) if not _part_path(out, i).exists()]
+    missing = cfg.n_structures - len(_finished_parts(out) & set(range(cfg.n_structures)))
     if missing:
-        raise RunError(f"cannot finalize {out}: {len(missing)} structures have no records yet; re-run generate")
+        raise RunError(f"cannot finalize {out}: {missing} structures have no records yet; re-run generate")
     for old in list((out / "data").glob("*.parquet")) + list((out / "wds").glob("*.tar")):
         old.unlink()  # a re-finalize after a kill rewrites every shard
     shards, split_counts = [], {}
     for split in SPLITS:
-        idx = sorted(i for i, s in splits.items() if s == split)
+        idx = splits.indices(split).tolist()
         n_records = len(idx) * cfg.conditions_per_structure
         split_counts[split] = n_records
         tables = (pq.read_table(_part_path(out, i)) for i in idx)
@@ -275,6 +439,7 @@ def finalize(cfg: GenerationConfig, out: Path, timings: list[dict] | None = None
         "config_sha256": cfg.sha256(), "config": cfg.model_dump(mode="json"),
         "n_structures": cfg.n_structures, "n_records": sum(split_counts.values()), "splits": split_counts,
         "summary": summary, "shards": shards,
+        "structures": file_entries(out, (out / "structures").glob("*.extxyz")),
         "timing": {"seconds": elapsed, "structures_timed": len(timings or []),
                    "mean_structure_seconds": float(np.mean([t["seconds"] for t in timings])) if timings else None},
     }
@@ -301,15 +466,40 @@ def _summary(out: Path) -> dict:
 
 
 # ---------------------------------------------------------------- provenance helpers
+MANIFEST_KEYS = {"name": str, "n_records": int, "splits": dict, "shards": list}
+SHARD_KEYS = {"path": str, "format": str, "split": str, "records": int, "bytes": int, "sha256": str}
+
+
 def load_manifest(dataset_dir: str | Path) -> dict:
+    """The folder's manifest.json, checked for the keys every reader relies on; one-line RunError otherwise."""
     path = Path(dataset_dir) / "manifest.json"
-    if not path.exists():
+    if not Path(dataset_dir).is_dir():
+        raise RunError(f"{dataset_dir}: no such dataset folder")
+    if not path.is_file():
         raise RunError(f"{dataset_dir} has no manifest.json: not a finished temsynth dataset folder")
-    return json.loads(path.read_text())
+    fix = "restore it from a copy or rebuild the folder"
+    try:
+        m = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {fix}") from None
+    if not isinstance(m, dict):
+        raise RunError(f"{path} is not a JSON object; {fix}")
+    need = dict(MANIFEST_KEYS, **({} if m.get("kind") == "experimental" else {"config": dict, "config_sha256": str}))
+    bad = [k for k, t in need.items() if not isinstance(m.get(k), t) or isinstance(m.get(k), bool)]
+    if bad:
+        raise RunError(f"{path} is incomplete: missing or mistyped {', '.join(bad)}; {fix}")
+    for i, s in enumerate(m["shards"]):
+        if not isinstance(s, dict) or any(not isinstance(s.get(k), t) for k, t in SHARD_KEYS.items()):
+            raise RunError(f"{path}: shard entry {i} lacks one of {', '.join(SHARD_KEYS)}; {fix}")
+    return m
 
 
 def config_of(dataset_dir: str | Path) -> GenerationConfig:
-    return from_dict(load_manifest(dataset_dir)["config"], f"{dataset_dir}/manifest.json")
+    try:
+        return from_dict(load_manifest(dataset_dir)["config"], f"{dataset_dir}/manifest.json")
+    except ConfigError as err:
+        raise RunError(f"{dataset_dir}/manifest.json records a config that does not validate "
+                       f"({' '.join(str(err).split())}); restore the manifest or rebuild the folder") from None
 
 
 def parse_record_id(record_id: str) -> tuple[int, int]:
@@ -323,8 +513,12 @@ def parse_record_id(record_id: str) -> tuple[int, int]:
 def read_record(dataset_dir: str | Path, record_id: str) -> dict:
     import pyarrow.dataset as pads
 
-    ds = pads.dataset(Path(dataset_dir) / "data", format="parquet")
-    t = ds.to_table(filter=pads.field("record_id") == record_id)
+    from .info import reading, require_intact
+
+    files = require_intact(dataset_dir, "parquet")
+    with reading(dataset_dir):
+        ds = pads.dataset(files, format="parquet")
+        t = ds.to_table(filter=pads.field("record_id") == record_id)
     if len(t) != 1:
         raise RunError(f"record {record_id!r} not found in {dataset_dir}")
     row = t.to_pylist()[0]

@@ -14,9 +14,11 @@ import pyarrow.dataset as pads
 from .query import Query, QueryError
 from .records import ARRAY_COLUMNS, arrow_schema
 from .run import config_of, load_manifest, parse_record_id, read_record
-from .writers import SPLITS, versions, write_card, write_manifest, write_split
+from .info import reading, require_intact
+from .writers import SPLITS, file_entries, versions, write_card, write_manifest, write_split
 
-KEY_COLUMNS = ("split", "defect_type", "material", "particle_radius_A", "defocus_nm", "dose_e_per_A2")
+KEY_COLUMNS = ("split", "n_particles", "particle_defect_type", "particle_material", "particle_shape",
+               "particle_radius_A", "defocus_nm", "dose_e_per_A2")
 
 
 def fingerprint(dataset_dir: str | Path) -> str:
@@ -26,9 +28,12 @@ def fingerprint(dataset_dir: str | Path) -> str:
 
 
 def metadata(dataset_dir: str | Path, columns=None, query: Query | None = None) -> pa.Table:
-    ds = pads.dataset(Path(dataset_dir) / "data", format="parquet")
-    cols = columns or [n for n in ds.schema.names if n not in ARRAY_COLUMNS]
-    return q.table(ds, cols) if (q := query) is not None else ds.to_table(columns=cols)
+    """Metadata columns of an intact folder (checked against its manifest first), optionally filtered."""
+    files = require_intact(dataset_dir, "parquet")
+    with reading(dataset_dir):
+        ds = pads.dataset(files, format="parquet")
+        cols = columns or [n for n in ds.schema.names if n not in ARRAY_COLUMNS]
+        return query.table(ds, cols) if query is not None else ds.to_table(columns=cols)
 
 
 def query_summary(dataset_dir: str | Path, text: str) -> dict:
@@ -36,10 +41,10 @@ def query_summary(dataset_dir: str | Path, text: str) -> dict:
     t = metadata(dataset_dir, query=q)
     out = {"query": text, "records": len(t), "structures": len(pc.unique(t["structure_id"])) if len(t) else 0}
     for c in KEY_COLUMNS:
-        col = t[c]
-        if pa.types.is_string(col.type):
+        col = pc.list_flatten(t[c]) if pa.types.is_list(t[c].type) else t[c]  # per-particle: over all particles
+        if pa.types.is_string(col.type) or c == "n_particles":
             out[c] = {d["values"]: d["counts"] for d in pc.value_counts(col).to_pylist()}
-        elif len(t):
+        elif len(col):
             qs = pc.quantile(col, q=[0, 0.5, 1]).to_pylist()
             out[c] = {"min": round(qs[0], 3), "median": round(qs[1], 3), "max": round(qs[2], 3)}
     return out
@@ -52,19 +57,24 @@ def save_named_subset(dataset_dir: str | Path, name: str, text: str) -> dict:
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or name == "default":
         raise QueryError(f"subset name {name!r}: use letters, digits, '_' or '-', and not 'default'")
     q = Query(text, arrow_schema())
-    if q.dnf is None:
+    meta = metadata(dataset_dir, columns=sorted({"split", *q.columns}))
+    # Parquet filters cannot test for null: a negation over a column holding nulls has no exact DNF form.
+    nulls = [c for c in q.columns if meta[c].null_count or
+             (pa.types.is_fixed_size_list(meta[c].type) and meta[c].combine_chunks().flatten().null_count)]
+    dnf = q.dnf_for(nulls)
+    if dnf is None:
         raise QueryError("a named subset is stored as Parquet filters, which cannot index list columns "
-                         "(e.g. particle_center_px[0]) nor negate an ordering exactly for NaN (write `x >= 5` "
+                         "(e.g. crop_offset_px[0]), reduce them (any(...), all(...)) nor negate an ordering exactly for NaN (write `x >= 5` "
                          "rather than `not x < 5`); or write the subset out with --out instead")
     out = Path(dataset_dir)
     manifest = load_manifest(out)
     subsets = {s["config_name"]: s for s in manifest.get("subsets", [])}
     # datasets refuses a split with no rows, so a named config lists only the splits the query reaches.
-    hits = metadata(out, columns=["split"], query=q)["split"].to_pylist()
+    hits = meta.filter(q.mask(meta))["split"].to_pylist()
     present = [s for s in SPLITS if s in hits]
     if not present:
         raise QueryError(f"query selects no records: {text}")
-    subsets[name] = {"config_name": name, "query": text, "filters": q.dnf,
+    subsets[name] = {"config_name": name, "query": text, "filters": dnf,
                      "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in present]}
     manifest["subsets"] = list(subsets.values())
     _rewrite_card(out, manifest)
@@ -84,16 +94,34 @@ def _rewrite_card(out: Path, manifest: dict, template: str = "dataset_card.md") 
 
 def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dict:
     """A new dataset folder (Parquet + WebDataset + card + manifest) holding the records the query selects."""
+    import os
+
     src, out = Path(dataset_dir), Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QueryError(f"{out} exists and is not empty; choose a new --out")
+    # Assembled beside the target and renamed at the end: a failure leaves nothing that blocks a re-run.
+    staging = out.parent / f".{out.name}.subset-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        manifest = _write_subset(src, text, staging)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _write_subset(src: Path, text: str, out: Path) -> dict:
     q = Query(text, arrow_schema())
+    files = require_intact(src, "parquet")  # a damaged parent would give a short subset that verifies "OK"
     parent = load_manifest(src)
     cfg = config_of(src)
-    ds = pads.dataset(src / "data", format="parquet")
+    ds = pads.dataset(files, format="parquet")
     shards, counts = [], {}
     for split in SPLITS:
-        table = q.table(ds, extra=pads.field("split") == split)
+        with reading(src):
+            table = q.table(ds, extra=pads.field("split") == split)
         table = table.sort_by("record_id")
         counts[split] = len(table)
         shards += write_split(out, split, [table], len(table), cfg.records_per_shard)
@@ -106,12 +134,12 @@ def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dic
         raise QueryError(f"query selects no records: {text}")
     manifest = {
         "name": f"{parent['name']}-subset", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "generator": "temsynth", "generator_version": parent["generator_version"], "versions": versions(),
+        "generator": "temsynth", "generator_version": parent.get("generator_version"), "versions": versions(),
         "config_sha256": parent["config_sha256"], "config": parent["config"],
         "n_structures": sum(1 for _ in (out / "structures").glob("*.extxyz")) if (out / "structures").exists() else 0,
         "n_records": sum(counts.values()), "splits": counts, "summary": {},
         "parent": {"path": str(src.resolve()), "fingerprint": fingerprint(src), "query": text},
-        "shards": shards,
+        "shards": shards, "structures": file_entries(out, (out / "structures").glob("*.extxyz")),
     }
     write_manifest(out, manifest)
     _rewrite_card(out, manifest)

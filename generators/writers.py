@@ -159,9 +159,27 @@ def _config_yaml(cfg: GenerationConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+MANIFEST_HASH_KEY = "manifest_sha256"
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's canonical JSON without its own hash: an edited manifest no longer matches."""
+    body = json.loads(json.dumps({k: v for k, v in manifest.items() if k != MANIFEST_HASH_KEY}))
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(out_dir: Path, manifest: dict) -> None:
+    """manifest.json with its own hash last (`temsynth info --verify` checks it), written atomically."""
+    manifest[MANIFEST_HASH_KEY] = manifest_digest(manifest)
     with atomic_path(out_dir / "manifest.json") as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False))
+
+
+def file_entries(out_dir: Path, paths: Iterable[Path]) -> list[dict]:
+    """Manifest entries (path relative to the folder, bytes, SHA-256) of files that are not shards."""
+    out_dir = Path(out_dir)
+    return [{"path": p.relative_to(out_dir).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(paths)]
 
 
 def shard_count(n_records: int, rows_per_shard: int) -> int:

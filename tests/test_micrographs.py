@@ -174,10 +174,11 @@ def test_masks_are_binary_whatever_the_encoding(tmp_path):
 
     disk = _disk((50, 60), (30, 25), 12)
     Image.fromarray(disk * 255).save(tmp_path / "m255.png")
-    Image.fromarray(np.stack([disk * 200] * 3, -1)).save(tmp_path / "mrgb.png")
+    Image.fromarray(np.stack([disk * 255] * 3, -1)).save(tmp_path / "mrgb.png")
     Image.fromarray(disk * 255).save(tmp_path / "m.jpg", quality=70)  # lossy: faint values around the edge
-    np.save(tmp_path / "m.npy", disk.astype(np.float64) * 3)
-    for name in ("m255.png", "mrgb.png", "m.npy"):
+    np.save(tmp_path / "m.npy", disk.astype(np.float64))
+    np.save(tmp_path / "mb.npy", disk.astype(bool))
+    for name in ("m255.png", "mrgb.png", "m.npy", "mb.npy"):
         m = read_mask(tmp_path / name)
         assert m.dtype == np.uint8 and np.array_equal(m, disk), name
     m = read_mask(tmp_path / "m.jpg")

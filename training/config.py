@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from generators.config import ConfigError, Strict, format_errors, read_yaml
+from generators.config import ConfigError, Strict, format_errors, read_yaml, reject_non_finite
 
 
 class DataSource(Strict):
@@ -149,6 +149,7 @@ class TrainConfig(Strict):
 def train_config(data: dict, source: str = "<dict>") -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"invalid training config ({source}): expected a mapping at the top level")
+    reject_non_finite(data, source, "training config")
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as err:

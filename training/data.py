@@ -51,13 +51,24 @@ def to_sample(image: np.ndarray, mask: np.ndarray, kind: str) -> dict:
 
 
 # ---------------------------------------------------------------- Parquet
-def _split_files(src: DataSource, field: str) -> list[str]:
+def _split_files(src: DataSource, field: str, fmt: str = "parquet") -> list[str]:
+    """The split's shards as the folder's manifest lists them, after checking the folder against it (a missing
+    shard must stop training, not shrink the data). A folder without a manifest is read by name."""
+    from generators.info import require_intact
+    from generators.run import RunError
+
     root = Path(src.path)
     if not (root / "data").is_dir():
         raise DataError(f"{field}.path: {root} is not a dataset folder (no data/); build one with `temsynth generate` "
                         "or dataset_scripts/import_experimental.py")
-    files = sorted(str(p) for p in (root / "data").glob(f"{src.split}-*.parquet"))
-    if not files:
+    if (root / "manifest.json").exists():
+        try:
+            files = require_intact(root, fmt, src.split)
+        except RunError as err:
+            raise DataError(f"{field}.path: {err}") from None
+    else:
+        files = sorted(str(p) for p in (root / "data").glob(f"{src.split}-*.parquet"))
+    if not files and fmt == "parquet":
         have = sorted({p.name.split("-")[0] for p in (root / "data").glob("*.parquet")})
         raise DataError(f"{field}.split: {root} has no split {src.split!r}; it has {have}")
     return files
@@ -70,8 +81,7 @@ def read_arrays(src: DataSource, seed: int = 0, field: str = "data"):
         q = Query(src.query, ds.schema) if src.query else None
     except QueryError as err:
         raise QueryError(f"{field}.query: {err}") from None
-    columns = ["record_id", "image", "mask"]
-    table = (q.table(ds, columns) if q else ds.to_table(columns=columns)).sort_by("record_id")
+    table = _read(ds, src, field, q, columns=["record_id", "image", "mask"]).sort_by("record_id")
     if len(table) == 0:
         raise DataError(f"{field}.query selects no records of {src.label}")
     if src.n_images is not None:
@@ -81,6 +91,19 @@ def read_arrays(src: DataSource, seed: int = 0, field: str = "data"):
         table = table.take(pa.array(keep))
     return _stack(table, "image", np.float32, field), _stack(table, "mask", np.uint8, field), \
         table["record_id"].to_pylist()
+
+
+def _read(ds, src: DataSource, field: str, query: Query | None, columns: list[str]) -> pa.Table:
+    """A scan (filtered by the query) whose unreadable shard (a corrupt row group) is one line naming the folder,
+    not a traceback."""
+    from generators.info import reading
+    from generators.run import RunError
+
+    try:
+        with reading(src.path):
+            return query.table(ds, columns) if query is not None else ds.to_table(columns=columns)
+    except RunError as err:
+        raise DataError(f"{field}.path: {err}") from None
 
 
 def _stack(table: pa.Table, column: str, dtype, field: str) -> np.ndarray:
@@ -137,14 +160,25 @@ class WdsSet(IterableDataset):
     def __init__(self, src: DataSource, augment_cfg: AugmentConfig, seed: int = 0, shuffle_buffer: int = 256,
                  field: str = "data"):
         root = Path(src.path)
-        self.urls = sorted(str(p) for p in (root / "wds").glob(f"{src.split}-*.tar"))
+        if (root / "manifest.json").exists():
+            self.urls = _split_files(src, field, "webdataset")
+        else:
+            self.urls = sorted(str(p) for p in (root / "wds").glob(f"{src.split}-*.tar"))
         if not self.urls:
             raise DataError(f"{field}.format: {root} has no WebDataset shards wds/{src.split}-*.tar; "
                             "use format: parquet")
         if src.n_images is not None:
             raise DataError(f"{field}.n_images needs format: parquet (a stream has no fixed subset to draw from)")
-        schema = pads.dataset(_split_files(src, field), format="parquet").schema
-        self.keep = wds_filter(src.query, schema) if src.query else None
+        ds = pads.dataset(_split_files(src, field), format="parquet")
+        try:
+            self.keep = wds_filter(src.query, ds.schema) if src.query else None
+            q = Query(src.query, ds.schema) if src.query else None
+        except QueryError as err:
+            raise QueryError(f"{field}.query: {err}") from None
+        # The same records are in the Parquet shards: an empty selection is refused before training starts
+        # (a stream that yields nothing would otherwise train zero steps and save an untrained model).
+        if q is not None and len(_read(ds, src, field, q, columns=["record_id"])) == 0:
+            raise DataError(f"{field}.query selects no records of {src.label}")
         self.cfg, self.seed, self.epoch, self.buffer = augment_cfg, seed, 0, shuffle_buffer
 
     def set_epoch(self, epoch: int) -> None:
@@ -211,6 +245,5 @@ def source_json(src: DataSource) -> dict:
     sizes = []
     if "pixel_size_A" in ds.schema.names:
         q = Query(src.query, ds.schema) if src.query else None
-        sizes = sorted(set((q.table(ds, ["pixel_size_A"]) if q else ds.to_table(columns=["pixel_size_A"]))
-                           ["pixel_size_A"].to_pylist()))
+        sizes = sorted(set(_read(ds, src, "data", q, columns=["pixel_size_A"])["pixel_size_A"].to_pylist()))
     return {**json.loads(src.model_dump_json()), "fingerprint": fp, "pixel_sizes_A": sizes}

@@ -114,11 +114,29 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     """One call from a model folder to a network in eval mode, and its config.json."""
     from safetensors.torch import load_file
 
+    from pydantic import ValidationError
+
     folder = Path(folder)
-    if not (folder / CONFIG_FILE).exists() or not (folder / MODEL_FILE).exists():
+    if not (folder / CONFIG_FILE).is_file() or not (folder / MODEL_FILE).is_file():
         raise ModelFolderError(f"{folder} is not a model folder: it needs {CONFIG_FILE} and {MODEL_FILE} "
                                "(written by training.train into OUTPUT_DIR/model)")
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    model = build_model(ModelConfig.model_validate(config["model"]))
-    model.load_state_dict(load_file(str(folder / MODEL_FILE), device=str(device)))
+    fix = "copy the model folder again from its training run (OUTPUT_DIR/model)"
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_bytes())
+        model = build_model(ModelConfig.model_validate(config["model"]))
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, ValidationError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise ModelFolderError(f"{folder}/{CONFIG_FILE} does not describe a model ({type(err).__name__}: {first}); "
+                               f"{fix}") from None
+    try:
+        state = load_file(str(folder / MODEL_FILE), device=str(device))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for truncated/corrupt files
+        raise ModelFolderError(f"{folder}/{MODEL_FILE} cannot be read ({' '.join(str(err).split())[:200]}): "
+                               f"truncated or not a safetensors file; {fix}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:200]
+        raise ModelFolderError(f"{folder}: the weights in {MODEL_FILE} do not fit the architecture in {CONFIG_FILE} "
+                               f"({first}); the two files come from different models: {fix}") from None
     return model.to(device).eval(), config

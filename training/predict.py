@@ -17,10 +17,85 @@ def _model_pixel_size(config: dict) -> float | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
+# ---------------------------------------------------------------- tiled inference
+def _geometry(model) -> tuple[int, int, int]:
+    """(align, margin, tile) in pixels for a model.
+
+    align: tile corners on multiples of the U-Net's 2**depth, so max-pooling grids coincide with a whole-field
+    pass. margin: at least half the receptive field (14 * 2**depth - 9 px for our U-Net), so each tile's kept
+    core sees exactly the context it would see in the whole field. SegFormer's attention is global: tiles of
+    its training size, with a generous margin."""
+    depth = getattr(model, "depth", None)
+    if depth is None:  # SegFormer: strides 4, 2, 2, 2
+        align, radius = 32, 64
+    else:
+        align = 2 ** depth
+        radius = (14 * 2 ** depth - 9 + 1) // 2
+    margin = -(-radius // align) * align
+    tile = max(512, 4 * margin)
+    return align, margin, -(-tile // align) * align
+
+
+def min_field_px(model) -> int:
+    """The smallest side a model can segment meaningfully: two poolings' worth of its deepest level."""
+    depth = getattr(model, "depth", None)
+    return 32 if depth is None else max(16, 2 ** (depth + 1))
+
+
+def tile_windows(h: int, w: int, tile: int, margin: int):
+    """(input window, kept core) slices covering an h x w field: cores of tile - 2*margin px on a regular grid,
+    each window its core plus up to `margin` px of context on every side (clipped at the field's edges)."""
+    core = tile - 2 * margin
+    for y0 in range(0, h, core):
+        for x0 in range(0, w, core):
+            wy, wx = max(0, y0 - margin), max(0, x0 - margin)
+            win = (slice(wy, min(h, y0 + core + margin)), slice(wx, min(w, x0 + core + margin)))
+            keep = (slice(y0, min(h, y0 + core)), slice(x0, min(w, x0 + core)))
+            yield win, keep
+
+
 @torch.no_grad()
+def logits_tiled(model, x: np.ndarray, out: np.ndarray | None = None, tile: int | None = None,
+                 margin: int | None = None) -> np.ndarray:
+    """Logits of a normalised (H, W) field computed tile by tile: memory bounded by one tile whatever H, W.
+
+    Away from tile seams by more than the receptive field this is the whole-field pass (exactly, for U-Nets
+    without GroupNorm; GroupNorm's statistics are per tile). `out` (H, W) may be uint8: then it gets the mask.
+    """
+    align, m, t = _geometry(model)
+    tile, margin = tile or t, m if margin is None else margin
+    h, w = x.shape
+    out = np.empty((h, w), np.float32) if out is None else out
+    device = next(model.parameters()).device
+    if h <= tile and w <= tile:
+        wins = [((slice(0, h), slice(0, w)), (slice(0, h), slice(0, w)))]
+    else:
+        wins = tile_windows(h, w, tile, margin)
+    for win, keep in wins:
+        logits = model(torch.from_numpy(np.ascontiguousarray(x[win]))[None, None].to(device))[0, 0].float().cpu()
+        part = logits[keep[0].start - win[0].start:keep[0].stop - win[0].start,
+                      keep[1].start - win[1].start:keep[1].stop - win[1].start].numpy()
+        out[keep] = (part > 0) if out.dtype == np.uint8 else part
+    return out
+
+
+def check_field(image: np.ndarray, name: str, model, error, size: bool = True) -> None:
+    """Refuse what no model can answer: non-finite pixels, a constant image, a field smaller than the model."""
+    if not np.all(np.isfinite(image)):
+        raise error(f"{name}: contains NaN or infinite pixels; replace them before predicting")
+    lo, hi = float(image.min()), float(image.max())
+    if lo == hi:
+        raise error(f"{name}: every pixel is {lo:g}; a constant image holds nothing to segment")
+    need = min_field_px(model)
+    if size and min(image.shape) < need:
+        raise error(f"{name}: {image.shape[1]} x {image.shape[0]} px at the model's pixel size is smaller than the "
+                    f"{need} px the model needs; give a larger field of view")
+
+
 def predict_array(model, image: np.ndarray, normalise_kind: str) -> np.ndarray:
-    x = torch.from_numpy(normalise(np.asarray(image, np.float32), normalise_kind)[None, None].copy())
-    return (model(x)[0, 0] > 0).numpy().astype(np.uint8)
+    """Mask (uint8 0/1) of one field, normalised as a whole, inferred tile by tile."""
+    x = normalise(np.asarray(image, np.float32), normalise_kind)
+    return logits_tiled(model, x, out=np.empty(x.shape, np.uint8))
 
 
 def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | Path | None = None,
@@ -34,7 +109,11 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
     from generators.micrographs import MicrographError, read_micrograph, resample, resample_mask
 
     model, config = load_model(model_dir)
+    if pixel_size_A is not None and not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
+        raise MicrographError(f"--pixel-size-A must be a positive number, got {pixel_size_A}")
     image, file_px, fmt = read_micrograph(image_path)
+    name = Path(image_path).name
+    check_field(image, name, model, MicrographError, size=False)
     px = pixel_size_A or file_px
     model_px = _model_pixel_size(config)
     note = None
@@ -43,8 +122,11 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
         work = resample(image, px, model_px, order=1)
     elif model_px and not px:
         note = f"no pixel size in {Path(image_path).name} nor --pixel-size-A: assumed the model's {model_px} Å"
+    check_field(work, name, model, MicrographError)
+    resampled = work is not image
     mask = predict_array(model, work, config["training_config"]["augment"]["normalise"])
-    if work is not image:
+    del work  # the resampled field can be 4x the file's pixels: free it before resampling the mask back
+    if resampled:
         # Back to the file's pixels the way training tiles were made; rounding may leave one row to pad or drop.
         mask = resample_mask(mask, model_px, px)
         h, w = image.shape
@@ -78,12 +160,26 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, query: str | None =
     """Dice/IoU of a saved model on a split of a dataset folder (optionally narrowed by a query)."""
     from torch.utils.data import DataLoader
 
-    from .train import evaluate_counts
+    from .data import DataError
+    from .metrics import counts
 
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"--batch-size must be a positive integer, got {batch_size}")
     model, config = load_model(model_dir)
     bench = Benchmark(name="evaluate", path=str(dataset_dir), split=split, query=query)
     augment = AugmentConfig.model_validate(config["training_config"]["augment"])
     loader = DataLoader(benchmark_set(bench, augment, "dataset"), batch_size=batch_size)
     src = source_json(bench)
+    _, _, tile = _geometry(model)
+    out = []
+    with torch.no_grad():
+        for batch in loader:
+            x = batch["image"]
+            if max(x.shape[-2:]) <= tile:
+                logits = model(x)
+            else:  # large fields: tile by tile, memory bounded (images are normalised per image already)
+                logits = torch.stack([torch.from_numpy(logits_tiled(model, im[0].numpy()))[None] for im in x])
+            out.append(counts(logits, batch["mask"]).numpy())
+    c = np.concatenate(out) if out else np.zeros((0, 3))
     return {"model": str(model_dir), "dataset": str(dataset_dir), "split": split, "query": query,
-            "fingerprint": src["fingerprint"], **scores(evaluate_counts(model, loader))}
+            "fingerprint": src["fingerprint"], **scores(c)}
