@@ -289,7 +289,7 @@ class Query:
             expr = self.expression if extra is None else self.expression & extra
             return dataset.to_table(columns=columns, filter=expr)
         meta = dataset.to_table(columns=list(dict.fromkeys(["record_id", *self.columns])), filter=extra)
-        ids = meta.filter(self.mask(meta))["record_id"]
+        ids = meta.filter(self.mask(meta))["record_id"].combine_chunks()  # typed even when empty
         expr = pads.field("record_id").isin(ids)
         return dataset.to_table(columns=columns, filter=expr if extra is None else expr & extra)
 

@@ -120,7 +120,8 @@ def hf_features(image_size_px: int, columns: tuple[Column, ...] = METADATA_COLUM
     from datasets import Array2D, Features
 
     feats = Features.from_arrow_schema(pa.schema([pa.field(c.name, c.arrow) for c in columns]))
-    out = {a: Array2D((image_size_px, image_size_px), str(ARRAY_TYPES[a])) for a in _arrays(columns)}
+    out = {a: Array2D((image_size_px, image_size_px), ARRAY_TYPES[a].to_pandas_dtype().__name__)
+           for a in _arrays(columns)}
     out.update(feats)
     return Features(out)
 

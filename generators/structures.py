@@ -113,6 +113,20 @@ class Structure:
 
 
 # ---------------------------------------------------------------- randomness hygiene
+def _separated_indices(n: int, m: int, length: int, rng: np.random.Generator) -> list[int]:
+    """n sorted integers in [m, length - m), consecutive ones at least m apart, uniformly over all such sets.
+
+    czone's get_N_splits draws them by rejection and re-seeding, which never ends when few arrangements exist
+    (a thin particle asked for three defects); choosing n of the free slack positions is exact and always ends."""
+    if n == 0:
+        return []
+    slack = length - 2 * m - (n - 1) * (m - 1)
+    if slack < n:
+        raise ValueError(f"{n} planes {m} apart do not fit in {length}")
+    z = np.sort(rng.choice(slack, size=n, replace=False))
+    return [int(m + zi + i * (m - 1)) for i, zi in enumerate(z)]
+
+
 @contextlib.contextmanager
 def _seeded_czone(seed: int):
     """czone 2022.9.20 draws from numpy's global RNG and calls get_N_splits without a seed; pin both so a
@@ -121,10 +135,10 @@ def _seeded_czone(seed: int):
 
     state = np.random.get_state()
     original = prefab_mod.get_N_splits
-    split_seeds = np.random.SeedSequence(seed)
+    split_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
 
     def seeded_get_N_splits(n, m, l, seed=None):
-        return original(n, m, l, seed=int(split_seeds.spawn(1)[0].generate_state(1)[0]))
+        return _separated_indices(n, m, l, split_rng)
 
     np.random.seed(seed % 2**32)
     prefab_mod.get_N_splits = seeded_get_N_splits

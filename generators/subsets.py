@@ -148,21 +148,26 @@ def _write_subset(src: Path, text: str, out: Path) -> dict:
 
 def trace(dataset_dir: str | Path, record_id: str) -> dict:
     """Everything that made one record: the config of every stage, the seeds, the structure file, versions."""
-    from .config import STAGE_CONDITIONS, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
+    from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
 
     manifest = load_manifest(dataset_dir)
     row = read_record(dataset_dir, record_id)
     s_idx, c_idx = parse_record_id(record_id)
     root = manifest["config"]["seed"]
-    meta = {k: v for k, v in row.items() if k not in ARRAY_COLUMNS}
+    meta = {k: v for k, v in row.items() if k not in ARRAY_COLUMNS and not k.startswith("particle_")}
+    per_particle = [k for k in row if k.startswith("particle_")]
+    particles = [{k.removeprefix("particle_"): row[k][i] for k in per_particle}
+                 for i in range(row.get("n_particles") or 0)]
     structure_file = Path(dataset_dir) / "structures" / f"{row['structure_id']}.extxyz"
     return {
         "record_id": record_id,
         "dataset": str(Path(dataset_dir).resolve()),
         "record": meta,
+        "particles": particles,
         "seeds": {"root": root,
                   "structure": seed_for(root, STAGE_STRUCTURE, s_idx),
-                  "czone": row["czone_seed"],
+                  "czone": [p["czone_seed"] for p in particles],
+                  "detector": seed_for(root, STAGE_DETECTOR, s_idx, 1),
                   "frozen_phonons": seed_for(root, STAGE_PHONONS, s_idx),
                   "imaging_condition": seed_for(root, STAGE_CONDITIONS, s_idx, c_idx),
                   "noise": seed_for(root, STAGE_NOISE, s_idx, c_idx),

@@ -18,7 +18,8 @@ def test_load_dataset_splits_and_types(built, tiny_cfg):
     assert sum(len(d) for d in ds.values()) == n
     feats = ds["train"].features
     assert feats["image"] == Array2D((128, 128), "float32") and feats["mask"] == Array2D((128, 128), "uint8")
-    assert feats["defocus_nm"].dtype == "float64" and feats["defect_type"].dtype == "string"
+    assert feats["defocus_nm"].dtype == "float64" and feats["particle_defect_type"].feature.dtype == "string"
+    assert feats["instance_mask"] == Array2D((128, 128), "uint8")
     row = ds["train"].with_format("numpy")[0]
     assert row["image"].dtype == np.float32 and row["image"].shape == (128, 128)
     # no structure in two splits; every record once
@@ -70,9 +71,14 @@ def test_webdataset_shards_hold_the_same_records(built):
 
 
 def _meta(built):
-    return pads.dataset(built / "data", format="parquet").to_table(
+    """Rows of the tiny set (one particle per field), with that particle's values unpacked."""
+    rows = pads.dataset(built / "data", format="parquet").to_table(
         columns=["record_id", "particle_radius_A", "particle_center_px", "pixel_size_A", "dose_e_per_A2",
-                 "mask_area_px", "structure_id"]).to_pylist()
+                 "mask_area_px", "structure_id", "n_particles"]).to_pylist()
+    for m in rows:
+        assert m["n_particles"] == 1
+        m["particle_radius_A"], m["particle_center_px"] = m["particle_radius_A"][0], m["particle_center_px"][0]
+    return rows
 
 
 def test_mask_geometry_matches_the_particle(built):
@@ -87,6 +93,7 @@ def test_mask_geometry_matches_the_particle(built):
         cx, cy = m["particle_center_px"]
         assert abs(xx.mean() - cx) < 1.2 and abs(yy.mean() - cy) < 1.2, "centroid at particle_center_px (x, y)"
         assert m["mask_area_px"] == mask.sum()
+        assert np.array_equal(rec["instance_mask"], mask.astype(np.uint8)), "one particle: label 1 is the mask"
         # one convex-ish blob: the mask fills its own hull almost entirely
         from scipy import ndimage
         assert ndimage.label(mask)[1] == 1

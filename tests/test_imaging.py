@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from generators.config import from_dict
-from generators.imaging import Condition, ImageFormer, apply_dose, polar_chi
+from generators.detector import Detector
+from generators.imaging import Condition, ImageFormer, polar_chi
 from generators.simulate import make_simulator, wavelength_A
 from generators.structures import build_structure
 from tests.conftest import tiny_dict
@@ -54,7 +55,7 @@ def test_poisson_dose_statistics():
     rng = np.random.default_rng(1)
     flat = np.ones((256, 256), np.float32)
     for dose, px in ((400.0, 0.25), (2000.0, 0.2)):
-        counts = apply_dose(flat, dose, px, rng)
+        counts = Detector("ideal", 1.0, 0.0, 1.0, 0.05, 0.15, 0.3).record(flat, dose, px, rng)
         lam = dose * px**2
         assert counts.dtype == np.float32 and np.all(counts == np.round(counts))
         assert counts.mean() == pytest.approx(lam, abs=4 * np.sqrt(lam / counts.size))

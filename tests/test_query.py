@@ -52,11 +52,11 @@ def test_query_equals_python_reference(text, ref):
     ("__import__('os').system('echo hacked')", "unsupported expression"),
     ("defect_typ == 'twin'", "unknown column 'defect_typ'"),
     ("dose_e_per_A2 > 'high'", "compare it with a number"),
-    ("defect_type == 3", "quote the value"),
+    ("detector_type == 3", "quote the value"),
     ("defocus_nm >", "syntax error"),
     ("image > 3", "holds pixels"),
-    ("particle_center_px > 3", "is a list"),
-    ("particle_center_px[5] > 3", "out of range"),
+    ("crop_offset_px > 3", "is a list"),
+    ("crop_offset_px[5] > 3", "out of range"),
     ("defocus_nm.real > 0", "compare a column with a literal"),
     ("[x for x in ()]", "unsupported expression"),
 ])
@@ -70,10 +70,10 @@ def test_select_on_load_dataset_is_batched_and_skips_images(built):
     from datasets import load_dataset
 
     ds = load_dataset(str(built), split="train")
-    text = "defect_type in ('twin', 'mixed', 'none') and dose_e_per_A2 > 500"
+    text = "any(particle_defect_type in ('twin', 'mixed', 'none')) and dose_e_per_A2 > 500"
     sub = select(ds, text)
-    ref = [r for r in ds.select_columns(["record_id", "defect_type", "dose_e_per_A2"])
-           if r["defect_type"] in ("twin", "mixed", "none") and r["dose_e_per_A2"] > 500]
+    ref = [r for r in ds.select_columns(["record_id", "particle_defect_type", "dose_e_per_A2"])
+           if any(d in ("twin", "mixed", "none") for d in r["particle_defect_type"]) and r["dose_e_per_A2"] > 500]
     assert sorted(sub["record_id"]) == sorted(r["record_id"] for r in ref)
     assert sub.features == ds.features
     streamed = select(load_dataset(str(built), split="train", streaming=True), text)
@@ -89,7 +89,7 @@ def test_named_subset_loads_and_card_names_the_query(built, tmp_path):
 
     work = tmp_path / "ds"
     shutil.copytree(built, work)
-    text = "defect_type != 'none' and dose_e_per_A2 < 650"
+    text = "n_particles >= 1 and dose_e_per_A2 < 650"
     save_named_subset(work, "defected_low_dose", text)
     sub = load_dataset(str(work), "defected_low_dose")
     full = load_dataset(str(work))
@@ -127,4 +127,8 @@ def test_trace_shows_every_stage(built):
     assert {"root", "structure", "czone", "frozen_phonons", "imaging_condition", "noise"} <= set(t["seeds"])
     assert t["versions"]["abtem"] and t["config_sha256"]
     from generators.records import METADATA_NAMES
-    assert set(METADATA_NAMES) <= set(t["record"])
+    per_particle = {n for n in METADATA_NAMES if n.startswith("particle_")}
+    assert set(METADATA_NAMES) - per_particle <= set(t["record"])
+    assert len(t["particles"]) == t["record"]["n_particles"] == 1
+    assert {n.removeprefix("particle_") for n in per_particle} == set(t["particles"][0])
+    assert t["seeds"]["czone"] == [t["particles"][0]["czone_seed"]]

@@ -74,7 +74,14 @@ class AugmentConfig(Strict):
     crop_px: int | None = Field(None, ge=16, description="random square crops for training; None: whole images")
     flips: bool = True
     rot90: bool = True
-    normalise: Literal["minmax", "zscore"] = "minmax"
+    # minmax / zscore per image; percentile: the 0.5-99.5 % range to [0, 1], clipped (robust to the single hot
+    # pixels of Poisson noise, and what a display rendering of a micrograph does)
+    normalise: Literal["minmax", "zscore", "percentile"] = "minmax"
+    # Training only. Gaussian blur of a random sigma in [0, blur_sigma_px] (micrographs rendered at a coarser
+    # pixel, softer optics); display: clip to random low/high percentiles (0-2 %, 98-100 %) and quantise to 8 bits,
+    # as the grey levels of exported or rendered micrographs are.
+    blur_sigma_px: float = Field(0.0, ge=0, le=10)
+    display: bool = False
 
 
 class LossConfig(Strict):

@@ -28,8 +28,23 @@ def normalise(image: np.ndarray, kind: str) -> np.ndarray:
     image = image.astype(np.float32, copy=False)
     if kind == "zscore":
         return (image - image.mean()) / max(float(image.std()), 1e-6)
+    if kind == "percentile":
+        lo, hi = (float(v) for v in np.percentile(image, [0.5, 99.5]))
+        return np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     lo, hi = float(image.min()), float(image.max())
     return (image - lo) / max(hi - lo, 1e-6)
+
+
+def _degrade(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """What happens to a micrograph after the camera: a softer rendering and 8-bit display grey levels."""
+    if cfg.blur_sigma_px > 0:
+        from scipy.ndimage import gaussian_filter
+
+        image = gaussian_filter(image.astype(np.float32), float(rng.uniform(0, cfg.blur_sigma_px)), mode="reflect")
+    if cfg.display:
+        lo, hi = np.percentile(image, [rng.uniform(0, 2), rng.uniform(98, 100)])
+        image = np.round(np.clip((image - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255).astype(np.float32)
+    return image
 
 
 def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig):
@@ -42,6 +57,8 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: 
     if cfg.rot90:
         k = int(rng.integers(0, 4))
         image, mask = np.rot90(image, k), np.rot90(mask, k)
+    if cfg.blur_sigma_px > 0 or cfg.display:
+        image = _degrade(image, rng, cfg)
     return image, mask
 
 
