@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo study test test-slow bench clean
+.PHONY: demo realistic study test test-slow bench clean
+REAL ?= ../shared/real/hrtem_generalization
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,10 +22,25 @@ demo: $(STAMP)
 	# A small U-Net for a few minutes on CPU; prints Dice per benchmark and where the model and metrics are.
 	HF_HUB_OFFLINE=1 $(PY) -m training.train --config training/examples/demo.yaml
 
-# The example study (docs in README): 4 data subsets x 5 seeds, fine-tuned on a domain-shifted set; ~15 min on 2 cores.
-study: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) dataset_scripts/build_tem_au_np.py --preset demo --out tem_au_np --quiet
-	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth generate --preset shifted --out tem_au_shifted --quiet
+# The real, hand-labelled micrographs at the realistic preset's 0.7 A pixel, split in halves by source panel.
+real_exp: | $(STAMP)
+	$(PY) dataset_scripts/import_experimental.py $(REAL) --pixel-sizes $(REAL)/index.csv --target-pixel-size-A 0.7 \
+		--tile-px 144 --finetune-fraction 0.5 --seed 0 --out real_exp
+
+tem_np_realistic: | $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth generate --preset realistic --out tem_np_realistic
+
+# Simulation only -> real micrographs (README "Simulation to real micrographs"): generate, train, score on the
+# real set; then fine-tune on its finetune half and score the other half.
+realistic: tem_np_realistic real_exp
+	HF_HUB_OFFLINE=1 $(PY) -m training.train --config training/examples/realistic.yaml
+	$(PY) benchmarks/bench_real.py runs/realistic/model --out runs/realistic/real_scores.json
+	HF_HUB_OFFLINE=1 $(PY) -m training.finetune --config training/examples/realistic_finetune.yaml
+	$(PY) benchmarks/bench_real.py runs/realistic_ft/model --fields benchmark --split-from real_exp \
+		--out runs/realistic_ft/real_scores.json
+
+# The example study (docs in README): 4 data subsets x 5 seeds, fine-tuned and scored on the real micrographs.
+study: tem_np_realistic real_exp
 	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth study run training/examples/study_demo.yaml
 	$(VENV)/bin/temsynth study report runs/study_demo
 
@@ -41,4 +57,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_study.py
 
 clean:
-	rm -rf tem_au_np tem_au_shifted runs bench_out
+	rm -rf tem_au_np tem_au_shifted tem_np_realistic real_exp runs bench_out

@@ -120,6 +120,46 @@ def draw(model_dir: str, out: Path, real_dir: Path = DEFAULT_REAL, files: list[s
     plt.close(fig)
 
 
+def draw_scenes(dataset: Path, out: Path, real_dir: Path = DEFAULT_REAL, n: int = 4) -> None:
+    """A few simulated fields (with their instance masks) beside real ones, all at the same physical scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pyarrow.dataset as pads
+
+    from generators.micrographs import resample
+
+    t = pads.dataset(dataset / "data", format="parquet").to_table(
+        columns=["record_id", "image", "instance_mask", "n_particles", "pixel_size_A", "image_size_px"])
+    t = t.sort_by("record_id")
+    picks = [i for i, k in enumerate(t["n_particles"].to_pylist()) if k > 0][:: max(1, len(t) // (4 * n))][:n - 1]
+    picks.append(t["n_particles"].to_pylist().index(0) if 0 in t["n_particles"].to_pylist() else n - 1)
+    real = [f for f in fields(real_dir)][:: max(1, 16 // n)][:n]
+    fig, axes = plt.subplots(3, n, figsize=(2.4 * n, 7.4))
+    for j, i in enumerate(picks):
+        size = t["image_size_px"][i].as_py()
+        img = np.asarray(t["image"][i].as_py(), np.float32).reshape(size, size)
+        lab = np.asarray(t["instance_mask"][i].as_py(), np.uint8).reshape(size, size)
+        lo, hi = np.percentile(img, [0.5, 99.5])
+        axes[0, j].imshow(np.clip(img, lo, hi), cmap="gray")
+        axes[0, j].set_title(f"simulated, {t['n_particles'][i].as_py()} particles", fontsize=8)
+        axes[1, j].imshow(lab, cmap="tab20", interpolation="nearest", vmin=0, vmax=20)
+        axes[1, j].set_title("instance mask", fontsize=8)
+    px = t["pixel_size_A"][0].as_py()
+    for j, f in enumerate(real):
+        img = resample(np.load(real_dir / f["file"]).astype(np.float32), float(f["pixel_size_A"]), px)
+        axes[2, j].imshow(img, cmap="gray")
+        axes[2, j].set_title(f"real {f['material']} {float(f['nominal_diameter_nm']):g} nm", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(f"simulated scenes (top) and real micrographs (bottom), all at {px} Å/px", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", help="model folder (training's OUTPUT_DIR/model)")
@@ -128,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--split-from", default=None, help="imported folder whose split names the fields (--fields)")
     p.add_argument("--figure", default=None, help="also draw predictions on a few fields into this PNG")
     p.add_argument("--out", default=None, help="write the JSON here too")
+    p.add_argument("--scenes-figure", nargs=2, metavar=("DATASET", "PNG"), default=None,
+                   help="also draw simulated fields of DATASET beside real ones into PNG")
     args = p.parse_args(argv)
     real = Path(args.real)
     if not (real / "index.csv").exists():
@@ -149,6 +191,8 @@ def main(argv=None) -> int:
                  "traintest_cell31_Au5nm_row1.npy", "traintest_cell32_Au10nm_row0.npy",
                  "traintest_cell32_Au10nm_row2.npy", "dscreate_cell10_Ag5nm_330kx_patch15.npy"]
         draw(args.model, Path(args.figure), real, [f for f in picks if only is None or f in only] or None)
+    if args.scenes_figure:
+        draw_scenes(Path(args.scenes_figure[0]), Path(args.scenes_figure[1]), real)
     return 0
 
 

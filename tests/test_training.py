@@ -28,7 +28,7 @@ def cfg_dict(data_dir, out, **over):
     d = {"name": "tiny-unet", "output_dir": str(out), "epochs": 12, "batch_size": 4, "seed": 3,
          "data": {"path": str(data_dir)},
          "benchmarks": [{"name": "validation", "path": str(data_dir)},
-                        {"name": "test_twins", "path": str(data_dir), "split": "test", "query": "n_twins >= 1"}],
+                        {"name": "test_twins", "path": str(data_dir), "split": "test", "query": "any(particle_n_twins >= 1)"}],
          "model": {"unet": {"depth": 3, "base_width": 8}}, "optimizer": {"lr": 0.01, "lr_decay_per_epoch": 0.9}}
     d.update(over)
     return d
@@ -61,7 +61,7 @@ def test_training_learns_and_writes_a_model_folder(trained, built):
     config = json.loads((model_dir / "config.json").read_text())
     assert config["train_data"][0]["fingerprint"] and config["seed"] == 3 and config["epoch"] == summary["best_epoch"]
     card = (model_dir / "README.md").read_text()
-    assert "n_twins >= 1" in card and config["train_data"][0]["fingerprint"] in card and "torch" in card
+    assert "any(particle_n_twins >= 1)" in card and config["train_data"][0]["fingerprint"] in card and "torch" in card
     # The lr decays once per epoch, whatever the number of optimizer steps.
     lrs = sorted({float(r["lr"]) for r in rows}, reverse=True)
     assert lrs[1] == pytest.approx(0.009) and lrs[-1] == pytest.approx(0.01 * 0.9 ** 11)
@@ -111,7 +111,7 @@ def test_sample_normalisation_is_per_image(built):
 
 
 def test_parquet_and_webdataset_give_the_same_records(built):
-    src = train_config(cfg_dict(built, "x", data={"path": str(built), "query": "defect_type != 'none'"})).data
+    src = train_config(cfg_dict(built, "x", data={"path": str(built), "query": "any(particle_defect_type != 'none')"})).data
     images, _, _ = read_arrays(src)
     stream = WdsSet(src.model_copy(update={"format": "webdataset"}), AugmentConfig(flips=False, rot90=False))
     streamed = [s["image"][0].numpy() for s in stream]
@@ -129,7 +129,7 @@ def test_saved_model_reloads_and_predicts_identically(trained, built, tmp_path):
     # Scoring the reloaded model reproduces the numbers logged at its epoch during training.
     row = [r for r in read_metrics(out / "metrics.csv")
            if r["benchmark"] == "test_twins" and int(r["phase_epoch"]) == summary["best_epoch"]][0]
-    again = evaluate(summary["model_dir"], built, "n_twins >= 1", split="test")
+    again = evaluate(summary["model_dir"], built, "any(particle_n_twins >= 1)", split="test")
     assert again["dice"] == pytest.approx(float(row["dice"]), abs=1e-12) and again["n_images"] == int(row["n_images"])
     # A save / load round trip gives the same outputs bit for bit.
     save_model(model, tmp_path / "copy", train_config(cfg_dict(built, "x")).model, {"name": "copy"})
@@ -208,7 +208,7 @@ def test_two_processes_gather_the_same_metrics_as_one(built, tmp_path):
     assert json.loads((model_dir / "config.json").read_text())["world_size"] == 2
     logged = {row["benchmark"]: row for row in read_metrics(model_dir / "metrics.csv")}
     for name, split, query in (("train_all", "train", None), ("validation", "validation", None),
-                               ("test_twins", "test", "n_twins >= 1")):
+                               ("test_twins", "test", "any(particle_n_twins >= 1)")):
         one = evaluate(model_dir, built, query, split=split, batch_size=3)
         assert int(logged[name]["n_images"]) == one["n_images"]
         assert float(logged[name]["dice"]) == pytest.approx(one["dice"], abs=1e-9)
@@ -297,7 +297,7 @@ def test_cli_predict_and_evaluate(trained, built, tmp_path):
     assert main(["predict", str(tmp_path), str(tmp_path / "broken.tif")]) == 2   # not a model folder
     assert main(["evaluate", summary["model_dir"], str(built), "nope > 1"]) == 2
     r = subprocess.run([sys.executable, "-m", "generators.cli", "evaluate", summary["model_dir"], str(built),
-                        "n_twins >= 1", "--split", "test"], cwd=ROOT, capture_output=True, text=True,
+                        "any(particle_n_twins >= 1)", "--split", "test"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -307,7 +307,7 @@ def test_cli_predict_and_evaluate(trained, built, tmp_path):
 def test_several_sources_are_pooled(built):
     from training.data import training_set
 
-    cfg = train_config(cfg_dict(built, "x", data=[{"path": str(built), "query": "n_twins == 0"},
+    cfg = train_config(cfg_dict(built, "x", data=[{"path": str(built), "query": "all(particle_n_twins == 0)"},
                                                   {"path": str(built), "split": "test", "n_images": 2}]))
     pooled = training_set(cfg.data_sources, cfg.augment, 0)
     alone = [read_arrays(s, 0)[2] for s in cfg.data_sources]

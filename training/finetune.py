@@ -3,7 +3,7 @@
     python -m training.finetune --config finetune.yaml      (or: accelerate launch -m training.finetune ...)
 
 The config is a training config with `init_from: MODEL_DIR`. What it leaves out follows the seed study's
-fine-tuning recipe: the parent's architecture, half the parent's learning rate, 50 epochs, early stopping after
+fine-tuning recipe: the parent's architecture and augmentations, half the parent's learning rate, 50 epochs, early stopping after
 10 epochs without a better monitor Dice. The metrics file starts with the parent's rows and numbers the new
 epochs after them, so the curves continue across the two phases.
 """
@@ -31,6 +31,8 @@ def finetune_config(path: str | Path, overrides: dict | None = None) -> TrainCon
         raise ModelFolderError(f"init_from: {data['init_from']} is not a model folder (no {CONFIG_FILE})")
     parent = json.loads(parent_file.read_text())
     data.setdefault("model", parent["model"])
+    # The parent's intensity normalisation is part of what it learnt: keep it (and its augmentations) by default.
+    data.setdefault("augment", parent["training_config"]["augment"])
     opt = data.setdefault("optimizer", {})
     opt.setdefault("lr", parent["training_config"]["optimizer"]["lr"] / 2)
     for k, v in DEFAULTS.items():
