@@ -458,3 +458,17 @@ def test_the_real_set_imports_with_its_index(tmp_path):
     ds = load_dataset(str(tmp_path / "exp"))
     assert sum(len(d) for d in ds.values()) == 64 and set(ds) == {"finetune", "benchmark"}
     assert set(ds["benchmark"]["pixel_size_source"]) == {"csv"}
+
+
+def test_a_webdataset_query_matching_nothing_is_refused_and_does_not_lock_the_run(built, tmp_path, capsys):
+    from training.train import main as train_main
+
+    out = tmp_path / "run"
+    cfg = {"output_dir": str(out), "epochs": 1, "batch_size": 2,
+           "data": {"path": str(built), "format": "webdataset", "query": "dose_e_per_A2 < 0"},
+           "benchmarks": [{"name": "v", "path": str(built)}], "model": {"unet": {"depth": 2, "base_width": 4}}}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert train_main(["--config", str(path), "--quiet"]) == 2
+    assert "selects no records" in one_line_error(capsys)
+    assert not (out / "train_config.json").exists()
