@@ -258,13 +258,21 @@ def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, sched
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; choose a folder")
-    check_resources(cfg, out, workers, scheduler)
+    if not _finished_with(cfg, out):  # re-running a finished folder needs no resources
+        check_resources(cfg, out, workers, scheduler)
     lock = _lock(out)
     try:
         return _generate(cfg, out, workers, scheduler, progress, log)
     finally:
         (out / OWNER_NAME).unlink(missing_ok=True)
         lock.release()
+
+
+def _finished_with(cfg: GenerationConfig, out: Path) -> bool:
+    try:
+        return (out / "manifest.json").is_file() and load_manifest(out).get("config_sha256") == cfg.sha256()
+    except RunError:
+        return False
 
 
 def check_resources(cfg: GenerationConfig, out: Path, workers: int, scheduler: str | None) -> None:

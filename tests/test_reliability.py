@@ -135,6 +135,28 @@ def test_a_failed_run_with_nothing_finished_does_not_lock_the_folder(tmp_path, t
         _check_folder(tiny_cfg, out)
 
 
+def test_a_failing_structure_is_one_line_and_the_run_resumes(tmp_path, monkeypatch, tiny_cfg):
+    from generators import run as run_mod
+
+    real = run_mod.process_structure
+    calls = []
+
+    def flaky(cfg_json, index, out_dir):
+        calls.append(index)
+        if index == 1:
+            raise MemoryError("Unable to allocate 2.00 GiB for an array")
+        return real(cfg_json, index, out_dir)
+
+    cfg = from_dict(tiny_dict(n_structures=2, conditions_per_structure=1))
+    monkeypatch.setattr(run_mod, "process_structure", flaky)
+    with pytest.raises(RunError, match=r"structure 1 failed \(MemoryError: Unable to allocate.*1 finished"):
+        run_mod.generate(cfg, tmp_path / "o", workers=0, progress=False, log=lambda *a: None)
+    monkeypatch.setattr(run_mod, "process_structure", real)
+    m = run_mod.generate(cfg, tmp_path / "o", workers=0, progress=False, log=lambda *a: None)
+    assert m["n_records"] == 2 and not (tmp_path / "o" / "_work").exists()
+    assert not (tmp_path / "o" / run_mod.OWNER_NAME).exists()
+
+
 # ---------------------------------------------------------------- integrity where data are read
 def _readers(ds, tmp_path):
     """Every reader of a dataset folder, as (name, callable) raising a one-line error on a damaged folder."""
