@@ -190,7 +190,7 @@ def test_a_deleted_shard_stops_every_reader_and_info(built, tmp_path, capsys):
     assert not (tmp_path / "sub").exists()  # the refused subset left nothing behind
     assert main(["info", str(ds)]) == 1 and f"shard {gone} is missing" in capsys.readouterr().out
     assert main(["info", str(ds), "--verify"]) == 1
-    assert main(["query", str(ds), "n_defects < 2.5"]) == 2 and "is missing" in one_line_error(capsys)
+    assert main(["query", str(ds), "n_particles < 2.5"]) == 2 and "is missing" in one_line_error(capsys)
 
 
 def test_an_extra_shard_is_refused(built, tmp_path):
@@ -229,7 +229,7 @@ def test_verify_covers_structure_files_and_the_manifest_itself(built, tmp_path, 
 def test_invalid_or_incomplete_manifests_are_one_line(built, tmp_path, capsys, content):
     ds = damaged_copy(built, tmp_path)
     (ds / "manifest.json").write_bytes(content.encode("latin-1"))
-    for argv in (["info", str(ds)], ["query", str(ds), "n_defects > 0"], ["trace", str(ds), "s000000-c000"]):
+    for argv in (["info", str(ds)], ["query", str(ds), "n_particles > 0"], ["trace", str(ds), "s000000-c000"]):
         assert main(argv) == 2
         err = one_line_error(capsys)
         assert "manifest.json" in err and len(err.strip().splitlines()) == 1
@@ -273,13 +273,13 @@ def test_subset_folders_record_their_structures_and_verify(built, tmp_path):
     from generators.info import check
     from generators.subsets import write_subset
 
-    m = write_subset(built, "defect_type != 'none'", tmp_path / "sub")
+    m = write_subset(built, "n_particles >= 1", tmp_path / "sub")
     assert m["structures"] and check(tmp_path / "sub", full=True) == []
 
 
 # ---------------------------------------------------------------- queries on the command line
-@pytest.mark.parametrize("expr", ["not " * 1000 + "n_defects < 2", "n_defects < " + "9" * 24, "defocus_nm == True",
-                                  "particle_center_px[True] > 0", "(" * 300 + "n_defects < 2" + ")" * 300])
+@pytest.mark.parametrize("expr", ["not " * 1000 + "n_particles < 2", "n_particles < " + "9" * 24, "defocus_nm == True",
+                                  "crop_offset_px[True] > 0", "(" * 300 + "n_particles < 2" + ")" * 300])
 def test_crafted_queries_are_one_line_on_the_command_line(built, capsys, expr):
     assert main(["query", str(built), expr]) == 2
     err = one_line_error(capsys)
@@ -292,8 +292,8 @@ def test_select_on_the_real_train_split_keeps_decimal_meaning(built):
     from generators.query import select
 
     train = load_dataset(str(built), split="train")
-    n = train["n_defects"]
-    assert len(select(train, "n_defects < 2.5")) == sum(v < 2.5 for v in n)
+    n = train["n_particles"]
+    assert len(select(train, "n_particles < 1.5")) == sum(v < 1.5 for v in n)
     assert len(select(train, "image_size_px == 128.9")) == 0
 
 
