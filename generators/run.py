@@ -440,7 +440,7 @@ def finalize(cfg: GenerationConfig, out: Path, timings: list[dict] | None = None
         tables = (pq.read_table(_part_path(out, i)) for i in idx)
         shards += write_split(out, split, tables, n_records, cfg.records_per_shard)
     summary = _summary(out)
-    write_card(out, cfg, split_counts, summary=summary)
+    write_card(out, cfg, split_counts, summary=summary, shards=shards)
     manifest = {
         "name": cfg.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "generator": "temsynth", "generator_version": __version__, "versions": versions(),

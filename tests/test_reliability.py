@@ -188,6 +188,10 @@ def test_a_deleted_shard_stops_every_reader_and_info(built, tmp_path, capsys):
             fn()
         assert f"shard {gone} is missing" in str(err.value) and "\n" not in str(err.value), name
     assert not (tmp_path / "sub").exists()  # the refused subset left nothing behind
+    from datasets import load_dataset
+
+    with pytest.raises(FileNotFoundError, match=Path(gone).name):  # the card names every shard: no silent 80 of 144
+        load_dataset(str(ds))
     assert main(["info", str(ds)]) == 1 and f"shard {gone} is missing" in capsys.readouterr().out
     assert main(["info", str(ds), "--verify"]) == 1
     assert main(["query", str(ds), "n_particles < 2.5"]) == 2 and "is missing" in one_line_error(capsys)
