@@ -27,7 +27,7 @@ import pyarrow as pa
 from . import __version__
 from . import records
 from .records import Column, fixed_list, nested_list_array
-from .writers import CARDS_DIR, atomic_path, sha256_file, versions, write_manifest, write_split
+from .writers import CARDS_DIR, atomic_path, card_data_files, sha256_file, versions, write_manifest, write_split
 
 EXTENSIONS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".npy": "npy",
               ".dm3": "dm3", ".dm4": "dm4", ".emd": "emd", ".mrc": "mrc"}
@@ -760,8 +760,7 @@ def write_card(out_dir: Path, manifest: dict, template: str = "experimental_card
     from huggingface_hub import DatasetCard, DatasetCardData
 
     present = [s for s in SPLITS if manifest["splits"].get(s, 0) > 0]
-    configs = [{"config_name": "default", "default": True,
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in present]}]
+    configs = [{"config_name": "default", "default": True, "data_files": card_data_files(manifest["shards"], present)}]
     card_data = DatasetCardData(
         task_categories=["image-segmentation"], configs=configs,
         tags=["electron-microscopy", "hrtem", "nanoparticles", "experimental"],

@@ -123,6 +123,9 @@ class Query:
         if self._quant is not None and index is None:
             if self._quant[1] is None and pa.types.is_list(t):
                 self._quant[1] = name
+            if self._quant[1] is None:
+                self._fail(f"{self._quant[0]}(...) needs a per-particle list column inside, e.g. "
+                           f"{self._quant[0]}(particle_radius_A < 15); {name!r} holds one value per record")
             if name != self._quant[1]:
                 self._fail(f"{self._quant[0]}(...) takes the elements of one list column, e.g. "
                            f"{self._quant[0]}(particle_radius_A < 15); {name!r} is not it")

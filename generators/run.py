@@ -258,13 +258,21 @@ def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, sched
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; choose a folder")
-    check_resources(cfg, out, workers, scheduler)
+    if not _finished_with(cfg, out):  # re-running a finished folder needs no resources
+        check_resources(cfg, out, workers, scheduler)
     lock = _lock(out)
     try:
         return _generate(cfg, out, workers, scheduler, progress, log)
     finally:
         (out / OWNER_NAME).unlink(missing_ok=True)
         lock.release()
+
+
+def _finished_with(cfg: GenerationConfig, out: Path) -> bool:
+    try:
+        return (out / "manifest.json").is_file() and load_manifest(out).get("config_sha256") == cfg.sha256()
+    except RunError:
+        return False
 
 
 def check_resources(cfg: GenerationConfig, out: Path, workers: int, scheduler: str | None) -> None:
@@ -432,7 +440,7 @@ def finalize(cfg: GenerationConfig, out: Path, timings: list[dict] | None = None
         tables = (pq.read_table(_part_path(out, i)) for i in idx)
         shards += write_split(out, split, tables, n_records, cfg.records_per_shard)
     summary = _summary(out)
-    write_card(out, cfg, split_counts, summary=summary)
+    write_card(out, cfg, split_counts, summary=summary, shards=shards)
     manifest = {
         "name": cfg.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "generator": "temsynth", "generator_version": __version__, "versions": versions(),

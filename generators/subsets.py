@@ -15,7 +15,7 @@ from .query import Query, QueryError
 from .records import ARRAY_COLUMNS, arrow_schema
 from .run import config_of, load_manifest, parse_record_id, read_record
 from .info import reading, require_intact
-from .writers import SPLITS, file_entries, versions, write_card, write_manifest, write_split
+from .writers import SPLITS, card_data_files, file_entries, versions, write_card, write_manifest, write_split
 
 KEY_COLUMNS = ("split", "n_particles", "particle_defect_type", "particle_material", "particle_shape",
                "particle_radius_A", "defocus_nm", "dose_e_per_A2")
@@ -75,7 +75,7 @@ def save_named_subset(dataset_dir: str | Path, name: str, text: str) -> dict:
     if not present:
         raise QueryError(f"query selects no records: {text}")
     subsets[name] = {"config_name": name, "query": text, "filters": dnf,
-                     "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in present]}
+                     "data_files": card_data_files(manifest["shards"], present)}
     manifest["subsets"] = list(subsets.values())
     _rewrite_card(out, manifest)
     write_manifest(out, manifest)
@@ -89,7 +89,7 @@ def _rewrite_card(out: Path, manifest: dict, template: str = "dataset_card.md") 
     configs = [{k: v for k, v in s.items() if k != "query"} for s in extra]
     write_card(out, cfg, manifest["splits"], extra_configs=configs, summary=manifest.get("summary"),
                template=template, subset_queries={s["config_name"]: s["query"] for s in extra},
-               parent=manifest.get("parent"))
+               parent=manifest.get("parent"), shards=manifest["shards"])
 
 
 def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dict:

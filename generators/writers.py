@@ -127,15 +127,27 @@ def versions(*extra: str) -> dict:
     return out
 
 
+def card_data_files(shards: list[dict], splits: Iterable[str]) -> list[dict]:
+    """The card's `data_files`, naming each split's Parquet shards exactly rather than by a glob: `load_dataset`
+    then stops at a missing shard instead of quietly loading fewer records."""
+    out = []
+    for split in splits:
+        paths = sorted(s["path"] for s in shards if s["format"] == "parquet" and s["split"] == split)
+        if paths:
+            out.append({"split": split, "path": paths})
+    return out
+
+
 def write_card(out_dir: Path, cfg: GenerationConfig, split_counts: dict, extra_configs: list[dict] | None = None,
                summary: dict | None = None, template: str = "dataset_card.md", subset_queries: dict | None = None,
-               parent: dict | None = None) -> None:
+               parent: dict | None = None, shards: list[dict] | None = None) -> None:
     from datasets.info import DatasetInfo, DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
     present = [s for s in SPLITS if split_counts.get(s, 0) > 0]
-    configs = [{"config_name": "default", "default": True,
-                "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in present]}]
+    files = (card_data_files(shards, present) if shards is not None
+             else [{"split": s, "path": f"data/{s}-*.parquet"} for s in present])
+    configs = [{"config_name": "default", "default": True, "data_files": files}]
     configs += extra_configs or []
     card_data = DatasetCardData(
         license="cc-by-4.0", task_categories=["image-segmentation"],
