@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo realistic study test test-slow bench clean
+.PHONY: demo realistic study test test-slow bench clean tem_np_realistic
 REAL ?= ../shared/real/hrtem_generalization
 
 $(STAMP): setup.cfg pyproject.toml

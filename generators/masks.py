@@ -24,9 +24,11 @@ def phase_coverage(particle_waves: np.ndarray, phase_threshold_rad: float) -> np
     return (np.abs(np.angle(particle_waves)) > phase_threshold_rad).mean(axis=0).astype(np.float32)
 
 
-def mask_from_coverage(coverage: np.ndarray, closing_radius_px: float) -> np.ndarray:
+def mask_from_coverage(coverage: np.ndarray, closing_radius_px: float, blur_sigma_px: float = 0.0,
+                       blur_threshold: float = 0.1) -> np.ndarray:
     """uint8 mask (1 = particle) from the coverage averaged onto the output pixels: majority vote, closing,
-    holes filled."""
+    holes filled, then (blur_sigma_px > 0) the seed study's margin: Gaussian blur > blur_threshold, computed with
+    periodic edges as the cell is periodic."""
     mask = coverage >= 0.5
     if closing_radius_px > 0:
         pad = int(np.ceil(closing_radius_px)) + 1
@@ -34,6 +36,8 @@ def mask_from_coverage(coverage: np.ndarray, closing_radius_px: float) -> np.nda
         padded = ndimage.binary_closing(padded, structure=disk(closing_radius_px))
         mask = padded[pad:-pad, pad:-pad]
     mask = ndimage.binary_fill_holes(mask)
+    if blur_sigma_px > 0:
+        mask = ndimage.gaussian_filter(mask.astype(np.float32), blur_sigma_px, mode="wrap") > blur_threshold
     return mask.astype(np.uint8)
 
 

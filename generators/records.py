@@ -89,6 +89,7 @@ METADATA_COLUMNS: tuple[Column, ...] = (
     Column("detector_counting_sigma_px", pa.float64(), "counting detector localisation error, detector pixels"),
     Column("mask_phase_threshold_rad", pa.float64(), "|phase| threshold of the particle-only exit wave"),
     Column("mask_closing_radius_A", pa.float64(), "closing radius that bridges inter-column gaps"),
+    Column("mask_blur_sigma_A", pa.float64(), "label margin: Gaussian blur of the mask kept above 0.1 (0: none)"),
     Column("mask_area_px", pa.int32(), "pixels in the mask"),
     Column("seed", pa.int64(), "root seed of the run; every stage's seed derives from it and the ids"),
     Column("simulator", pa.string(), "multislice backend"),

@@ -124,7 +124,8 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
         coverage = bin_mean(coverage, grid.bin_factor)
     else:
         coverage = resample(coverage, grid.sim_sampling_A, p)
-    mask_field = mask_from_coverage(coverage, cfg.mask.closing_radius_A / p)
+    mask_field = mask_from_coverage(coverage, cfg.mask.closing_radius_A / p, cfg.mask.blur_sigma_A / p,
+                                    cfg.mask.blur_threshold)
     labels_field = instance_labels(mask_field, s.particle_positions[:, :2], s.particle_index, p, s.cell_xy_A,
                                    half_sample)
 
@@ -139,6 +140,7 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
         "detector_pixel_size_A": grid.detector_pixel_size_A, "image_size_px": im.image_size_px,
         **camera.as_dict(),
         "mask_phase_threshold_rad": cfg.mask.phase_threshold_rad, "mask_closing_radius_A": cfg.mask.closing_radius_A,
+        "mask_blur_sigma_A": cfg.mask.blur_sigma_A,
         "seed": cfg.seed, "simulator": sim.name, "simulator_version": sim.version,
         "generator_version": __version__, "czone_version": version("czone"), "config_sha256": cfg.sha256(),
     }

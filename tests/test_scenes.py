@@ -174,3 +174,16 @@ def test_detector_mtf_and_noise_follow_their_formulas():
     # read noise alone at zero dose
     noisy = Detector("scintillator", 1.0, 3.0, 0.8, 0.05, 0.1, 0.0).record(np.zeros((128, 128)), 0.0, 1.0, rng)
     assert noisy.std() == pytest.approx(3.0, rel=0.05)
+
+
+def test_label_margin_widens_the_mask_by_the_seed_study_amount():
+    from generators.masks import mask_from_coverage
+
+    yy, xx = np.mgrid[:200, :200]
+    disk = ((xx - 100.0) ** 2 + (yy - 100.0) ** 2 <= 40.0**2).astype(np.float32)
+    plain = mask_from_coverage(disk, 0.0)
+    wide = mask_from_coverage(disk, 0.0, blur_sigma_px=4.0, blur_threshold=0.1)
+    r_plain, r_wide = np.sqrt(plain.sum() / np.pi), np.sqrt(wide.sum() / np.pi)
+    # Gaussian blur kept above 0.1 moves a straight edge out by 1.28 sigma (a disk of radius 10 sigma: a bit less)
+    assert r_wide - r_plain == pytest.approx(1.28 * 4.0, abs=0.6)
+    assert (wide >= plain).all()
