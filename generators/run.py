@@ -394,7 +394,8 @@ def _run_units(cfg, out, pending, workers, scheduler, progress, done) -> list[di
                 index_of[f.key] = i
                 return f
 
-            running = as_completed([submit(i) for i, _ in zip(todo, range(window))])
+            # range first: zip stops on it before drawing (and dropping) one more index from `todo`
+            running = as_completed([submit(i) for _, i in zip(range(window), todo)])
             for fut in running:
                 try:
                     r = fut.result()

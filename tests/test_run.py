@@ -92,3 +92,11 @@ def test_webdataset_shards_depend_only_on_their_records(built, tmp_path):
     time.sleep(1.1)
     write_wds(table, tmp_path / "b.tar")
     assert sha256_file(tmp_path / "a.tar") == sha256_file(tmp_path / "b.tar")
+
+
+def test_a_dask_run_longer_than_its_submission_window_builds_every_structure(tmp_path):
+    """1 worker submits 4 structures at a time: the 5th onwards must follow, none dropped at the window's edge."""
+    cfg = from_dict(tiny_dict(**{"n_structures": 7, "conditions_per_structure": 1, "imaging.image_size_px": 64,
+                                 "structure.radius_A": {"uniform": [4, 5]}, "structure.edge_margin_A": 1}))
+    m = generate(cfg, tmp_path / "ds", workers=1, progress=False, log=lambda *a: None)
+    assert m["n_structures"] == 7 and m["n_records"] == 7
