@@ -183,7 +183,12 @@ class PrismaticSimulator:
                 "interpolationFactorY": 1, "sliceThickness": float(self.cfg.slice_thickness_A),
                 "E0": float(self.cfg.energy_keV), "numFP": 1, "potential3D": False, "potBound": 3.0,
                 "includeThermalEffects": False, "includeOccupancy": False, "numGPUs": 0, "alsoDoCPUWork": True,
-                "numThreads": int(self.threads or thread_share()), "randomSeed": 0, "transferMode": "singlexfer"}
+                "numThreads": self._threads(), "randomSeed": 0, "transferMode": "singlexfer"}
+
+    def _threads(self) -> int:
+        if self.threads is None:  # once per process: asking the scheduler costs a round trip
+            self.threads = thread_share()
+        return int(self.threads)
 
     # ------------------------------------------------------------ the run
     def exit_waves(self, structure, root_seed: int):
@@ -227,8 +232,7 @@ class PrismaticSimulator:
                          sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.cfg.energy_keV)
 
     def _run_child(self, tmp: Path, sid: str) -> None:
-        env = {**os.environ, "HOME": str(tmp)}
-        env.pop("PYTHONPATH", None)  # the child imports numpy, h5py and pyprismatic only
+        env = {**os.environ, "HOME": str(tmp)}  # Prismatic writes prismatic_gui_params.txt to $HOME
         log = tmp / "prismatic.log"
         with open(log, "w") as out:
             proc = subprocess.run([sys.executable, str(_CHILD), str(tmp / "job.json")], cwd=tmp, env=env,
