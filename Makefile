@@ -54,7 +54,7 @@ prismatic-optional: $(STAMP)
 	bash scripts/install_prismatic.sh $(VENV) --optional
 
 test: $(STAMP) prismatic-optional
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
