@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo realistic study test test-slow bench clean tem_np_realistic
+.PHONY: demo realistic study test test-slow bench clean tem_np_realistic prismatic prismatic-optional
 REAL ?= ../shared/real/hrtem_generalization
 
 $(STAMP): setup.cfg pyproject.toml
@@ -44,8 +44,17 @@ study: tem_np_realistic real_exp
 	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth study run training/examples/study_demo.yaml
 	$(VENV)/bin/temsynth study report runs/study_demo
 
-test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+# Optional second simulator (README, "Prismatic backend"): Debian packages + a source build of pyprismatic into
+# $(VENV). Idempotent. `make test` tries it once (`--optional`: on failure it records why and the Prismatic
+# cross-check tests skip with that reason); `make demo` does not need it.
+prismatic: $(STAMP)
+	bash scripts/install_prismatic.sh $(VENV)
+
+prismatic-optional: $(STAMP)
+	bash scripts/install_prismatic.sh $(VENV) --optional
+
+test: $(STAMP) prismatic-optional
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs
 
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow

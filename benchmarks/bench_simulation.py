@@ -6,6 +6,12 @@ Both ratios are measured in one run on this machine (shared machines are noisy: 
 - condition ratio = time(one more imaging condition) / time(the exit waves).
 
     python benchmarks/bench_simulation.py [--preset demo] [--structures 3]
+
+With --backends abtem,prismatic: seconds per structure of each backend (both exit waves, potentials included) on
+the same structures of each preset's grid, Kirkland potentials for both, one thread each (one structure per core
+is how `generate` runs them; `--threads` changes Prismatic's):
+
+    python benchmarks/bench_simulation.py --backends abtem,prismatic --presets demo,paper --structures 2
 """
 import argparse
 import json
@@ -32,16 +38,21 @@ def fft_bound(gpts: int, n_slices: int, repeat: int = 3) -> float:
 
 def main():
     from generators.config import load_preset
-    from generators.imaging import sample_conditions
+    from generators.imaging import grid_for, sample_conditions
     from generators.run import _context
     from generators.structures import build_structure
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--structures", type=int, default=3)
+    ap.add_argument("--backends", help="compare backends, e.g. abtem,prismatic (seconds per structure)")
+    ap.add_argument("--presets", default="demo,paper", help="with --backends: the presets whose grids are used")
+    ap.add_argument("--threads", type=int, default=1, help="with --backends: Prismatic's threads")
     args = ap.parse_args()
+    if args.backends:
+        return compare_backends(args.backends.split(","), args.presets.split(","), args.structures, args.threads)
     cfg = load_preset(args.preset)
-    sim, former, _ = _context(cfg)
+    sim, former, _ = _context(cfg, grid_for(cfg, 0))
     s0 = build_structure(cfg, 0)
     sim.exit_waves(s0, cfg.seed)  # warm-up: numba JIT, FFTW plans, substrate bank
     rows = []
@@ -52,7 +63,7 @@ def main():
         t_ms = time.perf_counter() - t
         n_slices = int(round((s.particle_height_A + s.substrate_height_A) / cfg.simulation.slice_thickness_A))
         t_fft = fft_bound(cfg.sim_gpts, n_slices * cfg.simulation.n_frozen_phonons)
-        conds = sample_conditions(cfg, i, (cfg.imaging.field_px / 2,) * 2, 1.0)
+        conds = sample_conditions(cfg, i, [(cfg.imaging.field_px / 2,) * 2], [1.0])
         former.intensity(waves.full, conds[:1])
         reps = []
         for k in (1, 4):
@@ -68,6 +79,36 @@ def main():
     print(f"grid {cfg.sim_gpts}²: multislice / FFT bound = {np.median([r['multislice_over_fft'] for r in rows]):.1f}x, "
           f"extra imaging condition = {100 * np.median([r['condition_over_multislice'] for r in rows]):.1f} % of the "
           f"exit-wave time (median of {len(rows)})")
+
+
+def compare_backends(backends: list[str], presets: list[str], n_structures: int, threads: int) -> None:
+    from generators.config import load_preset
+    from generators.simulate import AbtemSimulator
+    from generators.simulate_prismatic import PrismaticSimulator
+    from generators.structures import build_structure
+
+    for preset in presets:
+        cfg = load_preset(preset)
+        cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(update={"parametrization": "kirkland"})})
+        sims = {"abtem": lambda: AbtemSimulator(cfg.simulation, cfg.sim_gpts),
+                "prismatic": lambda: PrismaticSimulator(cfg.simulation, cfg.sim_gpts, threads=threads)}
+        sims = {b: sims[b]() for b in backends}
+        structures = [build_structure(cfg, i) for i in range(n_structures + 1)]
+        for b, sim in sims.items():  # warm-up: JIT, FFTW plans (Prismatic starts a fresh process per structure)
+            if b != "prismatic":
+                sim.exit_waves(structures[0], cfg.seed)
+        times = {b: [] for b in sims}
+        for s in structures[1:]:
+            for b, sim in sims.items():
+                t = time.perf_counter()
+                sim.exit_waves(s, cfg.seed)
+                times[b].append(time.perf_counter() - t)
+            slices = int(round((s.particle_height_A + s.substrate_height_A) / cfg.simulation.slice_thickness_A))
+            print(json.dumps({"preset": preset, "structure": s.structure_id, "atoms": s.n_atoms, "slices": slices,
+                              **{f"{b}_s": round(times[b][-1], 2) for b in sims}}))
+        summary = ", ".join(f"{b} {np.mean(t):.2f} s/structure" for b, t in times.items())
+        print(f"{preset} grid {cfg.sim_gpts}² ({cfg.simulation.sampling_A} Å): {summary} "
+              f"(mean of {n_structures}; Prismatic threads {threads})")
 
 
 if __name__ == "__main__":

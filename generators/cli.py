@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .query import QueryError
     from .run import RunError
-    from .simulate import SimulatorUnavailable
+    from .simulate import SimulationError, SimulatorUnavailable
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["study"]:  # its own parser, so that `temsynth study run --help` reaches it
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return study_main(argv[1:])
     args = build_parser().parse_args(argv)
-    errors = (ConfigError, RunError, SimulatorUnavailable, QueryError)
+    errors = (ConfigError, RunError, SimulatorUnavailable, SimulationError, QueryError)
     if args.verb in ("predict", "evaluate"):
         from training.data import DataError
         from training.models import ModelFolderError

@@ -258,6 +258,7 @@ def _lock(out: Path):
 def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, scheduler: str | None = None,
              progress: bool = True, log=print) -> dict:
     out = Path(out_dir)
+    make_simulator(cfg.simulation, grid_for(cfg, 0).sim_gpts, cfg.structure.thermal_sigma_A)  # unusable: refused here
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; choose a folder")
     if not _finished_with(cfg, out):  # re-running a finished folder needs no resources

@@ -3,6 +3,8 @@
 Two waves per frozen-phonon configuration: `particle` (after the particle's slices alone: the mask's wave) and
 `full` (the same wave continued through the carbon: the image's wave). Continuing the particle wave is the same
 multislice as one pass through both, so the pair costs one multislice, not two.
+
+Backends: `abtem` (below) and `prismatic` (`simulate_prismatic.py`: Prismatic 2.x HRTEM, built by `make prismatic`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
+from .simulate_prismatic import PrismaticSimulator, SimulationError  # noqa: F401  (re-exported)
 from .structures import Structure
 
 
@@ -128,29 +131,8 @@ def _to_numpy(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-class PrismaticSimulator:
-    """Prismatic computes HRTEM only from its 2.x builds (algorithm 'hrtem'); PyPI's pyprismatic 1.1.16 is
-    STEM-only. Selecting this backend without such a build is refused up front."""
-
-    name = "prismatic"
-
-    def __init__(self, cfg: SimulationConfig, gpts: int, thermal_sigma_A: float = 0.0):
-        try:
-            import pyprismatic
-        except ImportError:
-            raise SimulatorUnavailable(
-                "simulation.backend: prismatic needs a Prismatic 2.x build with HRTEM mode (pyprismatic from a "
-                "source build); it is not importable here. Use backend: abtem.") from None
-        version = getattr(pyprismatic, "__version__", "1")
-        if not str(version).startswith("2"):
-            raise SimulatorUnavailable(
-                f"simulation.backend: prismatic found pyprismatic {version}, which has no HRTEM mode (PyPI's 1.1.16 "
-                "is STEM-only). Use backend: abtem, or install a Prismatic 2.x build.")
-        raise SimulatorUnavailable(
-            f"simulation.backend: prismatic {version} is importable, but temsynth's Prismatic HRTEM adapter is not "
-            "part of this release. Use backend: abtem.")
-
-
 def make_simulator(cfg: SimulationConfig, gpts: int, thermal_sigma_A: float = 0.0) -> Simulator:
+    """The configured backend; an unusable one (e.g. `prismatic` without its build) raises SimulatorUnavailable here,
+    before any work."""
     backends = {"abtem": AbtemSimulator, "prismatic": PrismaticSimulator}
     return backends[cfg.backend](cfg, gpts, thermal_sigma_A)

@@ -1,4 +1,4 @@
-"""Running generate: bad configs, foreign folders, the prismatic refusal, kill-and-resume through Dask."""
+"""Running generate: bad configs, foreign folders, kill-and-resume through Dask (the prismatic backend: test_prismatic)."""
 import json
 import os
 import signal
@@ -39,13 +39,6 @@ def test_presets_validate():
     assert demo.imaging.image_size_px == 256 and demo.n_structures == 48
     assert paper.imaging.image_size_px == 512 and paper.imaging.field_px == 640
     assert paper.simulation.sampling_A == 0.1 and paper.imaging.focal_series_points == 25
-
-
-def test_prismatic_backend_is_refused_clearly(tmp_path, capsys):
-    cfg = tmp_path / "p.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_dict(**{"simulation.backend": "prismatic", "n_structures": 1})))
-    assert main(["generate", "--config", str(cfg), "--out", str(tmp_path / "o"), "--workers", "0", "--quiet"]) == 2
-    assert "HRTEM" in capsys.readouterr().err
 
 
 def test_folder_of_another_config_is_refused(built):
