@@ -24,7 +24,13 @@ def cmd_generate(args) -> int:
         from .config import from_dict
 
         cfg = from_dict(cfg.model_dump(mode="json"), "command line")
-    generate(cfg, args.out, workers=args.workers, scheduler=args.scheduler, progress=not args.quiet)
+    from .cluster import cluster_from_args, job_script
+
+    cluster = cluster_from_args(args, {"workers": 2})
+    if args.job_script:
+        print(job_script(cluster))
+        return 0
+    generate(cfg, args.out, progress=not args.quiet, cluster=cluster)
     return 0
 
 
@@ -107,10 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", help="built-in config: see `temsynth presets`")
     g.add_argument("--config", help="YAML generation config")
     g.add_argument("--out", required=True, help="output dataset folder (re-running the same command resumes)")
-    g.add_argument("--workers", type=int, default=2, help="local Dask worker processes (0: run in this process)")
-    g.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     g.add_argument("--structures", type=int, help="override n_structures")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .cluster import add_cluster_arguments
+
+    add_cluster_arguments(g, "2")
     g.set_defaults(func=cmd_generate)
     i = sub.add_parser("info", help="summary of a dataset folder")
     i.add_argument("dataset")

@@ -256,16 +256,23 @@ def _lock(out: Path):
 
 
 def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, scheduler: str | None = None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, cluster=None) -> dict:
+    """Build (or resume) a dataset folder; `cluster` (generators.cluster.ClusterConfig) overrides workers and
+    scheduler: a local cluster, an existing scheduler or SLURM/PBS batch jobs."""
+    from .cluster import cluster_config
+
+    cluster = cluster or cluster_config(workers=workers, scheduler=scheduler)
     out = Path(out_dir)
     make_simulator(cfg.simulation, grid_for(cfg, 0).sim_gpts, cfg.structure.thermal_sigma_A)  # unusable: refused here
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; choose a folder")
     if not _finished_with(cfg, out):  # re-running a finished folder needs no resources
-        check_resources(cfg, out, workers, scheduler)
+        # This machine's memory only bounds local workers (batch jobs book their own).
+        check_resources(cfg, out, cluster.workers, cluster.scheduler or (None if cluster.kind == "local"
+                                                                          else cluster.kind))
     lock = _lock(out)
     try:
-        return _generate(cfg, out, workers, scheduler, progress, log)
+        return _generate(cfg, out, cluster, progress, log)
     finally:
         (out / OWNER_NAME).unlink(missing_ok=True)
         lock.release()
@@ -318,7 +325,7 @@ def _available_memory() -> int | None:
         return None
 
 
-def _generate(cfg: GenerationConfig, out: Path, workers, scheduler, progress, log) -> dict:
+def _generate(cfg: GenerationConfig, out: Path, cluster, progress, log) -> dict:
     state = _check_folder(cfg, out)
     if state == "done":
         log(f"{out}: complete ({cfg.n_structures} structures); nothing to do")
@@ -334,7 +341,7 @@ def _generate(cfg: GenerationConfig, out: Path, workers, scheduler, progress, lo
     if state == "resume":
         log(f"{out}: resuming, {done} of {cfg.n_structures} structures already done")
     t0 = time.perf_counter()
-    timings = _run_units(cfg, out, pending, workers, scheduler, progress, done)
+    timings = _run_units(cfg, out, pending, cluster, progress, done)
     elapsed = time.perf_counter() - t0
     manifest = finalize(cfg, out, timings, elapsed)
     log(f"wrote {manifest['n_records']} records from {manifest['n_structures']} structures to {out} "
@@ -342,8 +349,13 @@ def _generate(cfg: GenerationConfig, out: Path, workers, scheduler, progress, lo
     return manifest
 
 
-def _run_units(cfg, out, pending, workers, scheduler, progress, done) -> list[dict]:
+def _run_units(cfg, out, pending, cluster, progress, done) -> list[dict]:
+    """One task per structure on the shared runner (generators/cluster.py), in this process when workers == 0;
+    drawn lazily, a bounded window ahead of the workers (ten million pending structures cost no memory up front).
+    A failing structure stops the run with one line; finished parts are kept."""
     from tqdm.auto import tqdm
+
+    from .cluster import Task, run_tasks
 
     cfg_json = cfg.model_dump_json()
     bar = tqdm(total=cfg.n_structures, initial=done, unit="structure", disable=not progress, file=sys.stderr,
@@ -351,68 +363,24 @@ def _run_units(cfg, out, pending, workers, scheduler, progress, done) -> list[di
     images = done * cfg.conditions_per_structure
     results = []
 
-    def tick(r):
+    def tick(task, r):
         nonlocal images
         results.append(r)
         images += r["records"]
         bar.update(1)
         bar.set_postfix(images=images)
 
+    def failed(task, err):
+        failure = _unit_failed(out, task.info, err)
+        if failure is err:
+            raise err
+        raise failure from err
+
     try:
-        if len(pending) == 0:
-            return results
-        if workers == 0 and scheduler is None:
-            for i in pending:  # in-process: debugging, tests, profiling
-                i = int(i)
-                try:
-                    r = process_structure(cfg_json, i, str(out))
-                except Exception as err:  # noqa: BLE001 - reported as one line; finished parts are kept
-                    failure = _unit_failed(out, i, err)
-                    if failure is err:
-                        raise
-                    raise failure from err
-                tick(r)
-            return results
-        from dask.distributed import Client, LocalCluster, as_completed
-
-        cluster = None
-        if scheduler:
-            client = Client(scheduler)
-        else:
-            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
-            client = Client(cluster)
-        try:
-            # A bounded window of submitted structures: ten million pending ones cost no memory up front.
-            window = 4 * max(1, len(client.scheduler_info().get("workers", {})) or workers or 1)
-            todo = iter(int(i) for i in pending)
-
-            index_of = {}
-
-            def submit(i):
-                f = client.submit(process_structure, cfg_json, i, str(out.resolve()), pure=False,
-                                  key=f"structure-{cfg.sha256()[:8]}-{i}")
-                index_of[f.key] = i
-                return f
-
-            # range first: zip stops on it before drawing (and dropping) one more index from `todo`
-            running = as_completed([submit(i) for _, i in zip(range(window), todo)])
-            for fut in running:
-                try:
-                    r = fut.result()
-                except Exception as err:  # noqa: BLE001
-                    failure = _unit_failed(out, index_of[fut.key], err)
-                    if failure is err:
-                        raise
-                    raise failure from err
-                tick(r)
-                nxt = next(todo, None)
-                if nxt is not None:
-                    running.add(submit(nxt))
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        root, key = str(out.resolve()), f"structure-{cfg.sha256()[:8]}"
+        tasks = (Task(key=f"{key}-{int(i)}", fn=process_structure, args=(cfg_json, int(i), root), info=int(i))
+                 for i in pending)
+        run_tasks(tasks, cluster, tick, on_error=failed, ahead_per_worker=4)
         return results
     finally:
         bar.close()

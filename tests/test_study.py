@@ -51,8 +51,13 @@ def test_jobs_follow_the_seed_study_recipe(built, tmp_path):
 
 
 def test_tiny_study_end_to_end_with_one_row_per_job_epoch_benchmark(built, tmp_path):
-    s = run_study(write(tmp_path, study_dict(built, tmp_path / "s")), progress=False, log=lambda *a: None)
+    # On 2 local Dask workers (the in-process path: test_failed_jobs_are_listed_and_retried_on_request).
+    s = run_study(write(tmp_path, study_dict(built, tmp_path / "s", workers=2)), progress=False, log=lambda *a: None)
     assert s["done"] == 8 and not s["failed"]
+    # Each job ran as its own process, with the runner's thread count, its output in the job's log.
+    done = json.loads((tmp_path / "s" / "jobs" / "first_condition-s0" / "finetune-2" / "done.json").read_text())
+    assert done["returncode"] == 0 and done["devices"] == 1 and int(done["threads"]) == s["timing"]["threads_per_job"]
+    assert "best epoch" in Path(done["log"]).read_text() and done["summary"]["phase"] == "finetune"
     t = pq.read_table(s["results"])
     assert t.schema.equals(RESULT_SCHEMA)
     rows = t.to_pylist()
@@ -64,7 +69,13 @@ def test_tiny_study_end_to_end_with_one_row_per_job_epoch_benchmark(built, tmp_p
     assert all(len(r["data_fingerprint"]) == 64 and len(r["model_fingerprint"]) == 64 for r in rows)
     # Fine-tuning jobs carry the subset of the model they started from, not their own experimental data.
     assert {r["data_path"] for r in ft} == {str(built)}
-    again = run_study(write(tmp_path, study_dict(built, tmp_path / "s")), progress=False, log=lambda *a: None)
+    # A folder written before `devices_per_job` existed resumes (the field counts as its default there).
+    sj = tmp_path / "s" / "study.json"
+    doc = json.loads(sj.read_text())
+    del doc["config"]["devices_per_job"], doc["config"]["cluster"]
+    sj.write_text(json.dumps(doc))
+    again = run_study(write(tmp_path, study_dict(built, tmp_path / "s", workers=2)), progress=False,
+                      log=lambda *a: None)
     assert again["timing"]["jobs_run"] == 0 and pq.read_table(s["results"]).num_rows == 16
     from generators.cli import main
 
@@ -89,6 +100,11 @@ def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
     assert proc.poll() is None, "the study ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The study could not clean up; the job process it was running still goes (parent-death signal).
+    markers = list((tmp_path / "s" / "jobs").glob("*/*/running.json"))
+    assert len(markers) <= 1
+    for m in markers:
+        assert _gone(json.loads(m.read_text())["pgid"])
     before = {p: p.stat().st_mtime_ns for p in done()}
     assert 3 <= len(before) < 8
     r = subprocess.run(cmd + ["--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -101,13 +117,52 @@ def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
     assert len(keys) == len(set(keys)) == 16
 
 
+def _gone(pgid: int, timeout: float = 15) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_stops_the_job_processes_on_dask_workers_and_a_rerun_resumes(built, tmp_path):
+    d = study_dict(built, tmp_path / "s", seeds=[0], finetune=None)
+    d["subsets"] = d["subsets"][:1]
+    d["training"]["epochs"] = 3
+    f = write(tmp_path, d)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "generators.cli", "study", "run", str(f), "--quiet"]
+    proc = subprocess.Popen(cmd + ["--workers", "1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    job = tmp_path / "s" / "jobs" / "first_condition-s0" / "train"
+    deadline = time.time() + 120
+    while not (job / "running.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study ended before it could be stopped"
+    pgid = json.loads((job / "running.json").read_text())["pgid"]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Re-run the same command to resume" in err
+    assert _gone(pgid)
+    assert not (job / "error.json").exists() and not (job / "done.json").exists()  # stopped, not failed
+    r = subprocess.run(cmd + ["--workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout[r.stdout.index("{"):])
+    assert out["done"] == 1 and out["timing"]["jobs_run"] == 1
+
+
 def test_failed_jobs_are_listed_and_retried_on_request(built, tmp_path):
     d = study_dict(built, tmp_path / "s", seeds=[0])
     d["subsets"][1]["sources"][0]["query"] = "dose_e_per_A2 > 1e9"  # selects nothing: that job must fail
     f = write(tmp_path, d)
     s = run_study(f, progress=False, log=lambda *a: None)
     assert set(s["failed"]) == {"second_condition-s0", "second_condition-s0-ft2"}
+    # A crashed job: its exit status and error line; the other jobs ran on.
     assert "selects no records" in s["failed"]["second_condition-s0"]
+    assert s["failed"]["second_condition-s0"].startswith("exit status 2: training.train:")
     assert "parent job second_condition-s0 did not finish" in s["failed"]["second_condition-s0-ft2"]
     assert s["done"] == 2 and pq.read_table(s["results"]).num_rows == 2 * 2
     lines = []
@@ -142,3 +197,15 @@ def test_an_edited_subset_is_not_mistaken_for_a_finished_one(built, tmp_path):
     d["subsets"][0]["sources"][0]["query"] = "condition_index == 1"
     with pytest.raises(StudyError, match="first_condition-s0 finished with another config.*data"):
         run_study(write(tmp_path, d), progress=False, log=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_a_job_asking_for_two_devices_runs_under_accelerate_launch(built, tmp_path):
+    """devices_per_job: 2 starts the job with `accelerate launch` (2 gloo processes on a CPU machine)."""
+    d = study_dict(built, tmp_path / "s", seeds=[0], finetune=None, devices_per_job=2)
+    d["subsets"] = d["subsets"][:1]
+    s = run_study(write(tmp_path, d), progress=False, log=lambda *a: None)
+    assert s["done"] == 1 and not s["failed"], s["failed"]
+    job = tmp_path / "s" / "jobs" / "first_condition-s0" / "train"
+    assert json.loads((job / "model" / "config.json").read_text())["world_size"] == 2
+    assert "accelerate.commands.launch" in (job / "job.log").read_text()

@@ -1,30 +1,41 @@
 """A study: data subsets × seeds (× fine-tuning amounts) trained on Dask, collected into one results table.
 
-    temsynth study run study.yaml [--workers 2 | --scheduler tcp://host:8786] [--retry-failed]
+    temsynth study run study.yaml [--workers 2 | --scheduler tcp://host:8786 | --cluster slurm ...] [--retry-failed]
     temsynth study report STUDY_DIR
 
-Every job is one `training.train.run` in its own folder under STUDY_DIR/jobs/. A job is done when its
+Every job is its own process (`python -m training.train` on the job's config, `accelerate launch` for several
+devices) in its own folder under STUDY_DIR/jobs/, started by a Dask task (generators/cluster.py) or from this
+process, with its thread count and GPUs set by the runner and its output in job.log. A job is done when its
 done.json exists (written last, atomically), so a re-run skips it; a killed job resumes from its checkpoint.
-A failed job leaves error.json and is skipped (and listed) until `--retry-failed`. results.parquet is rewritten
-after every finished job, so a kill loses no finished result.
+A failed job leaves error.json (exit status and its error line) and is skipped (and listed) until
+`--retry-failed`. results.parquet is rewritten after every finished job, so a kill loses no finished result;
+a killed study (Ctrl-C, SIGTERM) stops its job processes.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import time
-import traceback
 from pathlib import Path
 
 import pyarrow as pa
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from generators.cluster import RUNNING_FILE, ClusterConfig, add_cluster_arguments, cluster_from_args, job_script
 from generators.config import ConfigError, Strict, format_errors, read_yaml
 
-from .config import Benchmark, DataSource, TrainConfig, train_config
+from .config import Benchmark, DataSource, train_config
 from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
 
-RUNNING_FILE = "running.json"  # present while a job runs (or was killed running): progress reads it
+JOB_CONFIG_FILE = "job_config.json"  # the job's complete training config, as its process reads it
+JOB_LOG = "job.log"  # the job process's stdout and stderr, every attempt appended
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+CLUSTER_FLAGS = ("cluster_config", "cluster", "workers", "scheduler", "queue", "walltime", "cores", "memory",
+                 "gpus", "account", "job_directives", "prologue")
 
 
 class StudyError(RuntimeError):
@@ -64,8 +75,24 @@ class StudyConfig(Strict):
     benchmarks: list[Benchmark] = Field(min_length=1)
     training: dict = Field({}, description="training config fields shared by every job (model, epochs, ...)")
     finetune: Finetune | None = None
-    workers: int = Field(2, ge=0, description="local Dask worker processes (0: run jobs in this process)")
+    workers: int | None = Field(None, ge=0, description="local Dask worker processes (0: jobs one after another "
+                                "from this process); with a slurm/pbs `cluster:`, batch jobs. Default 2")
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler")
+    cluster: dict = Field({}, description="where jobs run: kind (local, slurm, pbs), queue, walltime, cores, "
+                                          "memory, gpus, account, ... (generators/cluster.py)")
+    devices_per_job: int = Field(1, ge=1, description="devices of one job: >1 starts it with `accelerate launch` "
+                                                      "(GPUs, or CPU processes where there are none)")
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, v):
+        from generators.cluster import cluster_config
+
+        try:
+            cluster_config(v, "cluster")
+        except ConfigError as err:
+            raise ValueError(str(err).replace("\n", " ")) from None
+        return v
 
     @field_validator("subsets")
     @classmethod
@@ -85,6 +112,14 @@ class StudyConfig(Strict):
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def cluster_config(self, args=None) -> ClusterConfig:
+        """The file's `cluster:` (top-level `workers:`/`scheduler:` fill in), then command-line flags."""
+        from argparse import Namespace
+
+        fallback = {k: v for k, v in (("workers", self.workers), ("scheduler", self.scheduler)) if v is not None}
+        args = args or Namespace(**{k: None for k in CLUSTER_FLAGS})
+        return cluster_from_args(args, {**fallback, **self.cluster}, "study file `cluster:`")
 
 
 # ---------------------------------------------------------------- jobs
@@ -134,56 +169,58 @@ def _job_dir(job: dict) -> Path:
     return Path(job["config"]["output_dir"])
 
 
-def run_job(job: dict, parent: dict | None = None, threads: int | None = None) -> dict:
-    """One training or fine-tuning run, in a Dask worker or in this process; never raises (errors are results)."""
-    import torch
-
+def run_job(job: dict, parent: dict | None = None, launch: dict | None = None) -> dict:
+    """One training or fine-tuning run in its own fresh process (`python -m training.train`, or `accelerate
+    launch` for several devices), started from a Dask task or from this process; never raises for a failed job
+    (errors are results). The process gets `launch["threads"]` threads and the GPUs this worker owns, writes
+    its output to JOB_DIR/job.log, and is stopped with its process group if this call is interrupted."""
+    from generators.cluster import choose_gpus, job_command, job_env, last_error_line, launch_job, worker_index
     from generators.writers import atomic_path, sha256_file
 
-    from .train import run
-
+    launch = launch or {}
     out = _job_dir(job)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     started = time.time()
-    (out / RUNNING_FILE).write_text(json.dumps({"started": started, "pid": os.getpid()}))
+    base = {"job_id": job["job_id"], "started": started}
+    if parent is not None and parent.get("status") != "done":
+        return _failed(out, {**base, "status": "failed", "seconds": 0.0, "error": f"parent job {job['parent']} "
+                             f"did not finish: {parent.get('error', parent.get('status', 'unknown'))}"})
+    devices = launch.get("devices", 1)
+    gpus = choose_gpus(devices, launch.get("gpus_per_worker", 0), worker_index())
+    with atomic_path(out / JOB_CONFIG_FILE) as tmp:
+        tmp.write_text(json.dumps(job["config"], indent=2))
+    # The job config is complete (a fine-tuning job's too: init_from, data, schedule), so train runs both.
+    cmd = job_command(["training.train", "--config", str((out / JOB_CONFIG_FILE).resolve()), "--quiet"], devices)
+    env = job_env(launch.get("threads"), gpus, devices)
     try:
-        if parent is not None and parent.get("status") != "done":
-            raise StudyError(f"parent job {job['parent']} did not finish: {parent.get('error', 'unknown')}")
-        if threads:
-            torch.set_num_threads(threads)
-        _pick_gpu()
-        summary = run(TrainConfig.model_validate(job["config"]), progress=False, echo=False)
-        result = {"job_id": job["job_id"], "status": "done", "seconds": time.perf_counter() - t0,
-                  "started": started, "finished": time.time(), "summary": summary,
+        rc = launch_job(cmd, out, env, launch.get("cwd"), JOB_LOG)
+    except OSError as err:  # the program could not be started (python or accelerate missing on the node)
+        return _failed(out, {**base, "status": "failed", "seconds": time.perf_counter() - t0,
+                             "error": f"could not start {cmd[0]}: {err}"})
+    seconds = time.perf_counter() - t0
+    info = {**base, "seconds": seconds, "finished": time.time(), "returncode": rc, "host": socket.gethostname(),
+            "gpus": gpus, "devices": devices, "threads": env["OMP_NUM_THREADS"], "log": str(out / JOB_LOG)}
+    if rc == 0:
+        summary = json.loads((out / "summary.json").read_text())
+        result = {**info, "status": "done", "summary": summary,
                   "model_fingerprint": sha256_file(Path(summary["model_dir"]) / "model.safetensors")}
         (out / "error.json").unlink(missing_ok=True)
         with atomic_path(out / "done.json") as tmp:
             tmp.write_text(json.dumps(result, indent=2))
-    except Exception as err:  # noqa: BLE001 - a job's failure is data for the study, not a crash of it
-        result = {"job_id": job["job_id"], "status": "failed", "seconds": time.perf_counter() - t0,
-                  "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
-        with atomic_path(out / "error.json") as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
-    (out / RUNNING_FILE).unlink(missing_ok=True)
+        return result
+    if -rc in STOP_SIGNALS:  # stopped from outside (a killed study): not a failure; a re-run resumes it
+        return {**info, "status": "interrupted", "error": f"stopped by signal {-rc}"}
+    why = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
+    return _failed(out, {**info, "status": "failed", "error": f"{why}: {last_error_line(out / JOB_LOG)}"})
+
+
+def _failed(out: Path, result: dict) -> dict:
+    from generators.writers import atomic_path
+
+    with atomic_path(out / "error.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     return result
-
-
-def _pick_gpu() -> None:
-    """One GPU per local Dask worker: worker i sees GPU i (set before CUDA starts in this process)."""
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-    except (ImportError, ValueError):
-        return
-    import torch
-
-    n = torch.cuda.device_count() if not torch.cuda.is_initialized() else 0
-    if n and isinstance(name, int):
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(name % n)
 
 
 def job_state(job: dict) -> dict | None:
@@ -248,10 +285,17 @@ def write_results(study: StudyConfig, jobs: list[dict], cache: dict | None = Non
 
 # ---------------------------------------------------------------- the study
 def run_study(path: str | Path, workers: int | None = None, scheduler: str | None = None,
-              retry_failed: bool = False, progress: bool = True, log=print) -> dict:
+              retry_failed: bool = False, progress: bool = True, log=print,
+              cluster: ClusterConfig | None = None) -> dict:
+    """Run (or resume) every job of a study file; `cluster` (or workers/scheduler) overrides the file's."""
+    from generators.cluster import cluster_config
+
     study, jobs = load_study(path)
-    workers = study.workers if workers is None else workers
-    scheduler = scheduler or study.scheduler
+    if cluster is None:
+        cluster = study.cluster_config()
+        over = {k: v for k, v in (("workers", workers), ("scheduler", scheduler)) if v is not None}
+        if over:
+            cluster = cluster_config({**cluster.model_dump(), **over}, "run_study arguments")
     out = Path(study.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_folder(study, out)
@@ -262,23 +306,26 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
     skipped_failed = [j["job_id"] for j in jobs if states[j["job_id"]] and
                       states[j["job_id"]]["status"] == "failed" and not retry_failed]
     done_before = sum(1 for s in states.values() if s and s["status"] == "done")
-    log(f"study {study.name}: {len(jobs)} jobs, {done_before} done before, {len(todo)} to run"
+    log(f"study {study.name}: {len(jobs)} jobs, {done_before} done before, {len(todo)} to run "
+        f"({cluster.describe()})"
         + (f", {len(skipped_failed)} failed before (--retry-failed to run them again)" if skipped_failed else ""))
     t0 = time.perf_counter()
     cache: dict = {}
-    results = _run_jobs(study, jobs, todo, workers, scheduler, progress, cache) if todo else []
+    results = _run_jobs(study, jobs, todo, cluster, progress, cache) if todo else []
     wall = time.perf_counter() - t0
     write_results(study, jobs, cache)
     final = {j["job_id"]: job_state(j) or {} for j in jobs}
     failed = {k: s.get("error") for k, s in final.items() if s.get("status") == "failed"}
+    interrupted = [r["job_id"] for r in results if r["status"] == "interrupted"]
     job_seconds = sum(r["seconds"] for r in results)
     timing = {"wall_seconds": round(wall, 2), "jobs_run": len(results), "job_seconds": round(job_seconds, 2),
-              "workers": workers if not scheduler else None, "scheduler": scheduler,
+              "cluster": cluster.describe(), "workers": None if cluster.scheduler else cluster.workers,
+              "scheduler": cluster.scheduler, "threads_per_job": cluster.threads(),
               "jobs_per_hour": round(3600 * len(results) / wall, 1) if results else None}
     _write_study_json(study, out, jobs, timing, failed)
     summary = {"study": study.name, "output_dir": str(out), "jobs": len(jobs),
                "done": sum(s.get("status") == "done" for s in final.values()),
-               "failed": failed, "results": str(out / RESULTS_FILE), "timing": timing}
+               "failed": failed, "interrupted": interrupted, "results": str(out / RESULTS_FILE), "timing": timing}
     for job_id, err in failed.items():
         log(f"FAILED {job_id}: {err}")
     return summary
@@ -290,7 +337,9 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
         old = json.loads(f.read_text()).get("config", {})
         mine = json.loads(study.model_dump_json())
         # Seeds, subsets and amounts may grow: each job checks its own config (_check_done_jobs).
-        free = ("workers", "scheduler", "seeds", "subsets", "finetune")
+        free = ("workers", "scheduler", "cluster", "seeds", "subsets", "finetune")
+        # A field added since that study ran counts as its default there (devices_per_job: 1).
+        old = {k: f.default for k, f in StudyConfig.model_fields.items() if k not in old} | old
         diff = sorted(k for k in set(old) | set(mine) if k not in free and old.get(k) != mine.get(k))
         if diff:
             raise StudyError(f"{out} holds a study with another config (differs in {', '.join(diff)}); "
@@ -327,70 +376,48 @@ def _write_study_json(study, out, jobs, timing, failed) -> None:
         tmp.write_text(json.dumps(doc, indent=2))
 
 
-def _run_jobs(study, jobs, todo, workers, scheduler, progress, cache) -> list[dict]:
+def _run_jobs(study, jobs, todo, cluster: ClusterConfig, progress, cache) -> list[dict]:
+    """Each job a task (a fine-tuning job after its parent) that starts the job's own process."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), disable=not progress, unit="job", desc=f"study {study.name}", dynamic_ncols=True)
-    finished = []
+    from generators.cluster import After, Task, run_tasks, signals_raise, stop_jobs
 
-    def record(r):
+    bar = tqdm(total=len(todo), disable=not progress, unit="job", desc=f"study {study.name}", dynamic_ncols=True)
+    launch = {"threads": cluster.threads(), "gpus_per_worker": cluster.gpus_per_worker(),
+              "devices": study.devices_per_job, "cwd": os.getcwd()}
+    by_id, planned = {j["job_id"]: j for j in jobs}, {j["job_id"] for j in todo}
+    finished, since = [], time.time()
+    tasks = []
+    for job in todo:
+        parent = None
+        if job["parent"]:  # a parent run in this study is an earlier task; one done before is its state
+            parent = After(job["parent"]) if job["parent"] in planned else job_state(by_id[job["parent"]])
+        tasks.append(Task(key=job["job_id"], fn=run_job, args=(job, parent, launch), info=job))
+
+    def record(task, r):
         finished.append(r)
         bar.update(1)
         write_results(study, jobs, cache)  # after every job: a kill loses nothing that finished
+        failed = sum(x["status"] == "failed" for x in finished)
+        running = sum(_running(j, since) for j in todo)
+        bar.set_postfix_str(f"done {len(finished) - failed} running {running} failed {failed}")
 
-    if workers == 0 and not scheduler:
-        by_id = {j["job_id"]: j for j in jobs}
-        for job in todo:
-            parent = job_state(by_id[job["parent"]]) if job["parent"] else None
-            bar.set_postfix_str(f"running {job['job_id']}")
-            record(run_job(job, parent))
-        bar.close()
-        return finished
-    return _run_on_dask(jobs, todo, workers, scheduler, bar, record, finished)
-
-
-def _run_on_dask(jobs, todo, workers, scheduler, bar, record, finished):
-    from distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-        threads = None  # the remote workers' own settings stand
-    else:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        # Dask starts workers with OMP/MKL_NUM_THREADS=1 (right for numpy tasks, not for a torch job that owns
-        # its share of the cores). Processes, not threads: concurrent jobs in one process would share torch's
-        # global RNG and break seed-for-seed reproducibility. (Open: on CPUs a job in a nanny-spawned worker
-        # still measures ~2.4x slower than in a plain process; `workers: 0` runs jobs here at full speed.)
-        env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               env=env)
-        client = Client(cluster)
-    try:
-        futures, by_id = {}, {j["job_id"]: j for j in jobs}
-        for job in todo:
-            parent = None
-            if job["parent"]:
-                # A parent run in this study is a future (Dask orders the two); a parent done earlier is its state.
-                parent = futures.get(job["parent"]) or job_state(by_id[job["parent"]])
-            futures[job["job_id"]] = client.submit(run_job, job, parent, threads, key=f"job-{job['job_id']}-"
-                                                   f"{time.time_ns()}", pure=False)
-        job_of = {f.key: by_id[j] for j, f in futures.items()}
-        failed, since = 0, time.time()
-        for fut in as_completed(list(futures.values())):
+    def stop_all(client):
+        """Interrupted: stop the job processes (here and, on a remote cluster, on every worker's host)."""
+        dirs = [str(_job_dir(j)) for j in todo]
+        stop_jobs(dirs)
+        if client is not None and (cluster.scheduler or cluster.kind != "local"):
             try:
-                r = fut.result()
-            except Exception as err:  # noqa: BLE001 - the worker died (killed, out of memory): record and go on
-                r = _worker_lost(job_of[fut.key], err)
-            failed += r["status"] == "failed"
-            record(r)
-            running = sum(_running(j, since) for j in job_of.values())
-            bar.set_postfix_str(f"done {len(finished) - failed} running {running} failed {failed}")
+                client.run(stop_jobs, dirs)
+            except Exception:  # noqa: BLE001 - closing the cluster (batch jobs cancelled) stops the rest
+                pass
+
+    try:
+        with signals_raise():
+            run_tasks(tasks, cluster, record, on_error=lambda t, err: _worker_lost(t.info, err),
+                      on_interrupt=stop_all)
     finally:
         bar.close()
-        client.close()
-        if cluster is not None:
-            cluster.close()
     return finished
 
 
@@ -404,12 +431,8 @@ def _running(job: dict, since: float) -> bool:
 
 
 def _worker_lost(job: dict, err: Exception) -> dict:
-    from generators.writers import atomic_path
-
-    r = {"job_id": job["job_id"], "status": "failed", "seconds": 0.0, "error": f"worker lost: {type(err).__name__}: {err}"}
-    with atomic_path(_job_dir(job) / "error.json") as tmp:
-        tmp.write_text(json.dumps(r, indent=2))
-    return r
+    return _failed(_job_dir(job), {"job_id": job["job_id"], "status": "failed", "seconds": 0.0,
+                                   "error": f"worker lost: {type(err).__name__}: {err}"})
 
 
 # ---------------------------------------------------------------- command line
@@ -423,8 +446,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="run (or resume) every job of a study file")
     r.add_argument("study")
-    r.add_argument("--workers", type=int, help="local Dask workers (0: in this process); default: the file's")
-    r.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    add_cluster_arguments(r)
     r.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     r.add_argument("--quiet", action="store_true")
     rep = sub.add_parser("report", help="figures, statistics and tests of a study folder")
@@ -433,7 +455,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.verb == "run":
-            s = run_study(args.study, args.workers, args.scheduler, args.retry_failed, progress=not args.quiet)
+            study, _ = load_study(args.study)
+            cluster = study.cluster_config(args)
+            if args.job_script:
+                print(job_script(cluster))
+                return 0
+            try:
+                s = run_study(args.study, retry_failed=args.retry_failed, progress=not args.quiet, cluster=cluster)
+            except KeyboardInterrupt:
+                print(f"temsynth study run: interrupted; its job processes were stopped. Re-run the same command "
+                      "to resume (finished jobs are kept, running ones continue from their checkpoints)",
+                      file=sys.stderr)
+                return 130
             print(json.dumps({k: v for k, v in s.items()}, indent=2))
             return 1 if s["failed"] else 0
         from .report import ReportError, write_report
