@@ -19,6 +19,11 @@ def tiny_dict(**over):
                       "substrate": {"thickness_A": {"uniform": [10, 16]}, "bank_size": 2}},
         "imaging": {"image_size_px": 128, "pixel_size_A": 0.25, "dose_e_per_A2": {"uniform": [300, 800]}},
     }
+    return with_fields(d, **over)
+
+
+def with_fields(d: dict, **over) -> dict:
+    """Set dotted fields ("structure.radius_A") of a config dict in place; returns it."""
     for k, v in over.items():
         node = d
         *parents, leaf = k.split(".")

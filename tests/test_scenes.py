@@ -6,7 +6,7 @@ from scipy.spatial import cKDTree
 
 from generators.config import ConfigError, Defects, from_dict
 from generators.structures import build_particle, build_structure
-from tests.conftest import tiny_dict
+from tests.conftest import tiny_dict, with_fields
 
 
 def scene_dict(**over):
@@ -20,13 +20,7 @@ def scene_dict(**over):
         "structure.allow_border_cuts": True,
         "structure.defects": {"type": {"choice": ["none", "twin"]}},
     })
-    for k, v in over.items():
-        node = d
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return d
+    return with_fields(d, **over)
 
 
 @pytest.mark.parametrize("material, a", [("Ag", 4.086), ("Pt", 3.924)])
