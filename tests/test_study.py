@@ -88,14 +88,14 @@ def test_tiny_study_end_to_end_with_one_row_per_job_epoch_benchmark(built, tmp_p
 
 
 def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
-    f = write(tmp_path, study_dict(built, tmp_path / "s"))
+    f = write(tmp_path, study_dict(built, tmp_path / "s", seeds=[0]))  # 4 jobs
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "generators.cli", "study", "run", str(f), "--quiet"]
     proc = subprocess.Popen(cmd + ["--workers", "0"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # a busy shared machine runs a tiny job in minutes, not seconds
     done = lambda: sorted((tmp_path / "s" / "jobs").glob("*/*/done.json"))  # noqa: E731
-    while len(done()) < 3 and proc.poll() is None and time.time() < deadline:
+    while len(done()) < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the study ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
@@ -106,15 +106,15 @@ def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
     for m in markers:
         assert _gone(json.loads(m.read_text())["pgid"])
     before = {p: p.stat().st_mtime_ns for p in done()}
-    assert 3 <= len(before) < 8
-    r = subprocess.run(cmd + ["--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert 1 <= len(before) < 4
+    r = subprocess.run(cmd + ["--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout[r.stdout.index("{"):])
-    assert out["done"] == 8 and out["timing"]["jobs_run"] == 8 - len(before)
+    assert out["done"] == 4 and out["timing"]["jobs_run"] == 4 - len(before)
     assert all(p.stat().st_mtime_ns == m for p, m in before.items())  # finished jobs were not run again
     rows = pq.read_table(tmp_path / "s" / "results.parquet").to_pylist()
     keys = [(r["job_id"], r["phase"], r["epoch"], r["benchmark"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 16
+    assert len(keys) == len(set(keys)) == 8
 
 
 def _gone(pgid: int, timeout: float = 15) -> bool:
@@ -138,7 +138,7 @@ def test_sigterm_stops_the_job_processes_on_dask_workers_and_a_rerun_resumes(bui
     proc = subprocess.Popen(cmd + ["--workers", "1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     job = tmp_path / "s" / "jobs" / "first_condition-s0" / "train"
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while not (job / "running.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the study ended before it could be stopped"
@@ -148,7 +148,7 @@ def test_sigterm_stops_the_job_processes_on_dask_workers_and_a_rerun_resumes(bui
     assert proc.returncode == 130 and "Re-run the same command to resume" in err
     assert _gone(pgid)
     assert not (job / "error.json").exists() and not (job / "done.json").exists()  # stopped, not failed
-    r = subprocess.run(cmd + ["--workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd + ["--workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout[r.stdout.index("{"):])
     assert out["done"] == 1 and out["timing"]["jobs_run"] == 1
