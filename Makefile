@@ -39,7 +39,7 @@ realistic: tem_np_realistic real_exp
 	$(PY) benchmarks/bench_real.py runs/realistic_ft/model --fields benchmark --split-from real_exp \
 		--out runs/realistic_ft/real_scores.json
 
-# The example study (docs in README): 4 data subsets x 5 seeds, fine-tuned and scored on the real micrographs.
+# The example study (docs in README): 4 data subsets x 3 seeds, fine-tuned and scored on the real micrographs; ~30 min on 2 cores.
 study: tem_np_realistic real_exp
 	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth study run training/examples/study_demo.yaml
 	$(VENV)/bin/temsynth study report runs/study_demo
