@@ -46,8 +46,8 @@ from training.study import load_study, run_study  # noqa: E402
 def study_dict(data: str, out: Path, seeds: int, epochs: int, ft_epochs: int, workers: int) -> dict:
     src = lambda q=None: {"path": data, "n_images": 24, **({"query": q} if q else {})}  # noqa: E731
     return {"name": "bench_study", "output_dir": str(out), "seeds": seeds, "workers": workers,
-            "subsets": [{"name": "with_defects", "sources": [src("defect_type != 'none'")]},
-                        {"name": "no_defects", "sources": [src("defect_type == 'none'")]},
+            "subsets": [{"name": "with_defects", "sources": [src("any(particle_defect_type != 'none')")]},
+                        {"name": "no_defects", "sources": [src("all(particle_defect_type == 'none')")]},
                         {"name": "narrow_defocus", "sources": [src("-5 <= defocus_nm <= 5")]},
                         {"name": "wide_defocus", "sources": [src()]}],
             "benchmarks": [{"name": "validation", "path": data, "split": "validation"}],
