@@ -33,6 +33,20 @@ def with_fields(d: dict, **over) -> dict:
     return d
 
 
+def process_group_gone(pgid: int, timeout: float = 15) -> bool:
+    """True once no process of the group is left (polled until `timeout` seconds)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg():
     return from_dict(tiny_dict())

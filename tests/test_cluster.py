@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import process_group_gone
+
 from generators.cluster import (After, ClusterConfig, Task, choose_gpus, cluster_config, job_command, job_env,
                                 job_script, last_error_line, launch_job, run_tasks, stop_jobs)
 from generators.config import ConfigError
@@ -184,17 +186,6 @@ def _start_job(tmp_path, code):
     return proc, json.loads(marker.read_text())["pgid"]
 
 
-def _gone(pgid: int, timeout: float = 10) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_an_interrupted_wait_stops_the_job_process_group(tmp_path):
     # SIGTERM to the runner: its wait is interrupted and the job's whole process group goes, including a
     # grandchild (as `accelerate launch` has).
@@ -203,14 +194,14 @@ def test_an_interrupted_wait_stops_the_job_process_group(tmp_path):
     proc, pgid = _start_job(tmp_path, sleeper)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 130
-    assert _gone(pgid) and not (tmp_path / "running.json").exists()
+    assert process_group_gone(pgid) and not (tmp_path / "running.json").exists()
     # A runner killed outright (SIGKILL) cleans nothing up: the kernel sends its job SIGTERM (parent-death signal).
     proc, pgid = _start_job(tmp_path, "import time; time.sleep(60)")
     proc.kill()
     proc.wait()
-    assert _gone(pgid)
+    assert process_group_gone(pgid)
     # stop_jobs finds a job by its folder's marker (what a study runs on each worker's host when interrupted).
     proc, pgid = _start_job(tmp_path, sleeper)
     assert stop_jobs([str(tmp_path)]) == [str(tmp_path)]
-    assert _gone(pgid)
+    assert process_group_gone(pgid)
     proc.wait(timeout=30)

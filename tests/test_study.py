@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+
+from tests.conftest import process_group_gone
 import yaml
 
 from generators.config import ConfigError
@@ -104,7 +106,7 @@ def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
     markers = list((tmp_path / "s" / "jobs").glob("*/*/running.json"))
     assert len(markers) <= 1
     for m in markers:
-        assert _gone(json.loads(m.read_text())["pgid"])
+        assert process_group_gone(json.loads(m.read_text())["pgid"])
     before = {p: p.stat().st_mtime_ns for p in done()}
     assert 1 <= len(before) < 4
     r = subprocess.run(cmd + ["--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -115,17 +117,6 @@ def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
     rows = pq.read_table(tmp_path / "s" / "results.parquet").to_pylist()
     keys = [(r["job_id"], r["phase"], r["epoch"], r["benchmark"]) for r in rows]
     assert len(keys) == len(set(keys)) == 8
-
-
-def _gone(pgid: int, timeout: float = 15) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_sigterm_stops_the_job_processes_on_dask_workers_and_a_rerun_resumes(built, tmp_path):
@@ -146,7 +137,7 @@ def test_sigterm_stops_the_job_processes_on_dask_workers_and_a_rerun_resumes(bui
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Re-run the same command to resume" in err
-    assert _gone(pgid)
+    assert process_group_gone(pgid)
     assert not (job / "error.json").exists() and not (job / "done.json").exists()  # stopped, not failed
     r = subprocess.run(cmd + ["--workers", "0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-2000:]
