@@ -506,6 +506,16 @@ class GenerationConfig(Strict):
         return int(round(self.field_of_view_A / self.simulation.sampling_A))
 
     @property
+    def multislice_gpts(self) -> int:
+        """The run's one multislice grid (FFT plans, wisdom and the carbon's reused slices are made for it)."""
+        if self.imaging.detector_pixel_size_A is None:
+            return self.sim_gpts
+        gpts = int(math.ceil(self.field_of_view_A / self.simulation.sampling_A - 1e-9))
+        while not _smooth(gpts):
+            gpts += 1
+        return gpts
+
+    @property
     def bin_factor(self) -> int:
         return int(round(self.imaging.pixel_size_A / self.simulation.sampling_A))
 
@@ -643,3 +653,11 @@ def rng_for(root_seed: int, stage: int, *ids: int) -> np.random.Generator:
 
 def seed_for(root_seed: int, stage: int, *ids: int) -> int:
     return int(np.random.SeedSequence(root_seed, spawn_key=(stage, *ids)).generate_state(1, np.uint32)[0])
+
+
+def _smooth(n: int) -> bool:
+    """Only factors 2, 3, 5 and 7: the sizes FFTs are fast on."""
+    for p in (2, 3, 5, 7):
+        while n % p == 0:
+            n //= p
+    return n == 1

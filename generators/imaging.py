@@ -57,13 +57,6 @@ class Grid:
         return self.sim_gpts // self.detector_px if self.sim_gpts % self.detector_px == 0 else None
 
 
-def _smooth(n: int) -> bool:
-    for p in (2, 3, 5, 7):
-        while n % p == 0:
-            n //= p
-    return n == 1
-
-
 def grid_for(cfg: GenerationConfig, structure_index: int) -> Grid:
     """The config's fixed grid, or, with `detector_pixel_size_A`, a camera pixel size drawn per structure over
     one multislice grid for the whole run (FFT plans are made once per grid, so it must not change)."""
@@ -71,9 +64,7 @@ def grid_for(cfg: GenerationConfig, structure_index: int) -> Grid:
     L = cfg.field_of_view_A
     if im.detector_pixel_size_A is None:
         return Grid(L, cfg.sim_gpts, im.field_px)
-    gpts = int(np.ceil(L / cfg.simulation.sampling_A - 1e-9))
-    while not _smooth(gpts):
-        gpts += 1
+    gpts = cfg.multislice_gpts
     p = float(im.detector_pixel_size_A.sample(rng_for(cfg.seed, STAGE_DETECTOR, structure_index, 0)))
     return Grid(L, gpts, max(8, int(round(L / p))))
 

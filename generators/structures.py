@@ -76,6 +76,7 @@ class Structure:
     particles: list[Particle]
     substrate: SubstrateCut
     n_particles_requested: int
+    substrate_block: np.ndarray | None = None  # the bank block the carbon was cut from (block frame, z from 0)
 
     @property
     def n_atoms(self) -> int:
@@ -313,7 +314,7 @@ def build_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = 
     centres = _place(cfg, rng, [m["bounding_radius_A"] for _, _, m in drawn])
     drawn = [(d, c) for d, c in zip(drawn, centres) if c is not None]
 
-    sub_pos, cut = cut_substrate(cfg, rng, cache_dir)
+    sub_pos, cut, block = cut_substrate(cfg, rng, cache_dir)
     dz = cfg.simulation.slice_thickness_A
     L = cfg.field_of_view_A
     # Every particle's lowest atom sits contact_distance_A above the highest carbon atom (z grows downwards).
@@ -339,5 +340,5 @@ def build_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = 
         particle_index=cat(owner, (0,)).astype(int),
         substrate_positions=sub_pos, substrate_numbers=np.full(len(sub_pos), 6, int),
         cell_xy_A=L, particle_height_A=particle_height, substrate_height_A=substrate_height,
-        particles=particles, substrate=cut, n_particles_requested=n_requested,
+        particles=particles, substrate=cut, n_particles_requested=n_requested, substrate_block=block,
     )

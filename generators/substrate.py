@@ -19,9 +19,18 @@ from .config import STAGE_SUBSTRATE, GenerationConfig, seed_for
 
 @dataclass(frozen=True)
 class SubstrateCut:
-    """Where one structure's carbon came from: enough to rebuild it from the bank."""
+    """Where one structure's carbon came from: enough to rebuild it from the bank.
+
+    The shift is a whole number of multislice samples, and flips and the x/y swap map the sample grid onto
+    itself, so the cut's sliced potential is the block's, re-indexed: `multislice.py` builds each block's slices
+    once and reuses them for every structure cut from it."""
     thickness_A: float
     bank_index: int
+    block_key: str = ""
+    grid_px: int = 1  # the multislice grid the shift is counted on
+    shift_px: tuple[int, int] = (0, 0)
+    flip: tuple[bool, bool] = (False, False)
+    swap: bool = False
 
 
 def prune_close_pairs(pos: np.ndarray, box_xy: float, min_dist_A: float) -> np.ndarray:
@@ -46,14 +55,25 @@ def prune_close_pairs(pos: np.ndarray, box_xy: float, min_dist_A: float) -> np.n
 _BANK: dict[str, np.ndarray] = {}
 
 
+def block_key(cfg: GenerationConfig, index: int) -> str:
+    sub = cfg.structure.substrate
+    return (f"carbon-v2-{index}-L{cfg.field_of_view_A:g}-t{_depth(cfg):g}-rho{sub.density_atoms_per_A3:g}"
+            f"-d{sub.min_dist_A:g}-s{cfg.seed}")
+
+
+def _depth(cfg: GenerationConfig) -> float:
+    dz = cfg.simulation.slice_thickness_A
+    return math.ceil(cfg.structure.substrate.thickness_A.support()[1] / dz) * dz
+
+
 def bank_block(cfg: GenerationConfig, index: int, cache_dir: Path | None) -> np.ndarray:
     """A periodic (in x, y) amorphous carbon block of the full field and the deepest thickness asked for."""
     from czone.generator.amorphous_algorithms import gen_p_substrate
 
     sub = cfg.structure.substrate
     L = cfg.field_of_view_A
-    depth = math.ceil(sub.thickness_A.support()[1] / cfg.simulation.slice_thickness_A) * cfg.simulation.slice_thickness_A
-    key = f"carbon-v2-{index}-L{L:g}-t{depth:g}-rho{sub.density_atoms_per_A3:g}-d{sub.min_dist_A:g}-s{cfg.seed}"
+    depth = _depth(cfg)
+    key = block_key(cfg, index)
     if key in _BANK:
         return _BANK[key]
     path = cache_dir / f"{key}.npy" if cache_dir else None
@@ -80,23 +100,34 @@ def bank_block(cfg: GenerationConfig, index: int, cache_dir: Path | None) -> np.
 
 
 def cut_substrate(cfg: GenerationConfig, rng: np.random.Generator, cache_dir: Path | None):
-    """Carbon of a sampled thickness cut from a bank block, shifted and flipped at random (exact: the block is
-    periodic in x and y), so thousands of structures need only `bank_size` slow amorphous generations.
+    """Carbon of a sampled thickness cut from a bank block, shifted by whole multislice samples and flipped at
+    random (exact: the block is periodic in x and y), so thousands of structures need only `bank_size` slow
+    amorphous generations and `bank_size` sliced potentials.
 
-    Returns positions (z from 0 at the top surface, growing with depth) and the cut's description."""
+    Returns positions (z from 0 at the top surface, growing with depth), the cut's description and the block."""
     sub = cfg.structure.substrate
     L = cfg.field_of_view_A
+    n = cfg.multislice_gpts
     thickness = float(sub.thickness_A.sample(rng))
     bank_index = int(rng.integers(sub.bank_size))
-    shift = rng.uniform(0, L, size=2)
+    shift_px = rng.integers(0, n, size=2)
     flip = rng.integers(0, 2, size=2).astype(bool)
     swap = bool(rng.integers(0, 2))
     block = bank_block(cfg, bank_index, cache_dir)
-    pos = block[block[:, 2] < thickness].copy()
-    pos[:, :2] = np.mod(pos[:, :2] + shift, L)
+    cut = SubstrateCut(thickness_A=thickness, bank_index=bank_index, block_key=block_key(cfg, bank_index), grid_px=n,
+                       shift_px=(int(shift_px[0]), int(shift_px[1])), flip=(bool(flip[0]), bool(flip[1])), swap=swap)
+    return cut_positions(block, cut, L), cut, block
+
+
+def cut_positions(block: np.ndarray, cut: SubstrateCut, field_A: float) -> np.ndarray:
+    """The cut's atoms: the block above `thickness_A`, shifted by `shift_px` samples of `field_A / grid_px`,
+    flipped, then x and y swapped (`multislice.to_cut_frame` moves fields on the sample grid the same way)."""
+    L = field_A
+    pos = block[block[:, 2] < cut.thickness_A].copy()
+    pos[:, :2] = np.mod(pos[:, :2] + np.asarray(cut.shift_px) * (L / cut.grid_px), L)
     for ax in (0, 1):
-        if flip[ax]:
+        if cut.flip[ax]:
             pos[:, ax] = np.mod(L - pos[:, ax], L)
-    if swap:
+    if cut.swap:
         pos[:, [0, 1]] = pos[:, [1, 0]]
-    return pos, SubstrateCut(thickness_A=thickness, bank_index=bank_index)
+    return pos
