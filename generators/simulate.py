@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -59,6 +60,8 @@ class AbtemSimulator:
         self.thermal_sigma_A = thermal_sigma_A
         self.version = abtem.__version__
         self.device = self._pick_device(cfg.device)
+        self._folders: tuple[Path | None, Path | None] = (None, None)
+        self._engine = None
 
     @staticmethod
     def _pick_device(device: str) -> str:
@@ -75,14 +78,28 @@ class AbtemSimulator:
                                        "available; install cupy-cuda12x on a GPU machine or use device: auto/cpu")
         return "gpu" if ok else "cpu"
 
+    def use_folders(self, wisdom_dir: Path | None, carbon_dir: Path | None) -> None:
+        """Where this run's FFTW wisdom lives (the dataset folder) and where the carbon's sliced transmission
+        functions are shared between workers (its work folder); both optional."""
+        if (wisdom_dir, carbon_dir) != self._folders:
+            self._folders = (wisdom_dir, carbon_dir)
+            self._engine = None
+
+    def _cpu_engine(self, cell_xy_A: float):
+        from .multislice import CarbonSlices, Multislice
+
+        if self._engine is None or self._engine[0].extent != cell_xy_A:
+            wisdom_dir, carbon_dir = self._folders
+            engine = Multislice(self.gpts, cell_xy_A, self.cfg.energy_keV, self.cfg.slice_thickness_A,
+                                self.cfg.parametrization, wisdom_dir)
+            self._engine = (engine, CarbonSlices(engine, carbon_dir))
+        return self._engine
+
     @contextlib.contextmanager
     def _abtem_config(self):
         import abtem
 
         # Eager, single-threaded inside our own workers: parallelism is one structure per Dask worker.
-        # abTEM's FFTW_MEASURE plans stay: FFTW_ESTIMATE (deterministic plans) made the multislice 3x slower and
-        # numpy's FFT 2x. The price: plans measured in another process may differ in the last bits, which moves
-        # some Poisson draws (0.5 % of pixels between two builds of the demo); one process is bit-reproducible.
         with abtem.config.set({"device": self.device, "precision": "float32", "dask.lazy": False,
                                "diagnostics.progress_bar": False, "fftw.threads": 1}):
             yield
@@ -95,11 +112,44 @@ class AbtemSimulator:
         return abtem.Potential(atoms, gpts=(self.gpts, self.gpts), slice_thickness=self.cfg.slice_thickness_A,
                                parametrization=self.cfg.parametrization, projection="infinite").build()
 
-    def exit_waves(self, structure: Structure, root_seed: int) -> ExitWaves:
-        import abtem
+    def _particle_positions(self, s: Structure, rng) -> np.ndarray:
+        pos = s.particle_positions
+        if self.thermal_sigma_A > 0:
+            pos = pos + rng.normal(0.0, self.thermal_sigma_A, size=pos.shape)
+        return pos
 
+    def exit_waves(self, structure: Structure, root_seed: int) -> ExitWaves:
+        """Both waves per frozen-phonon configuration. On the CPU through `multislice.py` (deterministic FFTW
+        plans, carbon slices reused per bank block); on a GPU through abTEM on CuPy (the same physics)."""
         s = structure
         rng = rng_for(root_seed, STAGE_PHONONS, s.structure_index)
+        if self.device == "cpu" and s.substrate_block is not None:
+            particle, full = self._exit_waves_cpu(s, rng)
+        else:
+            particle, full = self._exit_waves_abtem(s, rng)
+        # Both paths index arrays [x, y]; records are images [row = y, column = x].
+        stack = lambda a: np.ascontiguousarray(np.stack(a).swapaxes(-1, -2).astype(np.complex64))
+        return ExitWaves(particle=stack(particle), full=stack(full),
+                         sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.cfg.energy_keV)
+
+    def _exit_waves_cpu(self, s: Structure, rng):
+        from .multislice import carbon_exit_wave
+
+        engine, carbon = self._cpu_engine(s.cell_xy_A)
+        n_particle = int(round(s.particle_height_A / self.cfg.slice_thickness_A))
+        particle, full = [], []
+        for _ in range(self.cfg.n_frozen_phonons):
+            engine.wave[:] = 1  # abTEM's plane wave: unit amplitude
+            if len(s.particle_numbers):
+                engine.propagate_atoms(self._particle_positions(s, rng), s.particle_numbers, n_particle)
+            particle.append(engine.wave.copy())
+            carbon_exit_wave(engine, carbon, s)
+            full.append(engine.wave.copy())
+        return particle, full
+
+    def _exit_waves_abtem(self, s: Structure, rng):
+        import abtem
+
         particle, full = [], []
         with self._abtem_config():
             substrate = None
@@ -109,10 +159,8 @@ class AbtemSimulator:
                 plane = abtem.PlaneWave(energy=self.cfg.energy_keV * 1e3, gpts=(self.gpts, self.gpts),
                                         extent=(s.cell_xy_A, s.cell_xy_A))
                 if len(s.particle_numbers):
-                    pos = s.particle_positions
-                    if self.thermal_sigma_A > 0:
-                        pos = pos + rng.normal(0.0, self.thermal_sigma_A, size=pos.shape)
-                    pot = self._potential(pos, s.particle_numbers, s.cell_xy_A, s.particle_height_A)
+                    pot = self._potential(self._particle_positions(s, rng), s.particle_numbers, s.cell_xy_A,
+                                          s.particle_height_A)
                     wave = plane.multislice(pot)
                     particle.append(_to_numpy(wave.array))
                 else:  # an empty field: the particle-only wave is the incident plane wave
@@ -121,10 +169,7 @@ class AbtemSimulator:
                 if substrate is not None:
                     wave = wave.multislice(substrate)
                 full.append(_to_numpy(wave.array))
-        # abTEM indexes arrays [x, y]; records are images [row = y, column = x].
-        stack = lambda a: np.ascontiguousarray(np.stack(a).swapaxes(-1, -2).astype(np.complex64))
-        return ExitWaves(particle=stack(particle), full=stack(full),
-                         sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.cfg.energy_keV)
+        return particle, full
 
 
 def _to_numpy(a):

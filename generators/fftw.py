@@ -1,0 +1,123 @@
+"""FFTW plans that are the same in every process: measured once per grid, kept as wisdom, replayed everywhere.
+
+FFTW_MEASURE picks the fastest of several algorithms by timing them, so two processes (one of them on a busy
+machine) can pick different ones; their results differ in the last bits, and a Poisson draw on a pixel near a
+count boundary then moves by one count. FFTW_ESTIMATE is deterministic but 2-10x slower on our grids. Wisdom
+records which algorithm the measurement chose: every process that imports the same wisdom and plans with
+FFTW_WISDOM_ONLY gets that algorithm, hence the same bits, at measured speed.
+
+Where wisdom comes from, first found wins:
+1. the dataset folder's own `fftw/` (what its records were made with: regenerate and resume use it);
+2. this machine's cache (`$TEMSYNTH_CACHE`, else `$XDG_CACHE_HOME/temsynth`, else `~/.cache/temsynth`), so that two
+   builds of one config on one machine share every bit;
+3. a fresh measurement, written to the cache and then copied into the dataset folder.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+WISDOM_DIR = "fftw"
+
+
+def _wisdom_name(gpts: int) -> str:
+    import pyfftw
+
+    # Plans are only valid for the FFTW build and the SIMD unit they were measured with.
+    return f"wisdom-{gpts}x{gpts}-t1-fftw{pyfftw.__version__}-simd{pyfftw.simd_alignment}.pkl"
+
+
+def machine_cache() -> Path:
+    if os.environ.get("TEMSYNTH_CACHE"):
+        return Path(os.environ["TEMSYNTH_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "temsynth"
+
+
+def _arrays(gpts: int):
+    import pyfftw
+
+    wave = pyfftw.empty_aligned((gpts, gpts), dtype="complex64")
+    work = pyfftw.empty_aligned((gpts, gpts), dtype="complex64")
+    r = pyfftw.empty_aligned((gpts, gpts), dtype="float32")
+    h = pyfftw.empty_aligned((gpts, gpts // 2 + 1), dtype="complex64")
+    return wave, work, r, h
+
+
+def _plans(gpts: int, flags: tuple[str, ...], arrays=None):
+    """The transforms the multislice uses: in-place complex forward/backward on two buffers (the wave, and
+    the transmission function being built), real forward/backward."""
+    import pyfftw
+
+    wave, work, r, h = arrays or _arrays(gpts)
+    kw = dict(axes=(0, 1), threads=1)
+    c2c = lambda c, d: pyfftw.FFTW(c, c, direction=d, flags=flags, **kw)  # noqa: E731
+    return (c2c(wave, "FFTW_FORWARD"), c2c(wave, "FFTW_BACKWARD"), c2c(work, "FFTW_FORWARD"),
+            c2c(work, "FFTW_BACKWARD"),
+            pyfftw.FFTW(r, h, direction="FFTW_FORWARD", flags=flags, **kw),
+            pyfftw.FFTW(h, r, direction="FFTW_BACKWARD", flags=flags + ("FFTW_DESTROY_INPUT",), **kw))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _measure(gpts: int) -> bytes:
+    import pyfftw
+
+    pyfftw.forget_wisdom()
+    _plans(gpts, ("FFTW_MEASURE",))
+    return pickle.dumps(pyfftw.export_wisdom())
+
+
+def ensure_wisdom(gpts: int, dataset_dir: Path | None = None) -> Path:
+    """The wisdom file this grid's plans come from (see the module docstring for the order), copied into
+    `dataset_dir/fftw/` when given. Call it once before work is handed out, so every worker finds it."""
+    name = _wisdom_name(gpts)
+    own = Path(dataset_dir) / WISDOM_DIR / name if dataset_dir is not None else None
+    if own is not None and own.is_file():
+        return own
+    cached = machine_cache() / name
+    if not cached.is_file():
+        try:
+            _write_atomic(cached, _measure(gpts))
+        except OSError:  # a read-only home: the dataset folder alone keeps it
+            if own is None:
+                raise
+            _write_atomic(own, _measure(gpts))
+            return own
+    if own is None:
+        return cached
+    _write_atomic(own, cached.read_bytes())
+    return own
+
+
+def deterministic_plans(gpts: int, dataset_dir: Path | None = None):
+    """(arrays, plans) for one grid, planned from the wisdom `ensure_wisdom` names; never re-measured."""
+    import pyfftw
+
+    path = ensure_wisdom(gpts, dataset_dir)
+    # Forget first: wisdom measured earlier in this process (abTEM's own plans, another grid's measurement)
+    # must not take precedence. Importing is cheap, and plans are made once per grid and process.
+    pyfftw.forget_wisdom()
+    pyfftw.import_wisdom(pickle.loads(path.read_bytes()))
+    arrays = _arrays(gpts)
+    try:
+        plans = _plans(gpts, ("FFTW_MEASURE", "FFTW_WISDOM_ONLY"), arrays)
+    except RuntimeError as e:
+        raise RuntimeError(f"{path} holds no FFTW plan for a {gpts}x{gpts} grid on this machine (made on another "
+                           f"CPU?): delete it and re-run to measure new plans (records made with the old ones "
+                           f"may then differ in the last count)") from e
+    return arrays, plans
+
+
+def wisdom_sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+

@@ -1,0 +1,210 @@
+"""The CPU multislice: abTEM's physics (its infinite-projection potentials, transmission functions, antialias
+aperture and Fresnel propagator), run on FFTW plans replayed from wisdom (`fftw.py`) and with the carbon's
+transmission functions built once per bank block.
+
+Per slice abTEM builds the potential (an FFT pair per element), its transmission function, band-limits it (an FFT
+pair) and propagates (an FFT pair). Here:
+- the potential of all elements of a slice costs one real FFT pair (elements are summed in Fourier space);
+- a slice without atoms (above a short particle) is a pure propagation, as its transmission function is 1;
+- the carbon's band-limited transmission functions are made once per bank block in the block's own frame
+  (`CarbonSlices`) and never again: a structure's carbon is its block shifted by whole samples, flipped and
+  transposed, operations that map the sample grid onto itself and commute with every step of the multislice,
+  so the wave is carried into the block's frame, propagated through the stored slices and carried back. Only
+  the cut's partial bottom slice is built per structure.
+The result equals abTEM's own multislice of the same structure to float rounding (`tests/test_multislice.py`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from .fftw import deterministic_plans
+
+
+def _shift(cut, gpts: int) -> tuple[int, int] | None:
+    """The cut's shift in samples of a `gpts` grid; None where it is no whole number of them."""
+    scaled = [s * gpts / cut.grid_px for s in cut.shift_px]
+    return tuple(int(round(v)) for v in scaled) if all(abs(v - round(v)) < 1e-9 for v in scaled) else None
+
+
+def to_block_frame(a: np.ndarray, cut) -> np.ndarray:
+    """Inverse of `to_cut_frame` (arrays indexed [x, y], as abTEM's)."""
+    if cut.swap:
+        a = a.T
+    for ax in (0, 1):
+        if cut.flip[ax]:
+            a = np.roll(np.flip(a, ax), 1, axis=ax)  # i -> -i (mod n): x -> L - x on the sample grid
+    shift = _shift(cut, a.shape[0])
+    return np.roll(a, (-shift[0], -shift[1]), axis=(0, 1))
+
+
+def to_cut_frame(a: np.ndarray, cut) -> np.ndarray:
+    """The block-frame field as it lies under the structure: shifted, flipped, then x/y swapped (the order
+    `substrate.cut_substrate` moves the atoms in)."""
+    a = np.roll(a, _shift(cut, a.shape[0]), axis=(0, 1))
+    for ax in (0, 1):
+        if cut.flip[ax]:
+            a = np.roll(np.flip(a, ax), 1, axis=ax)
+    if cut.swap:
+        a = a.T
+    return np.ascontiguousarray(a)
+
+
+class Multislice:
+    """Plane-wave multislice on one square grid; every FFT goes through wisdom-replayed FFTW plans."""
+
+    def __init__(self, gpts: int, extent_A: float, energy_keV: float, slice_thickness_A: float,
+                 parametrization: str, wisdom_dir: Path | None = None):
+        from abtem.antialias import antialias_aperture
+        from abtem.core.energy import energy2sigma
+        from abtem.integrals import ScatteringFactorProjectionIntegrals, sinc
+        from abtem.multislice import _fresnel_propagator_array
+
+        self.gpts, self.extent, self.dz = gpts, extent_A, slice_thickness_A
+        self.sampling = extent_A / gpts
+        n2 = float(gpts * gpts)
+        (self.wave, self.work, self.real, self.half), plans = deterministic_plans(gpts, wisdom_dir)
+        self._wfwd, self._wbwd, self._fwd, self._bwd, self._rfwd, self._rbwd = plans
+        grid = ((gpts, gpts), (self.sampling, self.sampling))
+        aperture = antialias_aperture(*grid, xp=np).astype(np.float32)
+        energy = energy_keV * 1e3
+        # The inverse transforms are unnormalised: 1/N^2 goes into the kernels.
+        self.propagator = (_fresnel_propagator_array(slice_thickness_A, *grid, energy, "cpu") * aperture / n2
+                           ).astype(np.complex64)
+        self.bandlimit = (aperture / n2).astype(np.float32)
+        self.sigma = np.float32(energy2sigma(energy))
+        self._integrator = ScatteringFactorProjectionIntegrals(parametrization=parametrization)
+        self._sinc = sinc(*grid, "cpu")
+        self._kernels: dict[int, np.ndarray] = {}
+
+    def _kernel(self, number: int) -> np.ndarray:
+        from ase.data import chemical_symbols
+
+        if number not in self._kernels:
+            f = self._integrator.get_scattering_factor(chemical_symbols[number], (self.gpts, self.gpts),
+                                                       (self.sampling, self.sampling), "cpu")
+            k = (f / self._sinc).astype(np.complex64) / np.float32(self.gpts * self.gpts)
+            self._kernels[number] = np.ascontiguousarray(k[:, : self.gpts // 2 + 1])
+        return self._kernels[number]
+
+    def _potential(self, positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """One slice's projected potential (abTEM's infinite projection), in `self.real`."""
+        from abtem.integrals import superpose_deltas
+
+        acc = None
+        for z in np.unique(numbers):
+            self.real[:] = 0
+            superpose_deltas((positions[numbers == z, :2] / self.sampling).astype(np.float32), self.real)
+            self._rfwd.execute()
+            term = self.half * self._kernel(int(z))
+            acc = term if acc is None else acc + term
+        self.half[:] = acc
+        self._rbwd.execute()
+        return self.real
+
+    def transmission(self, positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """One slice's band-limited transmission function, exp(i sigma V) with the antialias aperture applied."""
+        from abtem.core.complex import complex_exponential
+
+        v = self._potential(positions, numbers)
+        self.work[:] = complex_exponential(self.sigma * v)
+        self._fwd.execute()
+        self.work *= self.bandlimit
+        self._bwd.execute()
+        return self.work.copy()
+
+    def _step(self, t: np.ndarray | None) -> None:
+        """Transmit through `t` (None: an empty slice) and propagate one slice, in place on `self.wave`."""
+        if t is not None:
+            self.wave *= t
+        self._wfwd.execute()
+        self.wave *= self.propagator
+        self._wbwd.execute()
+
+    def slices(self, positions: np.ndarray, numbers: np.ndarray, n_slices: int):
+        """Atoms grouped by slice (z from 0, slices of `dz`), as abTEM's SliceIndexedAtoms groups them."""
+        index = np.floor(positions[:, 2] / self.dz).astype(int)
+        order = np.argsort(index, kind="stable")
+        bounds = np.searchsorted(index[order], np.arange(n_slices + 1))
+        for k in range(n_slices):
+            sel = order[bounds[k]:bounds[k + 1]]
+            yield positions[sel], numbers[sel]
+
+    def propagate_atoms(self, positions: np.ndarray, numbers: np.ndarray, n_slices: int) -> None:
+        """Continue `self.wave` through a slab of atoms (periodic in x and y)."""
+        for pos, num in self.slices(positions, numbers, n_slices):
+            self._step(self.transmission(pos, num) if len(num) else None)
+
+    def propagate_slices(self, transmissions) -> None:
+        for t in transmissions:
+            self._step(t)
+
+
+class CarbonSlices:
+    """Band-limited transmission functions of bank blocks, block frame, built once per block and process.
+
+    With a folder they are kept there as .npy files read through memory maps (the paper grid's 16 blocks take
+    8 GB; the page cache, not each worker, holds them) and shared by the run's workers; without, the last few
+    blocks are kept in memory."""
+
+    def __init__(self, engine: Multislice, folder: Path | None, keep: int = 2):
+        self.engine, self.folder, self.keep = engine, folder, keep
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def block(self, key: str, block: np.ndarray, n_slices: int) -> np.ndarray:
+        """(n_slices, N, N) complex64: the block's first `n_slices` full slices."""
+        name = f"{key}-N{self.engine.gpts}-dz{self.engine.dz:g}-transmission.npy"
+        if name in self._memory:
+            self._memory.move_to_end(name)
+            have = self._memory[name]
+            if len(have) >= n_slices:
+                return have
+        path = self.folder / name if self.folder is not None else None
+        if path is not None and path.exists():
+            arr = np.load(path, mmap_mode="r")
+        else:
+            depth = int(math.floor(float(block[:, 2].max()) / self.engine.dz)) + 1 if len(block) else 0
+            total = max(n_slices, depth) if path is not None else n_slices
+            arr = np.stack([self._one(p, z) for p, z in
+                            self.engine.slices(block, np.full(len(block), 6), total)]) if total else \
+                np.zeros((0, self.engine.gpts, self.engine.gpts), np.complex64)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a killed writer's leftover is swept
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+                tmp.replace(path)
+                arr = np.load(path, mmap_mode="r")
+        self._memory[name] = arr
+        while len(self._memory) > self.keep:
+            self._memory.popitem(last=False)
+        return arr
+
+    def _one(self, pos, num):
+        if len(num):
+            return self.engine.transmission(pos, num)
+        return np.ones((self.engine.gpts, self.engine.gpts), np.complex64)
+
+
+def carbon_exit_wave(engine: Multislice, carbon: CarbonSlices, structure) -> None:
+    """Continue `engine.wave` through the structure's carbon, reusing its block's stored slices."""
+    s, cut = structure, structure.substrate
+    n_sub = int(round(s.substrate_height_A / engine.dz))
+    if n_sub == 0:
+        return
+    if _shift(cut, engine.gpts) is None:  # a grid the cut was not quantised on (a finer cross-check grid)
+        engine.propagate_atoms(s.substrate_positions, s.substrate_numbers, n_sub)
+        return
+    block = s.substrate_block
+    full = n_sub - 1  # the bottom slice is cut at the sampled thickness, so it is built for this structure
+    engine.wave[:] = to_block_frame(engine.wave, cut)
+    if full:
+        engine.propagate_slices(carbon.block(cut.block_key, block, full)[:full])
+    z0, z1 = full * engine.dz, cut.thickness_A
+    last = block[(block[:, 2] >= z0) & (block[:, 2] < z1)]
+    engine._step(engine.transmission(last, np.full(len(last), 6)) if len(last) else None)
+    engine.wave[:] = to_cut_frame(engine.wave, cut)
