@@ -64,15 +64,24 @@ def cmd_trace(args) -> int:
 
 
 def cmd_regenerate(args) -> int:
-    from .run import regenerate_record
+    from .run import RunError, regenerate_records
 
-    r = regenerate_record(args.dataset, args.record_id)
-    same = r["image_identical"] and r["mask_identical"]
-    print(json.dumps({k: v for k, v in r.items() if k not in ("image", "mask", "instance_mask")}, indent=2))
-    print("identical: image and mask match the stored record bit for bit" if same else
-          f"DIFFERENT: largest image difference {r['image_max_abs_diff']} counts, "
-          f"{r['mask_pixels_differing']} mask pixels")
-    return 0 if same else 1
+    ids = None if args.all else args.record_ids
+    if not ids and not args.all:
+        raise RunError("name one or more record ids (e.g. s000003-c001), or pass --all")
+    n = differ = 0
+    for r in regenerate_records(args.dataset, ids):
+        n += 1
+        same = r["image_identical"] and r["mask_identical"]
+        differ += not same
+        if len(ids or []) == 1:
+            print(json.dumps(r, indent=2))
+        print(f"{r['record_id']}: identical: image and mask match the stored record bit for bit" if same else
+              f"{r['record_id']}: DIFFERENT: largest image difference {r['image_max_abs_diff']} counts, "
+              f"{r['mask_pixels_differing']} mask pixels")
+    if n > 1:
+        print(f"{n - differ} of {n} records identical" + (f", {differ} DIFFERENT" if differ else ""))
+    return 0 if differ == 0 else 1
 
 
 def cmd_predict(args) -> int:
@@ -134,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("dataset")
     t.add_argument("record_id")
     t.set_defaults(func=cmd_trace)
-    r = sub.add_parser("regenerate", help="rebuild one record and compare it with the stored one")
+    r = sub.add_parser("regenerate", help="rebuild records and compare them with the stored ones, bit for bit")
     r.add_argument("dataset")
-    r.add_argument("record_id")
+    r.add_argument("record_ids", nargs="*", metavar="record_id")
+    r.add_argument("--all", action="store_true", help="every record of the folder")
     r.set_defaults(func=cmd_regenerate)
     pr = sub.add_parser("predict", help="segment one micrograph (TIFF, PNG, NumPy, DM3/DM4, EMD, MRC) with a model")
     pr.add_argument("model", help="model folder, e.g. runs/demo/model")

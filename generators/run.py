@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .config import STAGE_SPLITS, ConfigError, GenerationConfig, from_dict, rng_for
 from .detector import sample_detector
+from .fftw import WISDOM_DIR, ensure_wisdom
 from .imaging import Grid, ImageFormer, bin_mean, crop, grid_for, noise_rng, sample_conditions
 from .masks import instance_labels, mask_from_coverage, phase_coverage
 from .micrographs import resample
@@ -95,9 +96,11 @@ def record_id(structure_index: int, condition_index: int) -> str:
     return f"{structure_id(structure_index)}-c{condition_index:03d}"
 
 
-def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None):
+def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None,
+                       dataset_dir: Path | None = None):
     """Structure -> exit waves -> (images, masks, instance masks, per-record metadata, structure).
-    A pure function of (cfg, index)."""
+    A pure function of (cfg, index) on one machine, given the FFTW wisdom of `dataset_dir` (`fftw.py`);
+    `cache_dir` shares the carbon bank and its sliced potentials between workers."""
     from importlib.metadata import version
 
     im = cfg.imaging
@@ -105,6 +108,8 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     sim, former, splits = _context(cfg, grid)
     p = im.pixel_size_A
     s = build_structure(cfg, index, cache_dir)
+    if hasattr(sim, "use_folders"):
+        sim.use_folders(dataset_dir, cache_dir)
     waves = sim.exit_waves(s, cfg.seed)
     camera = sample_detector(im.detector, cfg.seed, index)
     # The camera's pixels are resampled onto the stored grid exactly as the importer resamples micrographs.
@@ -173,7 +178,7 @@ def process_structure(cfg_json: str, index: int, out_dir: str) -> dict:
     cfg = from_dict(json.loads(cfg_json))
     out = Path(out_dir)
     t0 = time.perf_counter()
-    images, masks, labels, metas, s = simulate_structure(cfg, index, out / "_work" / "substrates")
+    images, masks, labels, metas, s = simulate_structure(cfg, index, out / "_work" / "substrates", out)
     s.write_extxyz(out / "structures" / f"{s.structure_id}.extxyz")
     write_parquet(to_table(images, masks, metas, cfg.imaging.image_size_px, labels), _part_path(out, index))
     return {"index": index, "records": len(metas), "seconds": time.perf_counter() - t0}
@@ -340,6 +345,8 @@ def _generate(cfg: GenerationConfig, out: Path, cluster, progress, log) -> dict:
     done = cfg.n_structures - len(pending)
     if state == "resume":
         log(f"{out}: resuming, {done} of {cfg.n_structures} structures already done")
+    if cfg.simulation.backend == "abtem":
+        ensure_wisdom(cfg.multislice_gpts, out)  # before any worker starts, so all of them replay one set of plans
     t0 = time.perf_counter()
     timings = _run_units(cfg, out, pending, cluster, progress, done)
     elapsed = time.perf_counter() - t0
@@ -420,6 +427,8 @@ def finalize(cfg: GenerationConfig, out: Path, timings: list[dict] | None = None
         "n_structures": cfg.n_structures, "n_records": sum(split_counts.values()), "splits": split_counts,
         "summary": summary, "shards": shards,
         "structures": file_entries(out, (out / "structures").glob("*.extxyz")),
+        # the FFT plans every record was computed with (fftw.py): regenerate replays them
+        "fftw_wisdom": file_entries(out, (out / WISDOM_DIR).glob("*.pkl")),
         "timing": {"seconds": elapsed, "structures_timed": len(timings or []),
                    "mean_structure_seconds": float(np.mean([t["seconds"] for t in timings])) if timings else None},
     }
@@ -512,16 +521,30 @@ def read_record(dataset_dir: str | Path, record_id: str) -> dict:
 
 def regenerate_record(dataset_dir: str | Path, record_id: str) -> dict:
     """Rebuild one record from the manifest's config and compare it with the stored one."""
+    return next(regenerate_records(dataset_dir, [record_id], keep_arrays=True))
+
+
+def regenerate_records(dataset_dir: str | Path, record_ids: list[str] | None = None, keep_arrays: bool = False):
+    """Rebuild records (all of them when `record_ids` is None) and compare each with the stored one; yields one
+    comparison per record, structure by structure (a structure's conditions share one simulation)."""
     cfg = config_of(dataset_dir)
-    s_idx, c_idx = parse_record_id(record_id)
-    stored = read_record(dataset_dir, record_id)
-    images, masks, _, metas, _ = simulate_structure(cfg, s_idx)
-    img, msk = images[c_idx], masks[c_idx]
-    return {
-        "record_id": record_id,
-        "image_identical": bool(np.array_equal(img, stored["image"])),
-        "mask_identical": bool(np.array_equal(msk, stored["mask"])),
-        "image_max_abs_diff": float(np.max(np.abs(img - stored["image"]))),
-        "mask_pixels_differing": int(np.sum(msk != stored["mask"])),
-        "image": img, "mask": msk,
-    }
+    if record_ids is None:
+        record_ids = [record_id(s, c) for s in range(cfg.n_structures) for c in range(cfg.conditions_per_structure)]
+    wanted: dict[int, list[tuple[str, int]]] = {}
+    for rid in record_ids:
+        s_idx, c_idx = parse_record_id(rid)
+        if not (0 <= s_idx < cfg.n_structures and 0 <= c_idx < cfg.conditions_per_structure):
+            raise RunError(f"record {rid!r} not found in {dataset_dir} ({cfg.n_structures} structures x "
+                           f"{cfg.conditions_per_structure} conditions)")
+        wanted.setdefault(s_idx, []).append((rid, c_idx))
+    for s_idx, items in wanted.items():
+        stored = {rid: read_record(dataset_dir, rid) for rid, _ in items}
+        images, masks, _, _, _ = simulate_structure(cfg, s_idx, dataset_dir=Path(dataset_dir))
+        for rid, c_idx in items:
+            img, msk, old = images[c_idx], masks[c_idx], stored[rid]
+            r = {"record_id": rid,
+                 "image_identical": bool(np.array_equal(img, old["image"])),
+                 "mask_identical": bool(np.array_equal(msk, old["mask"])),
+                 "image_max_abs_diff": float(np.max(np.abs(img - old["image"]))),
+                 "mask_pixels_differing": int(np.sum(msk != old["mask"]))}
+            yield {**r, "image": img, "mask": msk} if keep_arrays else r
