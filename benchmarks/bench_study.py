@@ -145,6 +145,8 @@ def main():
                 wall = time.perf_counter() - t0
                 runs[label].append({"jobs": s["timing"]["jobs_run"], "wall_s": round(wall, 1),
                                     "job_s": s["timing"]["job_seconds"], "failed": len(s["failed"]),
+                                    # why, so that a failed run is never read as a fast one
+                                    "errors": sorted(set(s["failed"].values()))[:3],
                                     "threads_per_job": s["timing"]["threads_per_job"]})
         for label, rs in runs.items():
             jobs, wall, job_s = (sum(x[k] for x in rs) for k in ("jobs", "wall_s", "job_s"))
