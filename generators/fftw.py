@@ -25,7 +25,8 @@ def _wisdom_name(gpts: int) -> str:
     import pyfftw
 
     # Plans are only valid for the FFTW build and the SIMD unit they were measured with.
-    return f"wisdom-{gpts}x{gpts}-t1-fftw{pyfftw.__version__}-simd{pyfftw.simd_alignment}.pkl"
+    # v2: the band-limited (pruned) transforms joined the plan set.
+    return f"wisdom-v2-{gpts}x{gpts}-t1-fftw{pyfftw.__version__}-simd{pyfftw.simd_alignment}.pkl"
 
 
 def machine_cache() -> Path:
@@ -45,16 +46,54 @@ def _arrays(gpts: int):
     return wave, work, r, h
 
 
+def band_columns(gpts: int) -> int:
+    """m such that abTEM's antialias aperture is zero outside columns [0, m) and [gpts - m, gpts) (the same for
+    every sampling: the aperture's cutoff is a fixed fraction of the grid's Nyquist frequency)."""
+    import numpy as np
+    from abtem.antialias import antialias_aperture
+
+    row = antialias_aperture((gpts, gpts), (1.0, 1.0), xp=np)[0]
+    nz = np.nonzero(row > 0)[0]
+    m = int(max(nz[nz <= gpts // 2].max() + 1, gpts - nz[nz > gpts // 2].min() if (nz > gpts // 2).any() else 0))
+    return m if 2 * m < gpts else gpts // 2
+
+
+class BandFFT:
+    """In-place 2-D FFT pair of a field whose spectrum is only wanted (forward) or only non-zero (backward) in
+    the antialias aperture's columns: the second pass runs on the 2m columns that matter, not all gpts (the
+    aperture cuts 1/3 of them), which is the same result as the full transform there at 5/6 of its cost.
+    After `forward`, columns outside the band hold partial sums: multiply by a kernel that is zero there."""
+
+    def __init__(self, a, m: int, flags: tuple[str, ...]):
+        import pyfftw
+
+        n = a.shape[1]
+        plan = lambda x, ax, d: pyfftw.FFTW(x, x, axes=(ax,), direction=d, flags=flags, threads=1)  # noqa: E731
+        bands = (a[:, :m], a[:, n - m:])
+        self._rows = plan(a, 1, "FFTW_FORWARD"), plan(a, 1, "FFTW_BACKWARD")
+        self._cols = [(plan(b, 0, "FFTW_FORWARD"), plan(b, 0, "FFTW_BACKWARD")) for b in bands]
+
+    def forward(self) -> None:
+        self._rows[0].execute()
+        for f, _ in self._cols:
+            f.execute()
+
+    def backward(self) -> None:
+        """Unnormalised; the spectrum must be zero outside the band."""
+        for _, b in self._cols:
+            b.execute()
+        self._rows[1].execute()
+
+
 def _plans(gpts: int, flags: tuple[str, ...], arrays=None):
-    """The transforms the multislice uses: in-place complex forward/backward on two buffers (the wave, and
-    the transmission function being built), real forward/backward."""
+    """The transforms the multislice uses: band-limited complex pairs on two buffers (the wave, and the
+    transmission function being built), real forward/backward (the potential, which is not band-limited)."""
     import pyfftw
 
     wave, work, r, h = arrays or _arrays(gpts)
     kw = dict(axes=(0, 1), threads=1)
-    c2c = lambda c, d: pyfftw.FFTW(c, c, direction=d, flags=flags, **kw)  # noqa: E731
-    return (c2c(wave, "FFTW_FORWARD"), c2c(wave, "FFTW_BACKWARD"), c2c(work, "FFTW_FORWARD"),
-            c2c(work, "FFTW_BACKWARD"),
+    m = band_columns(gpts)
+    return (BandFFT(wave, m, flags), BandFFT(work, m, flags),
             pyfftw.FFTW(r, h, direction="FFTW_FORWARD", flags=flags, **kw),
             pyfftw.FFTW(h, r, direction="FFTW_BACKWARD", flags=flags + ("FFTW_DESTROY_INPUT",), **kw))
 

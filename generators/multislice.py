@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fftw import deterministic_plans
+from .fftw import band_columns, deterministic_plans
 
 
 def _shift(cut, gpts: int) -> tuple[int, int] | None:
@@ -68,7 +68,7 @@ class Multislice:
         self.sampling = extent_A / gpts
         n2 = float(gpts * gpts)
         (self.wave, self.work, self.real, self.half), plans = deterministic_plans(gpts, wisdom_dir)
-        self._wfwd, self._wbwd, self._fwd, self._bwd, self._rfwd, self._rbwd = plans
+        self._wave_fft, self._work_fft, self._rfwd, self._rbwd = plans
         grid = ((gpts, gpts), (self.sampling, self.sampling))
         aperture = antialias_aperture(*grid, xp=np).astype(np.float32)
         energy = energy_keV * 1e3
@@ -76,6 +76,9 @@ class Multislice:
         self.propagator = (_fresnel_propagator_array(slice_thickness_A, *grid, energy, "cpu") * aperture / n2
                            ).astype(np.complex64)
         self.bandlimit = (aperture / n2).astype(np.float32)
+        m = band_columns(gpts)
+        if np.any(aperture[:, m:gpts - m]):  # the pruned transforms would drop part of the band
+            raise RuntimeError(f"antialias aperture wider than the {m} band columns of a {gpts}² grid")
         self.sigma = np.float32(energy2sigma(energy))
         self._integrator = ScatteringFactorProjectionIntegrals(parametrization=parametrization)
         self._sinc = sinc(*grid, "cpu")
@@ -106,24 +109,25 @@ class Multislice:
         self._rbwd.execute()
         return self.real
 
-    def transmission(self, positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
-        """One slice's band-limited transmission function, exp(i sigma V) with the antialias aperture applied."""
-        from abtem.core.complex import complex_exponential
-
-        v = self._potential(positions, numbers)
-        self.work[:] = complex_exponential(self.sigma * v)
-        self._fwd.execute()
+    def _transmission(self, positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """One slice's band-limited transmission function, exp(i sigma V) with the antialias aperture applied,
+        in `self.work`."""
+        _expi(self._potential(positions, numbers), self.sigma, self.work)
+        self._work_fft.forward()
         self.work *= self.bandlimit
-        self._bwd.execute()
-        return self.work.copy()
+        self._work_fft.backward()
+        return self.work
+
+    def transmission(self, positions: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        return self._transmission(positions, numbers).copy()
 
     def _step(self, t: np.ndarray | None) -> None:
         """Transmit through `t` (None: an empty slice) and propagate one slice, in place on `self.wave`."""
         if t is not None:
             self.wave *= t
-        self._wfwd.execute()
+        self._wave_fft.forward()
         self.wave *= self.propagator
-        self._wbwd.execute()
+        self._wave_fft.backward()
 
     def slices(self, positions: np.ndarray, numbers: np.ndarray, n_slices: int):
         """Atoms grouped by slice (z from 0, slices of `dz`), as abTEM's SliceIndexedAtoms groups them."""
@@ -137,11 +141,34 @@ class Multislice:
     def propagate_atoms(self, positions: np.ndarray, numbers: np.ndarray, n_slices: int) -> None:
         """Continue `self.wave` through a slab of atoms (periodic in x and y)."""
         for pos, num in self.slices(positions, numbers, n_slices):
-            self._step(self.transmission(pos, num) if len(num) else None)
+            self._step(self._transmission(pos, num) if len(num) else None)
 
     def propagate_slices(self, transmissions) -> None:
         for t in transmissions:
             self._step(t)
+
+
+def _expi_kernel():
+    import numba
+
+    # exp(i sigma V) written straight into the FFT buffer: no temporary, one pass (abTEM's own allocates).
+    @numba.njit(nogil=True, cache=True)
+    def expi(v, sigma, out):
+        for i in range(v.shape[0]):
+            for j in range(v.shape[1]):
+                x = sigma * v[i, j]
+                out[i, j] = complex(np.cos(x), np.sin(x))
+
+    return expi
+
+
+_EXPI = []
+
+
+def _expi(v: np.ndarray, sigma, out: np.ndarray) -> None:
+    if not _EXPI:
+        _EXPI.append(_expi_kernel())
+    _EXPI[0](v, sigma, out)
 
 
 class CarbonSlices:
@@ -206,5 +233,5 @@ def carbon_exit_wave(engine: Multislice, carbon: CarbonSlices, structure) -> Non
         engine.propagate_slices(carbon.block(cut.block_key, block, full)[:full])
     z0, z1 = full * engine.dz, cut.thickness_A
     last = block[(block[:, 2] >= z0) & (block[:, 2] < z1)]
-    engine._step(engine.transmission(last, np.full(len(last), 6)) if len(last) else None)
+    engine._step(engine._transmission(last, np.full(len(last), 6)) if len(last) else None)
     engine.wave[:] = to_cut_frame(engine.wave, cut)
