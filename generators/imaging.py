@@ -132,15 +132,31 @@ class ImageFormer:
         if im.objective_aperture_mrad:
             aperture = (alpha <= im.objective_aperture_mrad * 1e-3).astype(np.float32)
         self.aperture = aperture
+        # The multislice's exit waves are band-limited by the antialias aperture (2/3 of Nyquist): the transfer
+        # functions are only needed on the band's rows and columns (4/9 of the grid) and the inverse FFT's first
+        # pass on its columns. Exit waves with power outside the band (another backend) take the full grid.
+        from .fftw import band_columns
 
-    def chi(self, c: Condition, extra_defocus_A: float = 0.0) -> np.ndarray:
-        two_pi_over_lambda = 2 * np.pi / self.wavelength
+        m = band_columns(gpts)
+        self._band = np.r_[0:m, gpts - m:gpts] if 2 * m < gpts else None
+        full = {k: getattr(self, k) for k in ("alpha2", "cos2phi", "sin2phi", "chi_fixed", "aperture", "k2")}
+        self._grids = {"full": full}
+        if self._band is not None:
+            sub = np.ix_(self._band, self._band)
+            self._grids["band"] = {k: np.ascontiguousarray(v[sub]) for k, v in full.items()}
+
+    def chi(self, c: Condition, extra_defocus_A: float = 0.0, grid: str = "full") -> np.ndarray:
+        g = self._grids[grid]
+        two_pi_over_lambda = np.float32(2 * np.pi / self.wavelength)
         c10 = c.defocus_nm * 10 + extra_defocus_A
         c12 = c.astigmatism_nm * 10
         phi12 = np.radians(c.astigmatism_angle_deg)
         c30 = c.cs_mm * 1e7
-        quad = (c10 + c12 * np.cos(2 * phi12) * self.cos2phi + c12 * np.sin(2 * phi12) * self.sin2phi) * self.alpha2 / 2
-        return self.chi_fixed + two_pi_over_lambda * (quad + c30 * self.alpha2**2 / 4)
+        f32 = np.float32
+        a2 = g["alpha2"]
+        quad = (f32(c10) + f32(c12 * np.cos(2 * phi12)) * g["cos2phi"] + f32(c12 * np.sin(2 * phi12)) * g["sin2phi"]) \
+            * a2 / f32(2)
+        return g["chi_fixed"] + two_pi_over_lambda * (quad + f32(c30 / 4) * a2 * a2)
 
     def _focal_points(self, c: Condition):
         sigma_A = c.focal_spread_nm * 10
@@ -154,20 +170,45 @@ class ImageFormer:
     def intensity(self, waves: np.ndarray, conditions: list[Condition]) -> np.ndarray:
         """Noise-free intensity at detector pixels, (conditions, field, field), vacuum = 1."""
         spectra = scipy.fft.fft2(waves.astype(np.complex64), workers=1)  # (configs, N, N), once per exit wave
+        grid = "full"
+        if self._band is not None:
+            band = spectra[:, self._band][:, :, self._band]
+            power = lambda a: float(np.sum(a.real ** 2 + a.imag ** 2, dtype=np.float64))  # noqa: E731
+            total = power(spectra)
+            if total - power(band) <= 1e-9 * total:
+                spectra, grid = band, "band"
+        g = self._grids[grid]
         out = np.empty((len(conditions), self.gpts // self.bin, self.gpts // self.bin), np.float32)
         for i, c in enumerate(conditions):
             defocus, weights = self._focal_points(c)
-            envelope = self.aperture
+            envelope = g["aperture"]
             if self.im.focal_series_points <= 1 and c.focal_spread_nm > 0:
                 # Quasi-coherent temporal envelope exp(-(pi lambda Delta k^2)^2 / 2) on the wave.
-                envelope = envelope * np.exp(-0.5 * (np.pi * self.wavelength * c.focal_spread_nm * 10 * self.k2) ** 2)
+                envelope = envelope * np.exp(np.float32(-0.5 * (np.pi * self.wavelength * c.focal_spread_nm * 10) ** 2)
+                                             * g["k2"] ** 2)
             total = np.zeros((self.gpts, self.gpts), np.float32)
             for d, w in zip(defocus, weights):
-                transfer = (envelope * np.exp(-1j * self.chi(c, d))).astype(np.complex64)
-                psi = scipy.fft.ifft2(spectra * transfer, workers=1)
-                total += w * (psi.real**2 + psi.imag**2).mean(0)
+                chi = self.chi(c, d, grid)
+                transfer = np.empty(chi.shape, np.complex64)  # envelope * exp(-i chi), in single precision
+                transfer.real = envelope * np.cos(chi)
+                transfer.imag = -envelope * np.sin(chi)
+                psi = self._inverse(spectra * transfer, grid)
+                total += np.float32(w) * (psi.real**2 + psi.imag**2).mean(0)
             out[i] = bin_mean(total, self.bin)
         return out
+
+    def _inverse(self, spectrum: np.ndarray, grid: str) -> np.ndarray:
+        """ifft2 of a spectrum given on the full grid, or on the band's rows x columns (zero elsewhere): then
+        the first pass runs on the band's columns only."""
+        if grid == "full":
+            return scipy.fft.ifft2(spectrum, workers=1)
+        n, idx = self.gpts, self._band
+        cols = np.zeros(spectrum.shape[:-2] + (n, len(idx)), np.complex64)
+        cols[..., idx, :] = spectrum
+        cols = scipy.fft.ifft(cols, axis=-2, workers=1, overwrite_x=True)
+        rows = np.zeros(spectrum.shape[:-2] + (n, n), np.complex64)
+        rows[..., idx] = cols
+        return scipy.fft.ifft(rows, axis=-1, workers=1, overwrite_x=True)
 
 
 def bin_mean(a: np.ndarray, f: int) -> np.ndarray:
