@@ -639,7 +639,15 @@ def estimate_dataset_bytes(cfg: GenerationConfig) -> int:
     """Disk for the finished folder: float32 image + uint8 mask per record, in Parquet and in WebDataset (noisy
     counts barely compress), plus the parts kept until assembly."""
     per_record = cfg.imaging.image_size_px ** 2 * 5
-    return int(cfg.n_structures * cfg.conditions_per_structure * per_record * 3)
+    return int(cfg.n_structures * cfg.conditions_per_structure * per_record * 3 + estimate_carbon_cache_bytes(cfg))
+
+
+def estimate_carbon_cache_bytes(cfg: GenerationConfig) -> int:
+    """The carbon's transmission functions kept in the work folder during a run (complex64 per slice of every
+    bank block, `multislice.CarbonSlices`); dropped with it when the folder is finished."""
+    sub, dz = cfg.structure.substrate, cfg.simulation.slice_thickness_A
+    slices = math.ceil(sub.thickness_A.support()[1] / dz)
+    return int(sub.bank_size * slices * cfg.multislice_gpts ** 2 * 8) if cfg.simulation.backend == "abtem" else 0
 
 
 # ---------------------------------------------------------------- seeds
