@@ -41,20 +41,20 @@ def split_of(imported: Path) -> dict[str, str]:
     return dict(zip(t["source_file"].to_pylist(), t["split"].to_pylist()))
 
 
-def predict_field(model, config, image: np.ndarray, pixel_size_A: float) -> np.ndarray:
+def predict_field(model, config, image: np.ndarray, pixel_size_A: float, tta: bool = False) -> np.ndarray:
     from generators.micrographs import resample, resample_mask
     from training.predict import _model_pixel_size, predict_array
 
     model_px = _model_pixel_size(config) or pixel_size_A
     work = resample(image, pixel_size_A, model_px, order=1) if abs(pixel_size_A / model_px - 1) > 0.01 else image
-    mask = predict_array(model, work, config["training_config"]["augment"]["normalise"])
+    mask = predict_array(model, work, config["training_config"]["augment"]["normalise"], tta)
     if work is not image:
         mask = resample_mask(mask, model_px, pixel_size_A)
     h, w = image.shape
     return np.pad(mask, ((0, max(0, h - mask.shape[0])), (0, max(0, w - mask.shape[1]))))[:h, :w]
 
 
-def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None = None) -> dict:
+def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None = None, tta: bool = False) -> dict:
     from training.models import load_model
 
     model, config = load_model(model_dir)
@@ -65,7 +65,7 @@ def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None =
             continue
         image = np.load(real_dir / f["file"]).astype(np.float32)
         truth = np.load(real_dir / f["mask"]).astype(bool)
-        pred = predict_field(model, config, image, float(f["pixel_size_A"])).astype(bool)
+        pred = predict_field(model, config, image, float(f["pixel_size_A"]), tta).astype(bool)
         tp, n_pred, n_true = float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
         pool += (tp, n_pred, n_true)
         key = f"{f['material']} {float(f['nominal_diameter_nm']):g} nm"
@@ -78,7 +78,7 @@ def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None =
                      "predicted_fraction": float(pred.mean()), "labelled_fraction": float(truth.mean()),
                      "bare_carbon": bool(is_bare)})
     dice = lambda a: float(2 * a[0] / max(a[1] + a[2], 1))
-    return {"model": str(model_dir), "n_fields": len(rows), "pooled_dice": dice(pool),
+    return {"model": str(model_dir), "tta": tta, "n_fields": len(rows), "pooled_dice": dice(pool),
             "dice_by_class": {k: dice(v) for k, v in sorted(classes.items())},
             "bare_carbon_false_positive_fraction": (float(np.mean(bare)) if bare else None),
             "bare_carbon_fields": len(bare), "fields": rows}
@@ -167,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--fields", choices=["all", "finetune", "benchmark"], default="all")
     p.add_argument("--split-from", default=None, help="imported folder whose split names the fields (--fields)")
     p.add_argument("--figure", default=None, help="also draw predictions on a few fields into this PNG")
+    p.add_argument("--tta", action="store_true", help="predict with the 8 rotations/mirror images averaged")
     p.add_argument("--out", default=None, help="write the JSON here too")
     p.add_argument("--scenes-figure", nargs=2, metavar=("DATASET", "PNG"), default=None,
                    help="also draw simulated fields of DATASET beside real ones into PNG")
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
             print("bench_real.py: error: --fields needs --split-from IMPORTED_FOLDER", file=sys.stderr)
             return 2
         only = {f for f, s in split_of(Path(args.split_from)).items() if s == args.fields}
-    result = score(args.model, real, only)
+    result = score(args.model, real, only, args.tta)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -87,7 +87,7 @@ def cmd_regenerate(args) -> int:
 def cmd_predict(args) -> int:
     from training.predict import predict_file
 
-    print(json.dumps(predict_file(args.model, args.image, args.out, args.pixel_size_A), indent=2))
+    print(json.dumps(predict_file(args.model, args.image, args.out, args.pixel_size_A, args.tta), indent=2))
     return 0
 
 
@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", help="mask file: .png or .tif (0/255) or .npy (0/1)")
     pr.add_argument("--pixel-size-A", type=float, help="pixel size of the image if the file carries none "
                     "(it is resampled to the model's)")
+    pr.add_argument("--tta", action="store_true", help="average over the field's 8 rotations and mirror images "
+                    "(8x slower; about +0.01 Dice on the real set)")
     pr.set_defaults(func=cmd_predict)
     ev = sub.add_parser("evaluate", help="Dice/IoU of a model on a dataset folder, as JSON")
     ev.add_argument("model")

@@ -92,14 +92,33 @@ def check_field(image: np.ndarray, name: str, model, error, size: bool = True) -
                     f"{need} px the model needs; give a larger field of view")
 
 
-def predict_array(model, image: np.ndarray, normalise_kind: str) -> np.ndarray:
-    """Mask (uint8 0/1) of one field, normalised as a whole, inferred tile by tile."""
+DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
+
+
+def _dihedral(a: np.ndarray, k: int, flip: bool, inverse: bool = False) -> np.ndarray:
+    if inverse:
+        a = np.rot90(a, -k)
+        return a[:, ::-1] if flip else a
+    return np.rot90(a[:, ::-1] if flip else a, k)
+
+
+def predict_array(model, image: np.ndarray, normalise_kind: str, tta: bool = False) -> np.ndarray:
+    """Mask (uint8 0/1) of one field, normalised as a whole, inferred tile by tile.
+
+    tta: average the logits over the field's 8 rotations and mirror images (the symmetries training augments
+    with), which makes the mask exactly equivariant under them at 8x the cost."""
     x = normalise(np.asarray(image, np.float32), normalise_kind)
-    return logits_tiled(model, x, out=np.empty(x.shape, np.uint8))
+    if not tta:
+        return logits_tiled(model, x, out=np.empty(x.shape, np.uint8))
+    total = np.zeros(x.shape, np.float32)
+    for k, flip in DIHEDRAL:
+        view = np.ascontiguousarray(_dihedral(x, k, flip))
+        total += _dihedral(logits_tiled(model, view), k, flip, inverse=True)
+    return (total > 0).astype(np.uint8)
 
 
 def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | Path | None = None,
-                 pixel_size_A: float | None = None) -> dict:
+                 pixel_size_A: float | None = None, tta: bool = False) -> dict:
     """Mask of one micrograph, resampled to the pixel size the model was trained at and back.
 
     The mask is written as 8-bit 0/255 for PNG/TIFF (viewable) and 0/1 for .npy.
@@ -124,7 +143,7 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
         note = f"no pixel size in {Path(image_path).name} nor --pixel-size-A: assumed the model's {model_px} Å"
     check_field(work, name, model, MicrographError)
     resampled = work is not image
-    mask = predict_array(model, work, config["training_config"]["augment"]["normalise"])
+    mask = predict_array(model, work, config["training_config"]["augment"]["normalise"], tta)
     del work  # the resampled field can be 4x the file's pixels: free it before resampling the mask back
     if resampled:
         # Back to the file's pixels the way training tiles were made; rounding may leave one row to pad or drop.
