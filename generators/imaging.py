@@ -187,27 +187,42 @@ class ImageFormer:
                 envelope = envelope * np.exp(np.float32(-0.5 * (np.pi * self.wavelength * c.focal_spread_nm * 10) ** 2)
                                              * g["k2"] ** 2)
             total = np.zeros((self.gpts, self.gpts), np.float32)
-            for d, w in zip(defocus, weights):
-                chi = self.chi(c, d, grid)
-                transfer = np.empty(chi.shape, np.complex64)  # envelope * exp(-i chi), in single precision
-                transfer.real = envelope * np.cos(chi)
-                transfer.imag = -envelope * np.sin(chi)
+            # The focal series' defoci are equally spaced and chi is linear in defocus: each point's transfer
+            # function is the previous one times a fixed phase ramp, one complex multiply instead of chi and its
+            # exponential (25 points: rounding grows to ~1e-6 of the transfer function).
+            transfer = self._expi(self.chi(c, defocus[0], grid), envelope)
+            step = None
+            if len(defocus) > 1:
+                g = self._grids[grid]
+                step = self._expi(np.float32(np.pi / self.wavelength * (defocus[1] - defocus[0])) * g["alpha2"])
+            for k, w in enumerate(weights):
+                if k:
+                    transfer *= step
                 psi = self._inverse(spectra * transfer, grid)
                 total += np.float32(w) * (psi.real**2 + psi.imag**2).mean(0)
             out[i] = bin_mean(total, self.bin)
         return out
+
+    @staticmethod
+    def _expi(chi: np.ndarray, envelope: np.ndarray | None = None) -> np.ndarray:
+        """envelope * exp(-i chi) in single precision."""
+        t = np.empty(chi.shape, np.complex64)
+        t.real, t.imag = np.cos(chi), -np.sin(chi)
+        if envelope is not None:
+            t *= envelope
+        return t
 
     def _inverse(self, spectrum: np.ndarray, grid: str) -> np.ndarray:
         """ifft2 of a spectrum given on the full grid, or on the band's rows x columns (zero elsewhere): then
         the first pass runs on the band's columns only."""
         if grid == "full":
             return scipy.fft.ifft2(spectrum, workers=1)
-        n, idx = self.gpts, self._band
-        cols = np.zeros(spectrum.shape[:-2] + (n, len(idx)), np.complex64)
-        cols[..., idx, :] = spectrum
+        n, m = self.gpts, len(self._band) // 2  # the band: [0, m) and [n - m, n), as slices (fancy indexing
+        cols = np.zeros(spectrum.shape[:-2] + (n, 2 * m), np.complex64)  # into the full grid costs 10x more)
+        cols[..., :m, :], cols[..., n - m:, :] = spectrum[..., :m, :], spectrum[..., m:, :]
         cols = scipy.fft.ifft(cols, axis=-2, workers=1, overwrite_x=True)
         rows = np.zeros(spectrum.shape[:-2] + (n, n), np.complex64)
-        rows[..., idx] = cols
+        rows[..., :m], rows[..., n - m:] = cols[..., :m], cols[..., m:]
         return scipy.fft.ifft(rows, axis=-1, workers=1, overwrite_x=True)
 
 
