@@ -81,6 +81,14 @@ def cmd_regenerate(args) -> int:
               f"{r['mask_pixels_differing']} mask pixels")
     if n > 1:
         print(f"{n - differ} of {n} records identical" + (f", {differ} DIFFERENT" if differ else ""))
+    if differ:
+        from .run import load_manifest
+        from .writers import source_digest
+
+        made_by = load_manifest(args.dataset).get("versions", {}).get("temsynth_source_sha256")
+        if made_by != source_digest():
+            print(f"note: {args.dataset} was made by other generator code (source {str(made_by)[:12]}, this is "
+                  f"{source_digest()[:12]}): changed code, not chance, may explain the differences")
     return 0 if differ == 0 else 1
 
 
