@@ -22,12 +22,14 @@ import numpy as np
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from temsynth.errors import TemsynthError
+
 from .materials import MATERIALS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(TemsynthError, ValueError):
     """A config that cannot be used; the message names the field and the fix."""
 
 

@@ -24,6 +24,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from temsynth.errors import TemsynthError
+
 from . import __version__
 from . import records
 from .records import Column, fixed_list, nested_list_array
@@ -43,7 +45,7 @@ _MAX_TIFF_TAG_PIXEL_A = 1e4
 READER_PACKAGES = ("rosettasciio", "ncempy", "tifffile", "pillow", "h5py")
 
 
-class MicrographError(ValueError):
+class MicrographError(TemsynthError, ValueError):
     """A micrograph or mask that cannot be used, with a one-line message naming the file and the fix."""
 
 

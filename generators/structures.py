@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from temsynth.errors import TemsynthError
+
 from .config import STAGE_STRUCTURE, GenerationConfig, rng_for
+from .folder import structure_id
 from .materials import MATERIALS
 from .substrate import SubstrateCut, cut_substrate
 
@@ -217,11 +220,7 @@ def _orientation(cfg: GenerationConfig, rng: np.random.Generator, material: str)
 
 
 # ---------------------------------------------------------------- structure
-def structure_id(index: int) -> str:
-    return f"s{index:06d}"
-
-
-class SceneError(RuntimeError):
+class SceneError(TemsynthError, RuntimeError):
     pass
 
 

@@ -11,10 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
+from .folder import config_of, load_manifest, parse_record_id
+from .info import reading, require_intact
 from .query import Query, QueryError
 from .records import ARRAY_COLUMNS, arrow_schema
-from .run import config_of, load_manifest, parse_record_id, read_record
-from .info import reading, require_intact
+from .run import read_record
 from .writers import SPLITS, card_data_files, file_entries, versions, write_card, write_manifest, write_split
 
 KEY_COLUMNS = ("split", "n_particles", "particle_defect_type", "particle_material", "particle_shape",
@@ -148,8 +150,6 @@ def _write_subset(src: Path, text: str, out: Path) -> dict:
 
 def trace(dataset_dir: str | Path, record_id: str) -> dict:
     """Everything that made one record: the config of every stage, the seeds, the structure file, versions."""
-    from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
-
     manifest = load_manifest(dataset_dir)
     row = read_record(dataset_dir, record_id)
     s_idx, c_idx = parse_record_id(record_id)

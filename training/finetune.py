@@ -17,6 +17,7 @@ from generators.config import ConfigError
 
 from .config import TrainConfig, read_with_overrides, train_config
 from .models import CONFIG_FILE, ModelFolderError
+from .train import cli
 
 DEFAULTS = {"epochs": 50, "patience": 10}
 
@@ -41,8 +42,6 @@ def finetune_config(path: str | Path, overrides: dict | None = None) -> TrainCon
 
 
 def main(argv=None) -> int:
-    from .train import cli
-
     return cli(argv, "training.finetune", prepare=finetune_config)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from generators.writers import CARDS_DIR
+from temsynth.errors import TemsynthError
 
 from .results import RESULTS_FILE, STUDY_FILE
 from .stats import MODEL_KEY, bootstrap_median_ci, final_scores, min_attainable_p, pairwise_mannwhitney
@@ -30,7 +31,7 @@ TRAIN_COLOR = "0.35"
 FIG1, FIG2 = "fig1_final_dice.png", "fig2_dynamics.png"
 
 
-class ReportError(ValueError):
+class ReportError(TemsynthError, ValueError):
     """A study folder the report cannot be made from; the message names the file and what to do."""
 
 
