@@ -49,8 +49,13 @@ def load_manifest(dataset_dir: str | Path) -> dict:
 
 
 def config_of(dataset_dir: str | Path) -> GenerationConfig:
+    m = load_manifest(dataset_dir)
+    if m.get("kind") == "experimental":
+        raise RunError(f"{dataset_dir} holds imported micrographs (kind: experimental), not a generated dataset: it "
+                       "records no generation config (named subsets and subset folders are for generated datasets; "
+                       "select records of it with `temsynth query` or a training config's `query:`)")
     try:
-        return from_dict(load_manifest(dataset_dir)["config"], f"{dataset_dir}/manifest.json")
+        return from_dict(m["config"], f"{dataset_dir}/manifest.json")
     except ConfigError as err:
         raise RunError(f"{dataset_dir}/manifest.json records a config that does not validate "
                        f"({' '.join(str(err).split())}); restore the manifest or rebuild the folder") from None
