@@ -71,6 +71,12 @@ def record_id(structure_index: int, condition_index: int) -> str:
     return f"{structure_id(structure_index)}-c{condition_index:03d}"
 
 
+def tile_record_id(source_stem: str, tile_index: int) -> str:
+    """The id of an imported tile: `{source stem}-t0004`; the stem holds only [A-Za-z0-9_-] (WebDataset splits a
+    key at its first dot)."""
+    return f"{source_stem}-t{tile_index:04d}"
+
+
 def parse_record_id(record_id: str) -> tuple[int, int]:
     try:
         s, c = record_id.split("-c")

@@ -32,7 +32,7 @@ from .folder import (MANIFEST_KEYS, SHARD_KEYS, RunError, config_of, load_manife
 from .imaging import Grid, ImageFormer, bin_mean, crop, grid_for, noise_rng, sample_conditions
 from .info import reading, require_intact
 from .masks import instance_labels, mask_from_coverage, phase_coverage
-from .micrographs import resample
+from .micrographs.tiles import resample
 from .records import to_table
 from .simulate import SimulatorUnavailable, make_simulator, wavelength_A
 from .structures import build_structure, particle_columns

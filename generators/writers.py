@@ -138,31 +138,37 @@ def card_data_files(shards: list[dict], splits: Iterable[str]) -> list[dict]:
     return out
 
 
-def write_card(out_dir: Path, cfg: GenerationConfig, split_counts: dict, extra_configs: list[dict] | None = None,
-               summary: dict | None = None, template: str = "dataset_card.md", subset_queries: dict | None = None,
-               parent: dict | None = None, shards: list[dict] | None = None) -> None:
+def write_dataset_card(out_dir: Path, shards: list[dict] | None, splits: Iterable[str], features, template: str,
+                       card_data: dict, extra_configs: list[dict] | None = None, **context) -> None:
+    """The one card writer, for generated, subset and imported folders: README.md whose YAML names each split's
+    shards (`configs`; by glob where `shards` is None) and every config's features (so `load_dataset` types
+    image/mask as Array2D), then the template's prose rendered with `context`; written atomically."""
     from datasets.info import DatasetInfo, DatasetInfosDict
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    present = [s for s in SPLITS if split_counts.get(s, 0) > 0]
-    files = (card_data_files(shards, present) if shards is not None
-             else [{"split": s, "path": f"data/{s}-*.parquet"} for s in present])
-    configs = [{"config_name": "default", "default": True, "data_files": files}]
-    configs += extra_configs or []
-    card_data = DatasetCardData(
-        license="cc-by-4.0", task_categories=["image-segmentation"],
-        tags=["electron-microscopy", "hrtem", "nanoparticles", "synthetic", "multislice"],
-        pretty_name=f"{cfg.name}: simulated HRTEM of nanoparticles", configs=configs)
-    infos = {"default": DatasetInfo(features=hf_features(cfg.imaging.image_size_px))}
-    for c in extra_configs or []:
-        infos[c["config_name"]] = DatasetInfo(features=hf_features(cfg.imaging.image_size_px))
-    DatasetInfosDict(infos).to_dataset_card_data(card_data)
-    card = DatasetCard.from_template(
-        card_data, template_path=str(CARDS_DIR / template), cfg=cfg, config_yaml=_config_yaml(cfg),
-        split_counts=split_counts, columns=METADATA_COLUMNS, summary=summary or {},
-        subset_queries=subset_queries or {}, parent=parent)
-    with atomic_path(out_dir / "README.md") as tmp:
+    splits = list(splits)
+    files = (card_data_files(shards, splits) if shards is not None
+             else [{"split": s, "path": f"data/{s}-*.parquet"} for s in splits])
+    configs = [{"config_name": "default", "default": True, "data_files": files}, *(extra_configs or [])]
+    data = DatasetCardData(**card_data, configs=configs)
+    DatasetInfosDict({c["config_name"]: DatasetInfo(features=features) for c in configs}).to_dataset_card_data(data)
+    card = DatasetCard.from_template(data, template_path=str(CARDS_DIR / template), **context)
+    with atomic_path(Path(out_dir) / "README.md") as tmp:
         tmp.write_text(str(card))
+
+
+def write_card(out_dir: Path, cfg: GenerationConfig, split_counts: dict, extra_configs: list[dict] | None = None,
+               summary: dict | None = None, template: str = "dataset_card.md", subset_queries: dict | None = None,
+               parent: dict | None = None, shards: list[dict] | None = None) -> None:
+    """The card of a generated (or subset) folder, through `write_dataset_card`."""
+    present = [s for s in SPLITS if split_counts.get(s, 0) > 0]
+    write_dataset_card(
+        out_dir, shards, present, hf_features(cfg.imaging.image_size_px), template,
+        card_data={"license": "cc-by-4.0", "task_categories": ["image-segmentation"],
+                   "tags": ["electron-microscopy", "hrtem", "nanoparticles", "synthetic", "multislice"],
+                   "pretty_name": f"{cfg.name}: simulated HRTEM of nanoparticles"},
+        extra_configs=extra_configs, cfg=cfg, config_yaml=_config_yaml(cfg), split_counts=split_counts,
+        columns=METADATA_COLUMNS, summary=summary or {}, subset_queries=subset_queries or {}, parent=parent)
 
 
 def _config_yaml(cfg: GenerationConfig) -> str:
