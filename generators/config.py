@@ -327,6 +327,9 @@ class StructureConfig(Strict):
 
 
 class SimulationConfig(Strict):
+    # The extension point for simulators: each name maps to a class implementing `simulate.Simulator` in
+    # `simulate.make_simulator`. `prismatic` works once `make prismatic` has built it; without the build a run
+    # refuses before any work, naming that command (generators/simulate_prismatic.py).
     backend: Literal["abtem", "prismatic"] = "abtem"
     energy_keV: float = Field(default=300.0, ge=20, le=1500)
     sampling_A: float = Field(default=0.125, gt=0.01, le=1.0)

@@ -58,7 +58,9 @@ def load_results(study_dir: str | Path) -> pd.DataFrame:
     return table.assign(finetune_images=table["finetune_images"].fillna(0).astype(int))
 
 
-def load_study(study_dir: str | Path) -> dict:
+def read_study_file(study_dir: str | Path) -> dict:
+    """The study folder's copy of its study file, as written (names and orders for the report); {} if absent.
+    Not `study.load_study`, which validates a study YAML and expands its jobs."""
     path = Path(study_dir) / STUDY_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -388,7 +390,7 @@ def captions(tuned: bool) -> list[str]:
 
 def _build(study_dir: Path, out: Path, table: pd.DataFrame) -> dict:
     """Write the CSVs and figures into `out`; return what the templates need."""
-    study = load_study(study_dir)
+    study = read_study_file(study_dir)
     subsets = _ordered(table["subset"], _names(study.get("subsets")))
     benchmarks = _ordered(table["benchmark"], _names(study.get("benchmarks")))
     final = final_scores(table)

@@ -34,6 +34,7 @@ from temsynth.errors import TemsynthError
 
 from .card import versions
 from .config import Benchmark, DataSource, train_config
+from .finetune import DEFAULTS as FINETUNE_DEFAULTS, finetune_lr
 from .report import write_report
 from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
 from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE, read_metrics
@@ -146,13 +147,13 @@ def _job_configs(study: StudyConfig, source: str) -> list[dict]:
             for n in (study.finetune.amounts if study.finetune else []):
                 job_id = f"{base}-ft{n}"
                 data = {**json.loads(study.finetune.data.model_dump_json()), "n_images": n}
-                ft = {"epochs": 50, "patience": 10, **study.training, **study.finetune.settings,
+                ft = {**FINETUNE_DEFAULTS, **study.training, **study.finetune.settings,
                       "name": job_id, "output_dir": str(root / base / f"finetune-{n}"), "seed": seed, "data": data,
                       "benchmarks": bench, "init_from": str(root / base / "train" / "model")}
                 ft_opt = study.finetune.settings.get("optimizer", {})
-                # Unless the study says otherwise, fine-tuning halves the parent's learning rate (seed study).
+                # Unless the study says otherwise, the fine-tuning recipe sets the learning rate from the parent's.
                 ft["optimizer"] = {**train["optimizer"], **ft_opt,
-                                   "lr": ft_opt.get("lr", train["optimizer"]["lr"] / 2)}
+                                   "lr": ft_opt.get("lr", finetune_lr(train["optimizer"]["lr"]))}
                 jobs.append({"job_id": job_id, "subset": subset.name, "seed": seed, "phase": "finetune",
                              "finetune_images": n, "parent": base,
                              "config": _validated(ft, f"{source}: job {job_id} (fields from `finetune.settings:`)")})
