@@ -35,7 +35,7 @@ from .masks import instance_labels, mask_from_coverage, phase_coverage
 from .micrographs.tiles import resample
 from .records import to_table
 from .simulate import SimulatorUnavailable, make_simulator, wavelength_A
-from .structures import build_structure, particle_columns
+from .structures import build_structure
 from .writers import SPLITS, file_entries, versions, write_card, write_manifest, write_parquet, write_split
 
 
@@ -135,11 +135,8 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
                                    half_sample)
 
     base = {
-        "structure_id": s.structure_id, "structure_index": index, "split": splits[index],
-        "n_particles": s.n_particles, "n_particles_requested": s.n_particles_requested,
-        **{name: [getattr(pt, attr) for pt in s.particles] for name, attr, _ in particle_columns()},
-        "substrate_thickness_A": s.substrate.thickness_A, "substrate_bank_index": s.substrate.bank_index,
-        "n_atoms": s.n_atoms, "energy_keV": cfg.simulation.energy_keV, "sim_sampling_A": grid.sim_sampling_A,
+        **s.record_fields(), "split": splits[index],
+        "energy_keV": cfg.simulation.energy_keV, "sim_sampling_A": grid.sim_sampling_A,
         "slice_thickness_A": cfg.simulation.slice_thickness_A,
         "n_frozen_phonons": cfg.simulation.n_frozen_phonons, "pixel_size_A": p,
         "detector_pixel_size_A": grid.detector_pixel_size_A, "image_size_px": im.image_size_px,

@@ -89,6 +89,16 @@ class Structure:
     def n_particles(self) -> int:
         return len(self.particles)
 
+    def record_fields(self) -> dict:
+        """What every record of this structure carries of it: its ids, the particle counts, one list per Particle
+        field that reaches the records (`particle_columns`; a field marked `column=False` does not), the carbon
+        cut and the atom count. Atom arrays stay out: they are in the structure file."""
+        return {"structure_id": self.structure_id, "structure_index": self.structure_index,
+                "n_particles": self.n_particles, "n_particles_requested": self.n_particles_requested,
+                **{name: [getattr(pt, attr) for pt in self.particles] for name, attr, _ in particle_columns()},
+                "substrate_thickness_A": self.substrate.thickness_A,
+                "substrate_bank_index": self.substrate.bank_index, "n_atoms": self.n_atoms}
+
     def to_ase(self):
         """The whole specimen as one ase.Atoms with per-atom `is_particle` and `particle_index` (-1: carbon)."""
         import ase
