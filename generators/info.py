@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .config import ConfigError, from_dict
 from .folder import RunError, load_manifest
-from .writers import MANIFEST_HASH_KEY, manifest_digest, sha256_file
+from .files import sha256_file
+from .writers import MANIFEST_HASH_KEY, manifest_digest
 
 SHARD_GLOBS = {"parquet": ("data", "*.parquet"), "webdataset": ("wds", "*.tar")}
 

@@ -27,6 +27,7 @@ from .config import (STAGE_SPLITS, ConfigError, GenerationConfig, estimate_datas
                      from_dict, rng_for)
 from .detector import sample_detector
 from .fftw import WISDOM_DIR, ensure_wisdom
+from .files import versions
 from .folder import (MANIFEST_KEYS, SHARD_KEYS, RunError, config_of, load_manifest,  # noqa: F401  (re-exported)
                      parse_record_id, record_id, structure_id)
 from .imaging import Grid, ImageFormer, bin_mean, crop, grid_for, noise_rng, sample_conditions
@@ -36,7 +37,7 @@ from .micrographs.tiles import resample
 from .records import to_table
 from .simulate import SimulatorUnavailable, make_simulator, wavelength_A
 from .structures import build_structure
-from .writers import SPLITS, file_entries, versions, write_card, write_manifest, write_parquet, write_split
+from .writers import SPLITS, file_entries, write_card, write_manifest, write_parquet, write_split
 
 
 # ---------------------------------------------------------------- splits

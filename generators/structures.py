@@ -21,6 +21,7 @@ from scipy.spatial.transform import Rotation
 from temsynth.errors import TemsynthError
 
 from .config import STAGE_STRUCTURE, GenerationConfig, rng_for
+from .files import atomic_path
 from .folder import structure_id
 from .materials import MATERIALS
 from .substrate import SubstrateCut, cut_substrate
@@ -119,11 +120,8 @@ class Structure:
     def write_extxyz(self, path: Path) -> None:
         from ase.io import write
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        write(tmp, self.to_ase(), format="extxyz")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            write(tmp, self.to_ase(), format="extxyz")
 
 
 # ---------------------------------------------------------------- randomness hygiene

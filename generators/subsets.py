@@ -18,7 +18,8 @@ from .info import reading, require_intact
 from .query import Query, QueryError
 from .records import ARRAY_COLUMNS
 from .run import read_record
-from .writers import SPLITS, card_data_files, file_entries, versions, write_card, write_manifest, write_split
+from .files import versions
+from .writers import SPLITS, card_data_files, file_entries, write_card, write_manifest, write_split
 
 KEY_COLUMNS = ("split", "n_particles", "particle_defect_type", "particle_material", "particle_shape",
                "particle_radius_A", "defocus_nm", "dose_e_per_A2")

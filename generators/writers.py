@@ -1,14 +1,12 @@
 """Shards and card: Parquet + WebDataset shards per split, the dataset card, the manifest. Every file is written
-to a temporary name and renamed, so a kill never leaves a half-written file under its final name."""
+to a temporary name and renamed (`files.atomic_path`), so a kill never leaves a half-written file under its
+final name."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
-import os
-import platform
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -17,38 +15,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import GenerationConfig
+from .files import atomic_path, sha256_file, versions  # noqa: F401  (re-exported: the writers' own helpers)
 from .records import METADATA_COLUMNS, hf_features
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "cards"
 SPLITS = ("train", "validation", "test")
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary sibling path; rename it onto `path` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_parquet(table: pa.Table, path: Path, row_group_size: int = 16) -> None:
     # Small row groups let `filters=` skip data by column statistics without reading the images.
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parquet_shard_name(split: str, i: int, n: int) -> str:
@@ -111,20 +88,6 @@ def write_split(out: Path, split: str, tables: Iterable[pa.Table], n_records: in
             entries.append({"path": str(path.relative_to(out)), "format": fmt, "split": split, "records": len(shard),
                             "bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return entries
-
-
-def versions(*extra: str) -> dict:
-    """Python, platform and the versions of the packages that shape a dataset, plus `extra` packages."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("temsynth", "abtem", "czone", "ase", "numpy", "scipy", "pyarrow", "datasets", "webdataset", "dask",
-                *extra):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def card_data_files(shards: list[dict], splits: Iterable[str]) -> list[dict]:

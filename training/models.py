@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generators.writers import atomic_path
+from generators.files import atomic_path
 from temsynth.errors import TemsynthError
 
 from .config import ModelConfig

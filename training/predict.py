@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from generators.micrographs import MicrographError, read_micrograph, resample, resample_mask
-from generators.writers import atomic_path
+from generators.files import atomic_path
 
 from .config import AugmentConfig, Benchmark
 from .data import DataError, benchmark_set, normalise, source_json

@@ -29,7 +29,7 @@ from generators.cluster import (RUNNING_FILE, After, ClusterConfig, Task, add_cl
                                 cluster_config, cluster_from_args, job_command, job_env, job_script, last_error_line,
                                 launch_job, run_tasks, signals_raise, stop_jobs, worker_index)
 from generators.config import ConfigError, Strict, format_errors, read_yaml
-from generators.writers import atomic_path, sha256_file
+from generators.files import atomic_path, sha256_file
 from temsynth.errors import TemsynthError
 
 from .card import versions

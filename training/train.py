@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from generators.writers import atomic_path
+from generators.files import atomic_path
 from temsynth.errors import TemsynthError
 
 from .card import write_model_card

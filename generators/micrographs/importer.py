@@ -24,7 +24,8 @@ from .. import __version__
 from .. import records
 from ..folder import tile_record_id
 from ..records import Column, fixed_list, nested_list_array
-from ..writers import sha256_file, versions, write_dataset_card, write_manifest, write_split
+from ..files import sha256_file, versions
+from ..writers import write_dataset_card, write_manifest, write_split
 from .readers import (EXTENSIONS, MASK_SUFFIX, READER_PACKAGES, SPLITS, MicrographError, _supported,
                       parse_mask_values, read_mask, read_micrograph)
 from .tiles import resample, resample_mask, resampled_shape, tile, tile_count
