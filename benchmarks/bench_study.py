@@ -105,7 +105,7 @@ def main():
         data = a.data
         if not data:
             data = str(tmp / "tem_au_np")
-            subprocess.run([sys.executable, "-m", "generators.cli", "generate", "--preset", "demo", "--out", data,
+            subprocess.run([sys.executable, "-m", "temsynth", "generate", "--preset", "demo", "--out", data,
                             "--quiet"], check=True, cwd=ROOT)
         data = str(Path(data).resolve())
         mk = lambda label, workers, **kw: study_dict(data, tmp / label, a.seeds, a.epochs,  # noqa: E731

@@ -5,7 +5,7 @@
 """
 import sys
 
-from generators.cli import main
+from temsynth.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

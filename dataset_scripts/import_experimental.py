@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from generators.micrographs import MicrographError, import_folder
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line on stderr, exit 2, like every other failure of this script
@@ -47,8 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from generators.micrographs import MicrographError, import_folder
-
     args = build_parser().parse_args(argv)
     try:
         import_folder(args.images_dir, args.out, masks_dir=args.masks, pixel_size_A=args.pixel_size_A,

@@ -22,12 +22,14 @@ import numpy as np
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
+from temsynth.errors import TemsynthError
+
 from .materials import MATERIALS
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(TemsynthError, ValueError):
     """A config that cannot be used; the message names the field and the fix."""
 
 
@@ -325,6 +327,9 @@ class StructureConfig(Strict):
 
 
 class SimulationConfig(Strict):
+    # The extension point for simulators: each name maps to a class implementing `simulate.Simulator` in
+    # `simulate.make_simulator`. `prismatic` works once `make prismatic` has built it; without the build a run
+    # refuses before any work, naming that command (generators/simulate_prismatic.py).
     backend: Literal["abtem", "prismatic"] = "abtem"
     energy_keV: float = Field(default=300.0, ge=20, le=1500)
     sampling_A: float = Field(default=0.125, gt=0.01, le=1.0)

@@ -18,6 +18,8 @@ import os
 import pickle
 from pathlib import Path
 
+from .files import atomic_path
+
 WISDOM_DIR = "fftw"
 
 
@@ -99,10 +101,8 @@ def _plans(gpts: int, flags: tuple[str, ...], arrays=None):
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _measure(gpts: int) -> bytes:

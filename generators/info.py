@@ -10,8 +10,10 @@ import contextlib
 from collections import Counter
 from pathlib import Path
 
-from .run import RunError, load_manifest
-from .writers import MANIFEST_HASH_KEY, manifest_digest, sha256_file
+from .config import ConfigError, from_dict
+from .folder import RunError, load_manifest
+from .files import sha256_file
+from .writers import MANIFEST_HASH_KEY, manifest_digest
 
 SHARD_GLOBS = {"parquet": ("data", "*.parquet"), "webdataset": ("wds", "*.tar")}
 
@@ -25,8 +27,6 @@ def check(dataset_dir: str | Path, full: bool = False) -> list[str]:
         problems.append("manifest.json was edited after it was written (its content no longer matches its "
                         f"{MANIFEST_HASH_KEY})")
     if m.get("kind") != "experimental":
-        from .config import ConfigError, from_dict
-
         try:
             if from_dict(m["config"]).sha256() != m["config_sha256"]:
                 problems.append("manifest.json: the recorded config does not match its config_sha256 (edited)")

@@ -16,13 +16,13 @@ The result equals abTEM's own multislice of the same structure to float rounding
 from __future__ import annotations
 
 import math
-import os
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from .fftw import band_columns, deterministic_plans
+from .files import atomic_path
 
 
 def _shift(cut, gpts: int) -> tuple[int, int] | None:
@@ -200,11 +200,8 @@ class CarbonSlices:
                             self.engine.slices(block, np.full(len(block), 6), total)]) if total else \
                 np.zeros((0, self.engine.gpts, self.engine.gpts), np.complex64)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a killed writer's leftover is swept
-                with open(tmp, "wb") as f:
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a killed writer's leftover is swept
                     np.save(f, arr)
-                tmp.replace(path)
                 arr = np.load(path, mmap_mode="r")
         self._memory[name] = arr
         while len(self._memory) > self.keep:

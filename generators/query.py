@@ -22,11 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from temsynth.errors import TemsynthError
+
 
 PIXEL_COLUMNS = ("image", "mask", "instance_mask")
 
 
-class QueryError(ValueError):
+class QueryError(TemsynthError, ValueError):
     pass
 
 

@@ -22,17 +22,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .config import STAGE_SPLITS, ConfigError, GenerationConfig, from_dict, rng_for
+from .cluster import Task, cluster_config, run_tasks
+from .config import (STAGE_SPLITS, ConfigError, GenerationConfig, estimate_dataset_bytes, estimate_worker_bytes,
+                     from_dict, rng_for)
 from .detector import sample_detector
 from .fftw import WISDOM_DIR, ensure_wisdom
+from .files import versions
+from .folder import (MANIFEST_KEYS, SHARD_KEYS, RunError, config_of, load_manifest,  # noqa: F401  (re-exported)
+                     parse_record_id, record_id, structure_id)
 from .imaging import Grid, ImageFormer, bin_mean, crop, grid_for, noise_rng, sample_conditions
+from .info import reading, require_intact
 from .masks import instance_labels, mask_from_coverage, phase_coverage
-from .micrographs import resample
+from .micrographs.tiles import resample
 from .records import to_table
-from .structures import particle_columns
-from .simulate import make_simulator, wavelength_A
-from .structures import build_structure, structure_id
-from .writers import SPLITS, file_entries, versions, write_card, write_manifest, write_parquet, write_split
+from .simulate import SimulatorUnavailable, make_simulator, wavelength_A
+from .structures import build_structure
+from .writers import SPLITS, file_entries, write_card, write_manifest, write_parquet, write_split
 
 
 # ---------------------------------------------------------------- splits
@@ -92,10 +97,6 @@ def _context(cfg: GenerationConfig, grid: Grid):
     return (*_CONTEXT[key], _CONTEXT[split_key])
 
 
-def record_id(structure_index: int, condition_index: int) -> str:
-    return f"{structure_id(structure_index)}-c{condition_index:03d}"
-
-
 def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None,
                        dataset_dir: Path | None = None):
     """Structure -> exit waves -> (images, masks, instance masks, per-record metadata, structure).
@@ -135,11 +136,8 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
                                    half_sample)
 
     base = {
-        "structure_id": s.structure_id, "structure_index": index, "split": splits[index],
-        "n_particles": s.n_particles, "n_particles_requested": s.n_particles_requested,
-        **{name: [getattr(pt, attr) for pt in s.particles] for name, attr, _ in particle_columns()},
-        "substrate_thickness_A": s.substrate.thickness_A, "substrate_bank_index": s.substrate.bank_index,
-        "n_atoms": s.n_atoms, "energy_keV": cfg.simulation.energy_keV, "sim_sampling_A": grid.sim_sampling_A,
+        **s.record_fields(), "split": splits[index],
+        "energy_keV": cfg.simulation.energy_keV, "sim_sampling_A": grid.sim_sampling_A,
         "slice_thickness_A": cfg.simulation.slice_thickness_A,
         "n_frozen_phonons": cfg.simulation.n_frozen_phonons, "pixel_size_A": p,
         "detector_pixel_size_A": grid.detector_pixel_size_A, "image_size_px": im.image_size_px,
@@ -189,10 +187,6 @@ def _part_path(out: Path, index: int) -> Path:
 
 
 # ---------------------------------------------------------------- the run
-class RunError(RuntimeError):
-    pass
-
-
 def _check_folder(cfg: GenerationConfig, out: Path) -> str:
     """'done' if a finished dataset of this config is there, 'resume'/'new' otherwise; refuse a foreign folder."""
     if out.exists() and not out.is_dir():
@@ -264,8 +258,6 @@ def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, sched
              progress: bool = True, log=print, cluster=None) -> dict:
     """Build (or resume) a dataset folder; `cluster` (generators.cluster.ClusterConfig) overrides workers and
     scheduler: a local cluster, an existing scheduler or SLURM/PBS batch jobs."""
-    from .cluster import cluster_config
-
     cluster = cluster or cluster_config(workers=workers, scheduler=scheduler)
     out = Path(out_dir)
     make_simulator(cfg.simulation, grid_for(cfg, 0).sim_gpts, cfg.structure.thermal_sigma_A)  # unusable: refused here
@@ -293,8 +285,6 @@ def _finished_with(cfg: GenerationConfig, out: Path) -> bool:
 def check_resources(cfg: GenerationConfig, out: Path, workers: int, scheduler: str | None) -> None:
     """Refuse, before anything is written, a run whose workers cannot hold one structure in memory or whose
     dataset cannot fit on the disk, with the figures."""
-    from .config import estimate_dataset_bytes, estimate_worker_bytes
-
     gib = 2 ** 30
     need = estimate_worker_bytes(cfg)
     if scheduler is None:
@@ -362,7 +352,6 @@ def _run_units(cfg, out, pending, cluster, progress, done) -> list[dict]:
     A failing structure stops the run with one line; finished parts are kept."""
     from tqdm.auto import tqdm
 
-    from .cluster import Task, run_tasks
 
     cfg_json = cfg.model_dump_json()
     bar = tqdm(total=cfg.n_structures, initial=done, unit="structure", disable=not progress, file=sys.stderr,
@@ -394,8 +383,6 @@ def _run_units(cfg, out, pending, cluster, progress, done) -> list[dict]:
 
 
 def _unit_failed(out: Path, index: int, err: BaseException) -> Exception:
-    from .simulate import SimulatorUnavailable
-
     if isinstance(err, (SimulatorUnavailable, ConfigError, RunError)):
         return err  # already one line naming the fix
     msg = " ".join(str(err).split())[:300] or type(err).__name__
@@ -454,55 +441,8 @@ def _summary(out: Path) -> dict:
             "mask_area_px": rng(t["mask_area_px"])}
 
 
-# ---------------------------------------------------------------- provenance helpers
-MANIFEST_KEYS = {"name": str, "n_records": int, "splits": dict, "shards": list}
-SHARD_KEYS = {"path": str, "format": str, "split": str, "records": int, "bytes": int, "sha256": str}
-
-
-def load_manifest(dataset_dir: str | Path) -> dict:
-    """The folder's manifest.json, checked for the keys every reader relies on; one-line RunError otherwise."""
-    path = Path(dataset_dir) / "manifest.json"
-    if not Path(dataset_dir).is_dir():
-        raise RunError(f"{dataset_dir}: no such dataset folder")
-    if not path.is_file():
-        raise RunError(f"{dataset_dir} has no manifest.json: not a finished temsynth dataset folder")
-    fix = "restore it from a copy or rebuild the folder"
-    try:
-        m = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise RunError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {fix}") from None
-    if not isinstance(m, dict):
-        raise RunError(f"{path} is not a JSON object; {fix}")
-    need = dict(MANIFEST_KEYS, **({} if m.get("kind") == "experimental" else {"config": dict, "config_sha256": str}))
-    bad = [k for k, t in need.items() if not isinstance(m.get(k), t) or isinstance(m.get(k), bool)]
-    if bad:
-        raise RunError(f"{path} is incomplete: missing or mistyped {', '.join(bad)}; {fix}")
-    for i, s in enumerate(m["shards"]):
-        if not isinstance(s, dict) or any(not isinstance(s.get(k), t) for k, t in SHARD_KEYS.items()):
-            raise RunError(f"{path}: shard entry {i} lacks one of {', '.join(SHARD_KEYS)}; {fix}")
-    return m
-
-
-def config_of(dataset_dir: str | Path) -> GenerationConfig:
-    try:
-        return from_dict(load_manifest(dataset_dir)["config"], f"{dataset_dir}/manifest.json")
-    except ConfigError as err:
-        raise RunError(f"{dataset_dir}/manifest.json records a config that does not validate "
-                       f"({' '.join(str(err).split())}); restore the manifest or rebuild the folder") from None
-
-
-def parse_record_id(record_id: str) -> tuple[int, int]:
-    try:
-        s, c = record_id.split("-c")
-        return int(s.lstrip("s")), int(c)
-    except ValueError:
-        raise RunError(f"record id {record_id!r} is not of the form s000012-c003") from None
-
-
 def read_record(dataset_dir: str | Path, record_id: str) -> dict:
     import pyarrow.dataset as pads
-
-    from .info import reading, require_intact
 
     files = require_intact(dataset_dir, "parquet")
     with reading(dataset_dir):

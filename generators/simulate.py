@@ -15,12 +15,14 @@ from typing import Protocol
 
 import numpy as np
 
+from temsynth.errors import TemsynthError
+
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
 from .simulate_prismatic import PrismaticSimulator, SimulationError  # noqa: F401  (re-exported)
 from .structures import Structure
 
 
-class SimulatorUnavailable(RuntimeError):
+class SimulatorUnavailable(TemsynthError, RuntimeError):
     pass
 
 

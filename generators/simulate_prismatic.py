@@ -47,6 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
+from temsynth.errors import TemsynthError
+
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
 
 INSTALL_COMMAND = "make prismatic"
@@ -55,7 +57,7 @@ _CHILD = Path(__file__).with_name("_prismatic_child.py")
 _Z_EPS_A = 1e-4
 
 
-class SimulationError(RuntimeError):
+class SimulationError(TemsynthError, RuntimeError):
     """A simulator failed on one structure (the message names it)."""
 
 

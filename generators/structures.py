@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from temsynth.errors import TemsynthError
+
 from .config import STAGE_STRUCTURE, GenerationConfig, rng_for
+from .files import atomic_path
+from .folder import structure_id
 from .materials import MATERIALS
 from .substrate import SubstrateCut, cut_substrate
 
@@ -86,6 +90,16 @@ class Structure:
     def n_particles(self) -> int:
         return len(self.particles)
 
+    def record_fields(self) -> dict:
+        """What every record of this structure carries of it: its ids, the particle counts, one list per Particle
+        field that reaches the records (`particle_columns`; a field marked `column=False` does not), the carbon
+        cut and the atom count. Atom arrays stay out: they are in the structure file."""
+        return {"structure_id": self.structure_id, "structure_index": self.structure_index,
+                "n_particles": self.n_particles, "n_particles_requested": self.n_particles_requested,
+                **{name: [getattr(pt, attr) for pt in self.particles] for name, attr, _ in particle_columns()},
+                "substrate_thickness_A": self.substrate.thickness_A,
+                "substrate_bank_index": self.substrate.bank_index, "n_atoms": self.n_atoms}
+
     def to_ase(self):
         """The whole specimen as one ase.Atoms with per-atom `is_particle` and `particle_index` (-1: carbon)."""
         import ase
@@ -106,11 +120,8 @@ class Structure:
     def write_extxyz(self, path: Path) -> None:
         from ase.io import write
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        write(tmp, self.to_ase(), format="extxyz")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            write(tmp, self.to_ase(), format="extxyz")
 
 
 # ---------------------------------------------------------------- randomness hygiene
@@ -217,11 +228,7 @@ def _orientation(cfg: GenerationConfig, rng: np.random.Generator, material: str)
 
 
 # ---------------------------------------------------------------- structure
-def structure_id(index: int) -> str:
-    return f"s{index:06d}"
-
-
-class SceneError(RuntimeError):
+class SceneError(TemsynthError, RuntimeError):
     pass
 
 

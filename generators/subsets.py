@@ -10,21 +10,37 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
-from .query import Query, QueryError
-from .records import ARRAY_COLUMNS, arrow_schema
-from .run import config_of, load_manifest, parse_record_id, read_record
+from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
+from .folder import config_of, load_manifest, parse_record_id
 from .info import reading, require_intact
-from .writers import SPLITS, card_data_files, file_entries, versions, write_card, write_manifest, write_split
+from .query import Query, QueryError
+from .records import ARRAY_COLUMNS
+from .run import read_record
+from .files import versions
+from .writers import SPLITS, card_data_files, file_entries, write_card, write_manifest, write_split
 
 KEY_COLUMNS = ("split", "n_particles", "particle_defect_type", "particle_material", "particle_shape",
                "particle_radius_A", "defocus_nm", "dose_e_per_A2")
+# what a query summary describes of an imported (experimental) folder, which has none of the above but split
+EXPERIMENTAL_KEY_COLUMNS = ("split", "material", "source_format", "pixel_size_source", "source_pixel_size_A",
+                            "mask_area_px")
 
 
 def fingerprint(dataset_dir: str | Path) -> str:
     """Content fingerprint: sha256 over the manifest's shard checksums."""
     shards = sorted((s["path"], s["sha256"]) for s in load_manifest(dataset_dir)["shards"])
     return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+
+
+def schema(dataset_dir: str | Path) -> pa.Schema:
+    """The folder's own record schema, from its first Parquet shard's footer (as `datasets`' Parquet builder
+    reads `pq.read_schema`): a query on an imported folder is checked against its columns, not the simulated
+    records'. The folder is checked against its manifest first."""
+    files = require_intact(dataset_dir, "parquet")
+    with reading(dataset_dir):
+        return pq.read_schema(files[0])
 
 
 def metadata(dataset_dir: str | Path, columns=None, query: Query | None = None) -> pa.Table:
@@ -37,10 +53,13 @@ def metadata(dataset_dir: str | Path, columns=None, query: Query | None = None) 
 
 
 def query_summary(dataset_dir: str | Path, text: str) -> dict:
-    q = Query(text, arrow_schema())
+    q = Query(text, schema(dataset_dir))
     t = metadata(dataset_dir, query=q)
-    out = {"query": text, "records": len(t), "structures": len(pc.unique(t["structure_id"])) if len(t) else 0}
-    for c in KEY_COLUMNS:
+    out = {"query": text, "records": len(t)}
+    simulated = "structure_id" in t.column_names
+    unit = "structure_id" if simulated else "source_file"
+    out["structures" if simulated else "micrographs"] = len(pc.unique(t[unit])) if len(t) else 0
+    for c in KEY_COLUMNS if simulated else EXPERIMENTAL_KEY_COLUMNS:
         col = pc.list_flatten(t[c]) if pa.types.is_list(t[c].type) else t[c]  # per-particle: over all particles
         if pa.types.is_string(col.type) or c == "n_particles":
             out[c] = {d["values"]: d["counts"] for d in pc.value_counts(col).to_pylist()}
@@ -56,7 +75,8 @@ def save_named_subset(dataset_dir: str | Path, name: str, text: str) -> dict:
 
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or name == "default":
         raise QueryError(f"subset name {name!r}: use letters, digits, '_' or '-', and not 'default'")
-    q = Query(text, arrow_schema())
+    q = Query(text, schema(dataset_dir))
+    config_of(dataset_dir)  # an imported folder has no generation config to write a card from: refuse first
     meta = metadata(dataset_dir, columns=sorted({"split", *q.columns}))
     # Parquet filters cannot test for null: a negation over a column holding nulls has no exact DNF form.
     nulls = [c for c in q.columns if meta[c].null_count or
@@ -113,7 +133,7 @@ def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dic
 
 
 def _write_subset(src: Path, text: str, out: Path) -> dict:
-    q = Query(text, arrow_schema())
+    q = Query(text, schema(src))
     files = require_intact(src, "parquet")  # a damaged parent would give a short subset that verifies "OK"
     parent = load_manifest(src)
     cfg = config_of(src)
@@ -148,8 +168,6 @@ def _write_subset(src: Path, text: str, out: Path) -> dict:
 
 def trace(dataset_dir: str | Path, record_id: str) -> dict:
     """Everything that made one record: the config of every stage, the seeds, the structure file, versions."""
-    from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
-
     manifest = load_manifest(dataset_dir)
     row = read_record(dataset_dir, record_id)
     s_idx, c_idx = parse_record_id(record_id)

@@ -15,6 +15,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .config import STAGE_SUBSTRATE, GenerationConfig, seed_for
+from .files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,8 @@ def bank_block(cfg: GenerationConfig, index: int, cache_dir: Path | None) -> np.
             np.random.set_state(state)
         block = prune_close_pairs(np.asarray(block, float), L, sub.min_dist_A)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.stem}.{np.random.default_rng().integers(1 << 30)}.tmp.npy")
-            np.save(tmp, block)
-            tmp.replace(path)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, block)
     if len(_BANK) > 64:
         _BANK.clear()
     _BANK[key] = block

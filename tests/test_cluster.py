@@ -60,7 +60,7 @@ def test_the_cluster_submits_the_script_we_print():
 
 
 def test_cluster_options_from_files_and_flags(tmp_path, capsys):
-    from generators.cli import build_parser, main
+    from temsynth.cli import build_parser, main
 
     with pytest.raises(ConfigError, match="needs cores, memory, walltime"):
         cluster_config({"kind": "slurm"})

@@ -390,6 +390,35 @@ def test_load_dataset_webdataset_checksums_and_fingerprint(imported):
     assert "split: benchmark" in card and "au_03.mrc" in card
 
 
+def test_query_checks_names_against_the_folders_own_schema(imported, capsys):
+    """Issue #9: `temsynth query` on an imported folder used the simulated-record schema (unknown column
+    'source_format'; KeyError 'structure_id' for split == 'benchmark'). It now reads the folder's own."""
+    from generators.subsets import query_summary
+    from temsynth.cli import main
+
+    out, m, _ = imported
+    rows = _tiles(out)
+    s = query_summary(out, "split == 'benchmark' and source_format in ('mrc', 'emd-ncem')")
+    want = [r for r in rows if r["split"] == "benchmark" and r["source_format"] in ("mrc", "emd-ncem")]
+    assert s["records"] == len(want) > 0
+    assert s["micrographs"] == len({r["source_file"] for r in want})
+    assert s["split"] == {"benchmark": len(want)} and "structures" not in s
+    assert sum(s["source_format"].values()) == len(want)
+    assert main(["query", str(out), "split == 'benchmark'"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == m["splits"]["benchmark"]
+    # a simulated-record column is unknown here, and the error lists this folder's columns
+    assert main(["query", str(out), "defocus_nm < 0"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown column 'defocus_nm'" in err and "source_format" in err and "particle_radius_A" not in err
+    # named subsets and subset folders need a generation config: one line naming why, not a KeyError
+    before = {f: (out / f).read_bytes() for f in ("README.md", "manifest.json")}
+    for extra in (["--save-as", "bench"], ["--out", str(out.parent / "sub")]):
+        assert main(["query", str(out), "split == 'benchmark'", *extra]) == 2
+        assert "kind: experimental" in capsys.readouterr().err
+    assert not (out.parent / "sub").exists()
+    assert {f: (out / f).read_bytes() for f in before} == before
+
+
 def test_rerun_into_the_same_folder_refuses(imported, folder):
     out, _, _ = imported
     with pytest.raises(MicrographError, match="not empty"):

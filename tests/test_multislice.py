@@ -108,7 +108,7 @@ def _burn(n: int):
 
 
 def _cli(args, env, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "generators.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "temsynth", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=900)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from generators.cli import main
+from temsynth.cli import main
 from generators.config import from_dict
 from generators.simulate import SimulationError, SimulatorUnavailable, make_simulator
 from generators import simulate_prismatic as sp

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import tiny_dict
-from generators.cli import main
+from temsynth.cli import main
 from generators.config import ConfigError, from_dict, load_config
 from generators.run import RunError
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from generators.cli import main
+from temsynth.cli import main
 from generators.config import ConfigError, from_dict, load_preset
 from generators.run import RunError, generate
 from tests.conftest import tiny_dict
@@ -51,7 +51,7 @@ def test_kill_and_resume_gives_every_record_once(tmp_path):
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(d))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "generators.cli", "generate", "--config", str(cfg_path), "--out", str(out),
+    cmd = [sys.executable, "-m", "temsynth", "generate", "--config", str(cfg_path), "--out", str(out),
            "--workers", "1", "--quiet"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     parts = out / "_work" / "parts"

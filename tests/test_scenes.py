@@ -1,5 +1,7 @@
 """Scenes of several particles: materials, Wulff shapes, geometry on the carbon, instance masks, per-particle
 columns, refusals of scenes that cannot be laid out."""
+from dataclasses import fields
+
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
@@ -110,6 +112,15 @@ def test_records_carry_instance_masks_and_per_particle_columns():
     assert set(np.unique(lab)) <= set(range(n + 1))
     assert np.array_equal(lab > 0, mask > 0), "the instance mask partitions the binary mask"
     assert m["particle_area_px"] == [int((lab == k + 1).sum()) for k in range(n)]
+    # what the record holds of its structure comes from the Structure object, not a hand-kept key list
+    from generators.records import METADATA_NAMES
+    from generators.structures import Particle, particle_columns
+
+    own = s.record_fields()
+    assert set(own) <= set(METADATA_NAMES) and {k: m[k] for k in own} == own
+    assert {c for c, _, _ in particle_columns()} <= set(own)
+    hidden = [f.name for f in fields(Particle) if f.metadata.get("column") is False]
+    assert hidden and not {f"particle_{h}" for h in hidden} & set(own)  # said so explicitly, and kept out
     L, p = cfg.field_of_view_A, cfg.imaging.pixel_size_A
     for k, ((cx, cy), cut, r) in enumerate(zip(m["particle_center_px"], m["particle_cut_by_border"],
                                                m["particle_bounding_radius_A"])):

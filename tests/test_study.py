@@ -79,7 +79,7 @@ def test_tiny_study_end_to_end_with_one_row_per_job_epoch_benchmark(built, tmp_p
     again = run_study(write(tmp_path, study_dict(built, tmp_path / "s", workers=2)), progress=False,
                       log=lambda *a: None)
     assert again["timing"]["jobs_run"] == 0 and pq.read_table(s["results"]).num_rows == 16
-    from generators.cli import main
+    from temsynth.cli import main
 
     assert main(["study", "report", str(tmp_path / "s")]) == 0
     report = tmp_path / "s" / "report"
@@ -92,7 +92,7 @@ def test_tiny_study_end_to_end_with_one_row_per_job_epoch_benchmark(built, tmp_p
 def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
     f = write(tmp_path, study_dict(built, tmp_path / "s", seeds=[0]))  # 4 jobs
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "generators.cli", "study", "run", str(f), "--quiet"]
+    cmd = [sys.executable, "-m", "temsynth", "study", "run", str(f), "--quiet"]
     proc = subprocess.Popen(cmd + ["--workers", "0"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600  # a busy shared machine runs a tiny job in minutes, not seconds
@@ -125,7 +125,7 @@ def test_sigterm_stops_the_job_processes_on_dask_workers_and_a_rerun_resumes(bui
     d["training"]["epochs"] = 3
     f = write(tmp_path, d)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "generators.cli", "study", "run", str(f), "--quiet"]
+    cmd = [sys.executable, "-m", "temsynth", "study", "run", str(f), "--quiet"]
     proc = subprocess.Popen(cmd + ["--workers", "1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     job = tmp_path / "s" / "jobs" / "first_condition-s0" / "train"
@@ -174,7 +174,7 @@ def test_bad_study_files_name_the_field(built, tmp_path):
         d = study_dict(built, "x")
         d["finetune"]["amounts"] = [0]
         load_study(write(tmp_path, d))
-    r = subprocess.run([sys.executable, "-m", "generators.cli", "study", "run", str(tmp_path / "missing.yaml")],
+    r = subprocess.run([sys.executable, "-m", "temsynth", "study", "run", str(tmp_path / "missing.yaml")],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 

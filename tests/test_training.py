@@ -289,14 +289,14 @@ def test_predict_writes_the_mask_a_micrograph_file_gets(trained, built, tmp_path
 
 
 def test_cli_predict_and_evaluate(trained, built, tmp_path):
-    from generators.cli import main
+    from temsynth.cli import main
 
     _, summary = trained
     (tmp_path / "broken.tif").write_bytes(b"not a tiff at all")
     assert main(["predict", summary["model_dir"], str(tmp_path / "broken.tif")]) == 2
     assert main(["predict", str(tmp_path), str(tmp_path / "broken.tif")]) == 2   # not a model folder
     assert main(["evaluate", summary["model_dir"], str(built), "nope > 1"]) == 2
-    r = subprocess.run([sys.executable, "-m", "generators.cli", "evaluate", summary["model_dir"], str(built),
+    r = subprocess.run([sys.executable, "-m", "temsynth", "evaluate", summary["model_dir"], str(built),
                         "any(particle_n_twins >= 1)", "--split", "test"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr

@@ -5,21 +5,18 @@ from pathlib import Path
 
 import yaml
 
+from generators.files import atomic_path, versions as all_versions
 from generators.writers import CARDS_DIR
 
 TRAINING_PACKAGES = ("torch", "accelerate", "transformers", "safetensors")
 
 
 def versions() -> dict:
-    from generators.writers import versions as all_versions
-
     return all_versions(*TRAINING_PACKAGES)
 
 
 def write_model_card(model_dir: Path, config: dict, summary: dict, rows: list[dict]) -> None:
     from huggingface_hub import ModelCard, ModelCardData
-
-    from generators.writers import atomic_path
 
     tc = config["training_config"]
     card_data = ModelCardData(

@@ -15,12 +15,16 @@ import pyarrow.dataset as pads
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
+from generators.info import reading, require_intact
 from generators.query import Query, QueryError, wds_filter
+from generators.run import RunError
+from generators.subsets import fingerprint
+from temsynth.errors import TemsynthError
 
 from .config import AugmentConfig, DataSource
 
 
-class DataError(ValueError):
+class DataError(TemsynthError, ValueError):
     """A data source that cannot be used; the message names the config field and the fix."""
 
 
@@ -71,9 +75,6 @@ def to_sample(image: np.ndarray, mask: np.ndarray, kind: str) -> dict:
 def _split_files(src: DataSource, field: str, fmt: str = "parquet") -> list[str]:
     """The split's shards as the folder's manifest lists them, after checking the folder against it (a missing
     shard must stop training, not shrink the data). A folder without a manifest is read by name."""
-    from generators.info import require_intact
-    from generators.run import RunError
-
     root = Path(src.path)
     if not (root / "data").is_dir():
         raise DataError(f"{field}.path: {root} is not a dataset folder (no data/); build one with `temsynth generate` "
@@ -113,9 +114,6 @@ def read_arrays(src: DataSource, seed: int = 0, field: str = "data"):
 def _read(ds, src: DataSource, field: str, query: Query | None, columns: list[str]) -> pa.Table:
     """A scan (filtered by the query) whose unreadable shard (a corrupt row group) is one line naming the folder,
     not a traceback."""
-    from generators.info import reading
-    from generators.run import RunError
-
     try:
         with reading(src.path):
             return query.table(ds, columns) if query is not None else ds.to_table(columns=columns)
@@ -251,9 +249,6 @@ def benchmark_set(src: DataSource, augment_cfg: AugmentConfig, field: str) -> Ar
 def source_json(src: DataSource) -> dict:
     """What a model card and a results table record of a data source: where, which records, which content,
     and the pixel sizes a model trained on it expects."""
-    from generators.run import RunError
-    from generators.subsets import fingerprint
-
     try:
         fp = fingerprint(src.path)
     except RunError:  # a folder without a manifest still trains; it just has no content fingerprint

@@ -17,8 +17,16 @@ from generators.config import ConfigError
 
 from .config import TrainConfig, read_with_overrides, train_config
 from .models import CONFIG_FILE, ModelFolderError
+from .train import cli
 
+# The fine-tuning recipe of the seed study, written once: `finetune_config` and the study's fine-tuning jobs
+# (training/study.py) both apply it to what their config leaves out.
 DEFAULTS = {"epochs": 50, "patience": 10}
+LR_FACTOR = 0.5  # of the parent's learning rate
+
+
+def finetune_lr(parent_lr: float) -> float:
+    return parent_lr * LR_FACTOR
 
 
 def finetune_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
@@ -34,15 +42,13 @@ def finetune_config(path: str | Path, overrides: dict | None = None) -> TrainCon
     # The parent's intensity normalisation is part of what it learnt: keep it (and its augmentations) by default.
     data.setdefault("augment", parent["training_config"]["augment"])
     opt = data.setdefault("optimizer", {})
-    opt.setdefault("lr", parent["training_config"]["optimizer"]["lr"] / 2)
+    opt.setdefault("lr", finetune_lr(parent["training_config"]["optimizer"]["lr"]))
     for k, v in DEFAULTS.items():
         data.setdefault(k, v)
     return train_config(data, str(path))
 
 
 def main(argv=None) -> int:
-    from .train import cli
-
     return cli(argv, "training.finetune", prepare=finetune_config)
 
 

@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generators.files import atomic_path
+from temsynth.errors import TemsynthError
+
 from .config import ModelConfig
 
 MODEL_FILE = "model.safetensors"
@@ -93,8 +96,6 @@ def save_model(model: nn.Module, folder: str | Path, model_cfg: ModelConfig, inf
     """model.safetensors + config.json (architecture and whatever provenance `info` carries), written atomically."""
     from safetensors.torch import save_file
 
-    from generators.writers import atomic_path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -106,7 +107,7 @@ def save_model(model: nn.Module, folder: str | Path, model_cfg: ModelConfig, inf
     return folder
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(TemsynthError, ValueError):
     pass
 
 

@@ -6,9 +6,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from generators.micrographs import MicrographError, read_micrograph, resample, resample_mask
+from generators.files import atomic_path
+
 from .config import AugmentConfig, Benchmark
-from .data import benchmark_set, normalise, source_json
-from .metrics import scores
+from .data import DataError, benchmark_set, normalise, source_json
+from .metrics import counts, scores
 from .models import load_model
 
 
@@ -125,8 +128,6 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
     """
     from scipy import ndimage
 
-    from generators.micrographs import MicrographError, read_micrograph, resample, resample_mask
-
     model, config = load_model(model_dir)
     if pixel_size_A is not None and not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
         raise MicrographError(f"--pixel-size-A must be a positive number, got {pixel_size_A}")
@@ -161,8 +162,6 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
 def _write_mask(mask: np.ndarray, out: Path, error) -> None:
     from PIL import Image
 
-    from generators.writers import atomic_path
-
     ext = out.suffix.lower()
     if ext not in (".png", ".tif", ".tiff", ".npy"):
         raise error(f"--out {out}: write the mask as .png, .tif or .npy")
@@ -178,9 +177,6 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, query: str | None =
              batch_size: int = 16) -> dict:
     """Dice/IoU of a saved model on a split of a dataset folder (optionally narrowed by a query)."""
     from torch.utils.data import DataLoader
-
-    from .data import DataError
-    from .metrics import counts
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"--batch-size must be a positive integer, got {batch_size}")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from generators.writers import CARDS_DIR
+from temsynth.errors import TemsynthError
 
 from .results import RESULTS_FILE, STUDY_FILE
 from .stats import MODEL_KEY, bootstrap_median_ci, final_scores, min_attainable_p, pairwise_mannwhitney
@@ -30,7 +31,7 @@ TRAIN_COLOR = "0.35"
 FIG1, FIG2 = "fig1_final_dice.png", "fig2_dynamics.png"
 
 
-class ReportError(ValueError):
+class ReportError(TemsynthError, ValueError):
     """A study folder the report cannot be made from; the message names the file and what to do."""
 
 
@@ -57,7 +58,9 @@ def load_results(study_dir: str | Path) -> pd.DataFrame:
     return table.assign(finetune_images=table["finetune_images"].fillna(0).astype(int))
 
 
-def load_study(study_dir: str | Path) -> dict:
+def read_study_file(study_dir: str | Path) -> dict:
+    """The study folder's copy of its study file, as written (names and orders for the report); {} if absent.
+    Not `study.load_study`, which validates a study YAML and expands its jobs."""
     path = Path(study_dir) / STUDY_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -387,7 +390,7 @@ def captions(tuned: bool) -> list[str]:
 
 def _build(study_dir: Path, out: Path, table: pd.DataFrame) -> dict:
     """Write the CSVs and figures into `out`; return what the templates need."""
-    study = load_study(study_dir)
+    study = read_study_file(study_dir)
     subsets = _ordered(table["subset"], _names(study.get("subsets")))
     benchmarks = _ordered(table["benchmark"], _names(study.get("benchmarks")))
     final = final_scores(table)

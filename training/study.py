@@ -13,21 +13,31 @@ a killed study (Ctrl-C, SIGTERM) stops its job processes.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
 import pyarrow as pa
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from generators.cluster import RUNNING_FILE, ClusterConfig, add_cluster_arguments, cluster_from_args, job_script
+from generators.cluster import (RUNNING_FILE, After, ClusterConfig, Task, add_cluster_arguments, choose_gpus,
+                                cluster_config, cluster_from_args, job_command, job_env, job_script, last_error_line,
+                                launch_job, run_tasks, signals_raise, stop_jobs, worker_index)
 from generators.config import ConfigError, Strict, format_errors, read_yaml
+from generators.files import atomic_path, sha256_file
+from temsynth.errors import TemsynthError
 
+from .card import versions
 from .config import Benchmark, DataSource, train_config
+from .finetune import DEFAULTS as FINETUNE_DEFAULTS, finetune_lr
+from .report import write_report
 from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
+from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE, read_metrics
 
 JOB_CONFIG_FILE = "job_config.json"  # the job's complete training config, as its process reads it
 JOB_LOG = "job.log"  # the job process's stdout and stderr, every attempt appended
@@ -38,7 +48,7 @@ CLUSTER_FLAGS = ("cluster_config", "cluster", "workers", "scheduler", "queue", "
                  "gpus", "account", "job_directives", "prologue")
 
 
-class StudyError(RuntimeError):
+class StudyError(TemsynthError, RuntimeError):
     pass
 
 
@@ -86,8 +96,6 @@ class StudyConfig(Strict):
     @field_validator("cluster")
     @classmethod
     def _cluster(cls, v):
-        from generators.cluster import cluster_config
-
         try:
             cluster_config(v, "cluster")
         except ConfigError as err:
@@ -139,13 +147,13 @@ def _job_configs(study: StudyConfig, source: str) -> list[dict]:
             for n in (study.finetune.amounts if study.finetune else []):
                 job_id = f"{base}-ft{n}"
                 data = {**json.loads(study.finetune.data.model_dump_json()), "n_images": n}
-                ft = {"epochs": 50, "patience": 10, **study.training, **study.finetune.settings,
+                ft = {**FINETUNE_DEFAULTS, **study.training, **study.finetune.settings,
                       "name": job_id, "output_dir": str(root / base / f"finetune-{n}"), "seed": seed, "data": data,
                       "benchmarks": bench, "init_from": str(root / base / "train" / "model")}
                 ft_opt = study.finetune.settings.get("optimizer", {})
-                # Unless the study says otherwise, fine-tuning halves the parent's learning rate (seed study).
+                # Unless the study says otherwise, the fine-tuning recipe sets the learning rate from the parent's.
                 ft["optimizer"] = {**train["optimizer"], **ft_opt,
-                                   "lr": ft_opt.get("lr", train["optimizer"]["lr"] / 2)}
+                                   "lr": ft_opt.get("lr", finetune_lr(train["optimizer"]["lr"]))}
                 jobs.append({"job_id": job_id, "subset": subset.name, "seed": seed, "phase": "finetune",
                              "finetune_images": n, "parent": base,
                              "config": _validated(ft, f"{source}: job {job_id} (fields from `finetune.settings:`)")})
@@ -174,9 +182,6 @@ def run_job(job: dict, parent: dict | None = None, launch: dict | None = None) -
     launch` for several devices), started from a Dask task or from this process; never raises for a failed job
     (errors are results). The process gets `launch["threads"]` threads and the GPUs this worker owns, writes
     its output to JOB_DIR/job.log, and is stopped with its process group if this call is interrupted."""
-    from generators.cluster import choose_gpus, job_command, job_env, last_error_line, launch_job, worker_index
-    from generators.writers import atomic_path, sha256_file
-
     launch = launch or {}
     out = _job_dir(job)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,8 +221,6 @@ def run_job(job: dict, parent: dict | None = None, launch: dict | None = None) -
 
 
 def _failed(out: Path, result: dict) -> dict:
-    from generators.writers import atomic_path
-
     with atomic_path(out / "error.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     return result
@@ -233,8 +236,6 @@ def job_state(job: dict) -> dict | None:
 
 # ---------------------------------------------------------------- results
 def _job_rows(study: StudyConfig, job: dict, state: dict) -> list[dict]:
-    from .train import read_metrics
-
     subset = next(s for s in study.subsets if s.name == job["subset"])
     paths = ";".join(s.path for s in subset.sources)
     fps = ";".join(d.get("fingerprint") or "" for d in _train_data_info(state))
@@ -265,8 +266,6 @@ def write_results(study: StudyConfig, jobs: list[dict], cache: dict | None = Non
     metrics never change), so rewriting after each of n jobs reads each job's files once, not n times."""
     import pyarrow.parquet as pq
 
-    from generators.writers import atomic_path
-
     cache = {} if cache is None else cache
     rows = []
     for job in jobs:
@@ -288,8 +287,6 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
               retry_failed: bool = False, progress: bool = True, log=print,
               cluster: ClusterConfig | None = None) -> dict:
     """Run (or resume) every job of a study file; `cluster` (or workers/scheduler) overrides the file's."""
-    from generators.cluster import cluster_config
-
     study, jobs = load_study(path)
     if cluster is None:
         cluster = study.cluster_config()
@@ -348,8 +345,6 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
 
 def _check_done_jobs(jobs: list[dict], states: dict) -> None:
     """A finished job is only reused for the config it ran with (a subset's query may have been edited)."""
-    from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE
-
     for job in jobs:
         if (states[job["job_id"]] or {}).get("status") != "done":
             continue
@@ -362,10 +357,6 @@ def _check_done_jobs(jobs: list[dict], states: dict) -> None:
 
 
 def _write_study_json(study, out, jobs, timing, failed) -> None:
-    from generators.writers import atomic_path
-
-    from .card import versions
-
     doc = {"name": study.name, "config": json.loads(study.model_dump_json()),
            "subsets": [{"name": s.name, "query": s.query_text, "sources": [json.loads(x.model_dump_json())
                                                                            for x in s.sources]}
@@ -379,8 +370,6 @@ def _write_study_json(study, out, jobs, timing, failed) -> None:
 def _run_jobs(study, jobs, todo, cluster: ClusterConfig, progress, cache) -> list[dict]:
     """Each job a task (a fine-tuning job after its parent) that starts the job's own process."""
     from tqdm.auto import tqdm
-
-    from generators.cluster import After, Task, run_tasks, signals_raise, stop_jobs
 
     bar = tqdm(total=len(todo), disable=not progress, unit="job", desc=f"study {study.name}", dynamic_ncols=True)
     launch = {"threads": cluster.threads(), "gpus_per_worker": cluster.gpus_per_worker(),
@@ -437,11 +426,6 @@ def _worker_lost(job: dict, err: Exception) -> dict:
 
 # ---------------------------------------------------------------- command line
 def main(argv=None) -> int:
-    import argparse
-    import sys
-
-    from generators.query import QueryError
-
     p = argparse.ArgumentParser(prog="temsynth study", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="verb", required=True)
     r = sub.add_parser("run", help="run (or resume) every job of a study file")
@@ -469,14 +453,9 @@ def main(argv=None) -> int:
                 return 130
             print(json.dumps({k: v for k, v in s.items()}, indent=2))
             return 1 if s["failed"] else 0
-        from .report import ReportError, write_report
-
-        try:
-            print(write_report(args.study_dir, args.out))
-        except ReportError as err:
-            raise StudyError(str(err)) from None
+        print(write_report(args.study_dir, args.out))
         return 0
-    except (ConfigError, QueryError, StudyError) as err:
+    except TemsynthError as err:  # ConfigError, QueryError, StudyError, ReportError, ...
         print(f"temsynth study {args.verb}: {err}", file=sys.stderr)
         return 2
 

@@ -22,8 +22,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from generators.files import atomic_path
+from temsynth.errors import TemsynthError
+
+from .card import write_model_card
 from .config import TrainConfig, load_train_config
-from .data import DataError, EpochSampler, benchmark_set, source_json, training_set
+from .data import EpochSampler, benchmark_set, source_json, training_set
 from .metrics import counts, scores, segmentation_loss
 from .models import CONFIG_FILE, MODEL_FILE, build_model, load_model, save_model
 
@@ -35,7 +39,7 @@ RUN_CONFIG_FILE = "train_config.json"
 RESUMABLE_CHANGES = ("epochs", "num_workers", "patience")
 
 
-class TrainError(RuntimeError):
+class TrainError(TemsynthError, RuntimeError):
     pass
 
 
@@ -66,8 +70,6 @@ def _check_folder(cfg: TrainConfig, out: Path) -> None:
 
 
 def _write_run_config(cfg: TrainConfig, out: Path) -> None:
-    from generators.writers import atomic_path
-
     with atomic_path(out / RUN_CONFIG_FILE) as tmp:
         tmp.write_text(cfg.model_dump_json(indent=2))
 
@@ -80,8 +82,6 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def _rewrite_metrics(path: Path, rows: list[dict]) -> None:
-    from generators.writers import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, METRIC_COLUMNS)
         w.writeheader()
@@ -264,8 +264,6 @@ def _parent_info(cfg: TrainConfig) -> dict | None:
 
 def _finish(cfg: TrainConfig, out: Path, state: TrainState, info: dict) -> dict:
     """The model folder: the best weights, their config, all metrics and a model card."""
-    from .card import write_model_card
-
     rows = read_metrics(out / METRICS_FILE)
     mine = [r for r in rows if r["phase"] == cfg.phase]
     if not mine:
@@ -321,16 +319,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def cli(argv, prog: str, prepare=lambda cfg_path, overrides: load_train_config(cfg_path, overrides)) -> int:
-    from generators.config import ConfigError
-    from generators.query import QueryError
-
-    from .models import ModelFolderError
-
     args = build_parser(prog).parse_args(argv)
     try:
         cfg = prepare(args.config, parse_overrides(args.set))
         run(cfg, progress=not args.quiet)
-    except (ConfigError, QueryError, DataError, TrainError, ModelFolderError) as err:
+    except TemsynthError as err:  # ConfigError, QueryError, DataError, TrainError, ModelFolderError, ...
         print(f"{prog}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,31 +1,34 @@
-"""`temsynth` command line: parse, call a library function, print."""
+"""`temsynth` command line: parse, call a library function, print.
+
+The top layer: it imports `generators/` and `training/`; neither imports it. Every error meant for the user
+derives from `temsynth.errors.TemsynthError`, the one class caught here.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from generators.cluster import add_cluster_arguments, cluster_from_args, job_script
+from generators.config import from_dict, load_config, load_preset, preset_names
+from generators.info import report
+from generators.files import source_digest
+from generators.run import RunError, generate, load_manifest, regenerate_records
+from generators.subsets import query_summary, save_named_subset, trace, write_subset
+from .errors import TemsynthError
 
 
 def _load_cfg(args):
-    from .config import load_config, load_preset
-
     if bool(args.preset) == bool(args.config):
         raise SystemExit("temsynth generate: give exactly one of --preset NAME or --config FILE")
     return load_preset(args.preset) if args.preset else load_config(args.config)
 
 
 def cmd_generate(args) -> int:
-    from .run import generate
-
     cfg = _load_cfg(args)
     if args.structures is not None:
         cfg = cfg.model_copy(update={"n_structures": args.structures})
-        from .config import from_dict
-
         cfg = from_dict(cfg.model_dump(mode="json"), "command line")
-    from .cluster import cluster_from_args, job_script
-
     cluster = cluster_from_args(args, {"workers": 2})
     if args.job_script:
         print(job_script(cluster))
@@ -35,16 +38,12 @@ def cmd_generate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .info import report
-
     text, intact = report(args.dataset, args.verify)
     print(text)
     return 0 if intact else 1
 
 
 def cmd_query(args) -> int:
-    from .subsets import query_summary, save_named_subset, write_subset
-
     summary = query_summary(args.dataset, args.expr)
     print(json.dumps(summary, indent=2))
     if args.save_as:
@@ -57,15 +56,11 @@ def cmd_query(args) -> int:
 
 
 def cmd_trace(args) -> int:
-    from .subsets import trace
-
     print(json.dumps(trace(args.dataset, args.record_id), indent=2, default=str))
     return 0
 
 
 def cmd_regenerate(args) -> int:
-    from .run import RunError, regenerate_records
-
     ids = None if args.all else args.record_ids
     if not ids and not args.all:
         raise RunError("name one or more record ids (e.g. s000003-c001), or pass --all")
@@ -82,9 +77,6 @@ def cmd_regenerate(args) -> int:
     if n > 1:
         print(f"{n - differ} of {n} records identical" + (f", {differ} DIFFERENT" if differ else ""))
     if differ:
-        from .run import load_manifest
-        from .writers import source_digest
-
         made_by = load_manifest(args.dataset).get("versions", {}).get("temsynth_source_sha256")
         if made_by != source_digest():
             print(f"note: {args.dataset} was made by other generator code (source {str(made_by)[:12]}, this is "
@@ -92,6 +84,9 @@ def cmd_regenerate(args) -> int:
     return 0 if differ == 0 else 1
 
 
+# The training verbs import `training/` when they run, not at start-up: it loads torch (about 1.5 s), which the
+# generation verbs (`generate`, `info`, `query`, ...) never need. A start-up cost, not a cycle: nothing below imports
+# this module.
 def cmd_predict(args) -> int:
     from training.predict import predict_file
 
@@ -107,8 +102,6 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .config import preset_names
-
     print("\n".join(preset_names()))
     return 0
 
@@ -132,8 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output dataset folder (re-running the same command resumes)")
     g.add_argument("--structures", type=int, help="override n_structures")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
-    from .cluster import add_cluster_arguments
-
     add_cluster_arguments(g, "2")
     g.set_defaults(func=cmd_generate)
     i = sub.add_parser("info", help="summary of a dataset folder")
@@ -179,28 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import ConfigError
-    from .query import QueryError
-    from .run import RunError
-    from .simulate import SimulationError, SimulatorUnavailable
-
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["study"]:  # its own parser, so that `temsynth study run --help` reaches it
-        from training.study import main as study_main
+        from training.study import main as study_main  # torch: see cmd_predict
 
         return study_main(argv[1:])
     args = build_parser().parse_args(argv)
-    errors = (ConfigError, RunError, SimulatorUnavailable, SimulationError, QueryError)
-    if args.verb in ("predict", "evaluate"):
-        from training.data import DataError
-        from training.models import ModelFolderError
-
-        from .micrographs import MicrographError
-
-        errors += (DataError, ModelFolderError, MicrographError)
     try:
         return args.func(args)
-    except errors as err:
+    except TemsynthError as err:
         print(f"temsynth {args.verb}: {err}", file=sys.stderr)
         return 2
 

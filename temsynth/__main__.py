@@ -1,0 +1,6 @@
+"""`python -m temsynth ...` is the `temsynth` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
