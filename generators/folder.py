@@ -24,6 +24,17 @@ MANIFEST_KEYS = {"name": str, "n_records": int, "splits": dict, "shards": list}
 SHARD_KEYS = {"path": str, "format": str, "split": str, "records": int, "bytes": int, "sha256": str}
 
 
+def new_manifest(name: str, generator_version: str | None, versions: dict, splits: dict, shards: list[dict],
+                 **fields) -> dict:
+    """A manifest's common part, for generated, subset and imported folders alike (the keys `load_manifest`
+    checks are all set here), then each kind's own `fields`."""
+    from datetime import datetime, timezone
+
+    return {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "generator": "temsynth", "generator_version": generator_version, "versions": versions,
+            "n_records": int(sum(splits.values())), "splits": splits, "shards": shards, **fields}
+
+
 def load_manifest(dataset_dir: str | Path) -> dict:
     """The folder's manifest.json, checked for the keys every reader relies on; one-line RunError otherwise."""
     path = Path(dataset_dir) / "manifest.json"

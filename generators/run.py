@@ -29,7 +29,7 @@ from .detector import sample_detector
 from .fftw import WISDOM_DIR, ensure_wisdom
 from .files import versions
 from .folder import (MANIFEST_KEYS, SHARD_KEYS, RunError, config_of, load_manifest,  # noqa: F401  (re-exported)
-                     parse_record_id, record_id, structure_id)
+                     new_manifest, parse_record_id, record_id, structure_id)
 from .imaging import Grid, ImageFormer, bin_mean, crop, grid_for, noise_rng, sample_conditions
 from .info import reading, require_intact
 from .masks import instance_labels, mask_from_coverage, phase_coverage
@@ -407,18 +407,14 @@ def finalize(cfg: GenerationConfig, out: Path, timings: list[dict] | None = None
         shards += write_split(out, split, tables, n_records, cfg.records_per_shard)
     summary = _summary(out)
     write_card(out, cfg, split_counts, summary=summary, shards=shards)
-    manifest = {
-        "name": cfg.name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "generator": "temsynth", "generator_version": __version__, "versions": versions(),
-        "config_sha256": cfg.sha256(), "config": cfg.model_dump(mode="json"),
-        "n_structures": cfg.n_structures, "n_records": sum(split_counts.values()), "splits": split_counts,
-        "summary": summary, "shards": shards,
-        "structures": file_entries(out, (out / "structures").glob("*.extxyz")),
+    manifest = new_manifest(
+        cfg.name, __version__, versions(), split_counts, shards,
+        config_sha256=cfg.sha256(), config=cfg.model_dump(mode="json"), n_structures=cfg.n_structures,
+        summary=summary, structures=file_entries(out, (out / "structures").glob("*.extxyz")),
         # the FFT plans every record was computed with (fftw.py): regenerate replays them
-        "fftw_wisdom": file_entries(out, (out / WISDOM_DIR).glob("*.pkl")),
-        "timing": {"seconds": elapsed, "structures_timed": len(timings or []),
-                   "mean_structure_seconds": float(np.mean([t["seconds"] for t in timings])) if timings else None},
-    }
+        fftw_wisdom=file_entries(out, (out / WISDOM_DIR).glob("*.pkl")),
+        timing={"seconds": elapsed, "structures_timed": len(timings or []),
+                "mean_structure_seconds": float(np.mean([t["seconds"] for t in timings])) if timings else None})
     write_manifest(out, manifest)
     shutil.rmtree(out / "_work", ignore_errors=True)
     return manifest

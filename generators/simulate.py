@@ -9,29 +9,15 @@ Backends: `abtem` (below) and `prismatic` (`simulate_prismatic.py`: Prismatic 2.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from temsynth.errors import TemsynthError
-
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
 from .simulate_prismatic import PrismaticSimulator, SimulationError  # noqa: F401  (re-exported)
 from .structures import Structure
-
-
-class SimulatorUnavailable(TemsynthError, RuntimeError):
-    pass
-
-
-@dataclass
-class ExitWaves:
-    particle: np.ndarray  # (configs, ny, nx) complex64, vacuum = 1
-    full: np.ndarray  # (configs, ny, nx) complex64
-    sampling_A: float
-    energy_keV: float
+from .waves import ExitWaves, SimulatorUnavailable, wavelength_A  # noqa: F401  (re-exported)
 
 
 class Simulator(Protocol):
@@ -39,16 +25,6 @@ class Simulator(Protocol):
     version: str
 
     def exit_waves(self, structure: Structure, root_seed: int) -> ExitWaves: ...
-
-
-def wavelength_A(energy_keV: float) -> float:
-    """Relativistic electron wavelength."""
-    from ase import units
-
-    e = energy_keV * 1e3
-    m0c2 = units._me * units._c**2 / units._e  # eV
-    hc = units._hplanck * units._c / units._e * 1e10  # eV Å
-    return hc / np.sqrt(e * (2 * m0c2 + e))
 
 
 class AbtemSimulator:

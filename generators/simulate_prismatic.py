@@ -50,6 +50,7 @@ import numpy as np
 from temsynth.errors import TemsynthError
 
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
+from .waves import ExitWaves, SimulatorUnavailable, wavelength_A
 
 INSTALL_COMMAND = "make prismatic"
 BUILD_INFO = "prismatic-build.json"  # written by `make prismatic` into the venv's root (sys.prefix)
@@ -96,8 +97,6 @@ def prismatic_status() -> tuple[bool, str, str]:
 
 
 def _unavailable(reason: str):
-    from .simulate import SimulatorUnavailable
-
     return SimulatorUnavailable(f"simulation.backend: prismatic needs a Prismatic 2.x build with HRTEM; {reason}. "
                                 f"Install it with `{INSTALL_COMMAND}` (or use backend: abtem).")
 
@@ -130,7 +129,6 @@ class PrismaticSimulator:
         ok, reason, version = prismatic_status()
         if not ok:
             raise _unavailable(reason)
-        from .simulate import SimulatorUnavailable
 
         if cfg.parametrization != "kirkland":
             raise SimulatorUnavailable(
@@ -194,8 +192,6 @@ class PrismaticSimulator:
 
     # ------------------------------------------------------------ the run
     def exit_waves(self, structure, root_seed: int):
-        from .simulate import ExitWaves
-
         s = structure
         sid = getattr(s, "structure_id", None) or f"index {s.structure_index}"
         rng = rng_for(root_seed, STAGE_PHONONS, s.structure_index)
@@ -256,7 +252,6 @@ class PrismaticSimulator:
     def _to_exit_plane(self, wave_xy: np.ndarray, cell_xy: float, height: float, sid: str) -> np.ndarray:
         """Prismatic's [x, y] wave, refocused to mid-cell -> [y, x] exit-surface wave, optionally at abTEM's band
         limit."""
-        from .simulate import wavelength_A
 
         n = self.gpts
         if wave_xy.shape != (n, n):

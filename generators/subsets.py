@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +12,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
-from .folder import config_of, load_manifest, parse_record_id
+from .folder import config_of, load_manifest, new_manifest, parse_record_id
 from .info import reading, require_intact
 from .query import Query, QueryError
 from .records import ARRAY_COLUMNS
@@ -152,15 +151,12 @@ def _write_subset(src: Path, text: str, out: Path) -> dict:
                 shutil.copy2(f, out / "structures" / f.name)
     if not any(counts.values()):
         raise QueryError(f"query selects no records: {text}")
-    manifest = {
-        "name": f"{parent['name']}-subset", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "generator": "temsynth", "generator_version": parent.get("generator_version"), "versions": versions(),
-        "config_sha256": parent["config_sha256"], "config": parent["config"],
-        "n_structures": sum(1 for _ in (out / "structures").glob("*.extxyz")) if (out / "structures").exists() else 0,
-        "n_records": sum(counts.values()), "splits": counts, "summary": {},
-        "parent": {"path": str(src.resolve()), "fingerprint": fingerprint(src), "query": text},
-        "shards": shards, "structures": file_entries(out, (out / "structures").glob("*.extxyz")),
-    }
+    manifest = new_manifest(
+        f"{parent['name']}-subset", parent.get("generator_version"), versions(), counts, shards,
+        config_sha256=parent["config_sha256"], config=parent["config"],
+        n_structures=sum(1 for _ in (out / "structures").glob("*.extxyz")) if (out / "structures").exists() else 0,
+        summary={}, parent={"path": str(src.resolve()), "fingerprint": fingerprint(src), "query": text},
+        structures=file_entries(out, (out / "structures").glob("*.extxyz")))
     write_manifest(out, manifest)
     _rewrite_card(out, manifest)
     return manifest

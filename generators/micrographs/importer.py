@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +21,7 @@ import pyarrow as pa
 
 from .. import __version__
 from .. import records
-from ..folder import tile_record_id
+from ..folder import new_manifest, tile_record_id
 from ..records import Column, fixed_list, nested_list_array
 from ..files import sha256_file, versions
 from ..writers import write_dataset_card, write_manifest, write_split
@@ -339,13 +338,9 @@ def _write_folder(out: Path, name: str, sources: list[Source], args: dict, image
                                args["material"], images_dir, mask_values) for s in members)
         if counts[split]:
             shards += write_split(out, split, tables, counts[split], args["records_per_shard"])
-    manifest = {
-        "name": name, "kind": "experimental",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "generator": "temsynth", "generator_version": __version__, "versions": versions(*READER_PACKAGES),
-        "import": args, "n_sources": len(sources), "n_records": sum(counts.values()), "splits": counts,
-        "sources": [_source_entry(s, images_dir) for s in sources], "shards": shards,
-    }
+    manifest = new_manifest(name, __version__, versions(*READER_PACKAGES), counts, shards, kind="experimental",
+                            sources=[_source_entry(s, images_dir) for s in sources], n_sources=len(sources),
+                            **{"import": args})
     write_card(out, manifest)
     write_manifest(out, manifest)
     return manifest

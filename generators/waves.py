@@ -1,0 +1,32 @@
+"""What every simulator backend returns (`ExitWaves`), the error it raises when it cannot run here, and the
+electron wavelength they share; a module of its own so that the backends (`simulate.py`, `simulate_prismatic.py`)
+depend on it rather than on each other."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from temsynth.errors import TemsynthError
+
+
+class SimulatorUnavailable(TemsynthError, RuntimeError):
+    pass
+
+
+@dataclass
+class ExitWaves:
+    particle: np.ndarray  # (configs, ny, nx) complex64, vacuum = 1
+    full: np.ndarray  # (configs, ny, nx) complex64
+    sampling_A: float
+    energy_keV: float
+
+
+def wavelength_A(energy_keV: float) -> float:
+    """Relativistic electron wavelength."""
+    from ase import units
+
+    e = energy_keV * 1e3
+    m0c2 = units._me * units._c**2 / units._e  # eV
+    hc = units._hplanck * units._c / units._e * 1e10  # eV Å
+    return hc / np.sqrt(e * (2 * m0c2 + e))
