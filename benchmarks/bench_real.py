@@ -43,11 +43,11 @@ def split_of(imported: Path) -> dict[str, str]:
 
 def predict_field(model, config, image: np.ndarray, pixel_size_A: float, tta: bool = False) -> np.ndarray:
     from generators.micrographs import resample, resample_mask
-    from training.predict import _model_pixel_size, predict_array
+    from training.predict import predict_array
 
-    model_px = _model_pixel_size(config) or pixel_size_A
+    model_px = config.pixel_size_A or pixel_size_A
     work = resample(image, pixel_size_A, model_px, order=1) if abs(pixel_size_A / model_px - 1) > 0.01 else image
-    mask = predict_array(model, work, config["training_config"]["augment"]["normalise"], tta)
+    mask = predict_array(model, work, config.augment.normalise, tta)
     if work is not image:
         mask = resample_mask(mask, model_px, pixel_size_A)
     h, w = image.shape

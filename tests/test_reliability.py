@@ -314,6 +314,24 @@ def _model_folder(tmp_path, depth=2, norm="group", px=0.25):
     return folder
 
 
+def test_a_model_folder_config_is_read_typed_once(tmp_path):
+    from training.config import ModelConfig
+    from training.models import ModelFolderError, build_model, read_model_config, save_model
+
+    cfg = ModelConfig.model_validate({"unet": {"depth": 2, "base_width": 4, "norm": "group"}})
+    info = {"name": "ft", "training_config": {"augment": {"normalise": "percentile"}, "optimizer": {"lr": 0.004}},
+            "train_data": [{"pixel_sizes_A": [0.7], "n_images": 8}], "init_from": {"train_data": [{"n_images": 96}]},
+            "seed": 3}
+    folder = save_model(build_model(cfg), tmp_path / "m", cfg, info)
+    m = read_model_config(folder)
+    assert m.model == cfg and m.augment.normalise == "percentile" and m.lr == 0.004 and m.pixel_size_A == 0.7
+    assert m.first_phase_data == [{"n_images": 96}]  # a fine-tuned model's simulated data is its parent's
+    assert m.model_extra["seed"] == 3 and m.n_parameters > 0  # provenance keys pass through
+    (folder / "config.json").write_text('{"model": {"architecture": "resnet"}}')
+    with pytest.raises(ModelFolderError, match="does not describe a model"):
+        read_model_config(folder)
+
+
 def test_broken_model_folders_are_one_line(tmp_path, capsys):
     img = tmp_path / "img.npy"
     np.save(img, np.random.default_rng(0).random((64, 64)).astype(np.float32))

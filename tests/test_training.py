@@ -258,7 +258,7 @@ def test_segformer_from_config_trains(built, tmp_path):
     losses = [float(r["train_loss"]) for r in rows if r["benchmark"] == "validation"]
     assert losses[-1] < losses[0]
     reloaded, cfg = load_model(s["model_dir"])
-    assert cfg["model"]["architecture"] == "segformer" and type(reloaded).__name__ == "SegFormer"
+    assert cfg.model.architecture == "segformer" and type(reloaded).__name__ == "SegFormer"
 
 
 def test_predict_writes_the_mask_a_micrograph_file_gets(trained, built, tmp_path):

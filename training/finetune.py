@@ -9,14 +9,13 @@ epochs after them, so the curves continue across the two phases.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from generators.config import ConfigError
 
 from .config import TrainConfig, read_with_overrides, train_config
-from .models import CONFIG_FILE, ModelFolderError
+from .models import CONFIG_FILE, ModelFolderError, read_model_config
 from .train import cli
 
 # The fine-tuning recipe of the seed study, written once: `finetune_config` and the study's fine-tuning jobs
@@ -34,15 +33,14 @@ def finetune_config(path: str | Path, overrides: dict | None = None) -> TrainCon
     if not data.get("init_from"):
         raise ConfigError(f"invalid fine-tuning config ({path}):\n  - init_from: required: the model folder to "
                           "start from, e.g. runs/demo/model")
-    parent_file = Path(data["init_from"]) / CONFIG_FILE
-    if not parent_file.exists():
+    if not (Path(data["init_from"]) / CONFIG_FILE).exists():
         raise ModelFolderError(f"init_from: {data['init_from']} is not a model folder (no {CONFIG_FILE})")
-    parent = json.loads(parent_file.read_text())
-    data.setdefault("model", parent["model"])
+    parent = read_model_config(data["init_from"])
+    data.setdefault("model", parent.model.model_dump(mode="json"))
     # The parent's intensity normalisation is part of what it learnt: keep it (and its augmentations) by default.
-    data.setdefault("augment", parent["training_config"]["augment"])
+    data.setdefault("augment", parent.augment.model_dump(mode="json"))
     opt = data.setdefault("optimizer", {})
-    opt.setdefault("lr", finetune_lr(parent["training_config"]["optimizer"]["lr"]))
+    opt.setdefault("lr", finetune_lr(parent.lr))
     for k, v in DEFAULTS.items():
         data.setdefault(k, v)
     return train_config(data, str(path))

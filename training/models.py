@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from generators.files import atomic_path
 from temsynth.errors import TemsynthError
 
-from .config import ModelConfig
+from .config import AugmentConfig, ModelConfig
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -111,33 +112,77 @@ class ModelFolderError(TemsynthError, ValueError):
     pass
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """One call from a model folder to a network in eval mode, and its config.json."""
-    from safetensors.torch import load_file
+class ModelFolderConfig(BaseModel):
+    """A model folder's config.json, read and typed in one place: the architecture, and what predicting,
+    evaluating, fine-tuning and studies take from the run that made it (provenance keys pass through)."""
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model: ModelConfig
+    name: str | None = None
+    n_parameters: int | None = None
+    training_config: dict = {}
+    train_data: list[dict] = []
+    init_from: dict | None = None
 
-    from pydantic import ValidationError
+    @property
+    def augment(self) -> AugmentConfig:
+        """The intensity normalisation and augmentations it was trained with (inputs must be normalised alike)."""
+        return AugmentConfig.model_validate(self.training_config.get("augment", {}))
+
+    @property
+    def lr(self) -> float | None:
+        return self.training_config.get("optimizer", {}).get("lr")
+
+    @property
+    def pixel_size_A(self) -> float | None:
+        """The one pixel size of its training data, if it had one (fields are resampled to it)."""
+        sizes = {px for src in self.train_data for px in src.get("pixel_sizes_A") or []}
+        return sizes.pop() if len(sizes) == 1 else None
+
+    @property
+    def first_phase_data(self) -> list[dict]:
+        """The simulated data of its first training phase (a fine-tuned model's parent's)."""
+        if self.init_from:
+            return self.init_from.get("train_data") or []
+        return self.train_data
+
+
+def read_model_config(folder: str | Path) -> ModelFolderConfig:
+    """config.json of a model folder, typed; one-line ModelFolderError if it is missing or does not describe a
+    model."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        raise ModelFolderError(f"{folder} is not a model folder: it has no {CONFIG_FILE} "
+                               "(written by training.train into OUTPUT_DIR/model)")
+    try:
+        return ModelFolderConfig.model_validate(json.loads((folder / CONFIG_FILE).read_bytes()))
+    except (ValueError, UnicodeDecodeError, TypeError, ValidationError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise ModelFolderError(f"{folder}/{CONFIG_FILE} does not describe a model ({type(err).__name__}: {first}); "
+                               f"{_REFETCH}") from None
+
+
+_REFETCH = "copy the model folder again from its training run (OUTPUT_DIR/model)"
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelFolderConfig]:
+    """One call from a model folder to a network in eval mode, and its typed config.json."""
+    from safetensors.torch import load_file
 
     folder = Path(folder)
     if not (folder / CONFIG_FILE).is_file() or not (folder / MODEL_FILE).is_file():
         raise ModelFolderError(f"{folder} is not a model folder: it needs {CONFIG_FILE} and {MODEL_FILE} "
                                "(written by training.train into OUTPUT_DIR/model)")
-    fix = "copy the model folder again from its training run (OUTPUT_DIR/model)"
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_bytes())
-        model = build_model(ModelConfig.model_validate(config["model"]))
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError, ValidationError) as err:
-        first = " ".join(str(err).split())[:200]
-        raise ModelFolderError(f"{folder}/{CONFIG_FILE} does not describe a model ({type(err).__name__}: {first}); "
-                               f"{fix}") from None
+    config = read_model_config(folder)
+    model = build_model(config.model)
     try:
         state = load_file(str(folder / MODEL_FILE), device=str(device))
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for truncated/corrupt files
         raise ModelFolderError(f"{folder}/{MODEL_FILE} cannot be read ({' '.join(str(err).split())[:200]}): "
-                               f"truncated or not a safetensors file; {fix}") from None
+                               f"truncated or not a safetensors file; {_REFETCH}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         first = " ".join(str(err).split())[:200]
         raise ModelFolderError(f"{folder}: the weights in {MODEL_FILE} do not fit the architecture in {CONFIG_FILE} "
-                               f"({first}); the two files come from different models: {fix}") from None
+                               f"({first}); the two files come from different models: {_REFETCH}") from None
     return model.to(device).eval(), config

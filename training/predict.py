@@ -9,15 +9,10 @@ import torch
 from generators.micrographs import MicrographError, read_micrograph, resample, resample_mask
 from generators.files import atomic_path
 
-from .config import AugmentConfig, Benchmark
+from .config import Benchmark
 from .data import DataError, benchmark_set, normalise, source_json
 from .metrics import counts, scores
 from .models import load_model
-
-
-def _model_pixel_size(config: dict) -> float | None:
-    sizes = {px for src in config.get("train_data", []) for px in src.get("pixel_sizes_A") or []}
-    return sizes.pop() if len(sizes) == 1 else None
 
 
 # ---------------------------------------------------------------- tiled inference
@@ -135,7 +130,7 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
     name = Path(image_path).name
     check_field(image, name, model, MicrographError, size=False)
     px = pixel_size_A or file_px
-    model_px = _model_pixel_size(config)
+    model_px = config.pixel_size_A
     note = None
     work = image
     if model_px and px and abs(px / model_px - 1) > 0.01:
@@ -144,7 +139,7 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
         note = f"no pixel size in {Path(image_path).name} nor --pixel-size-A: assumed the model's {model_px} Å"
     check_field(work, name, model, MicrographError)
     resampled = work is not image
-    mask = predict_array(model, work, config["training_config"]["augment"]["normalise"], tta)
+    mask = predict_array(model, work, config.augment.normalise, tta)
     del work  # the resampled field can be 4x the file's pixels: free it before resampling the mask back
     if resampled:
         # Back to the file's pixels the way training tiles were made; rounding may leave one row to pad or drop.
@@ -182,7 +177,7 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, query: str | None =
         raise DataError(f"--batch-size must be a positive integer, got {batch_size}")
     model, config = load_model(model_dir)
     bench = Benchmark(name="evaluate", path=str(dataset_dir), split=split, query=query)
-    augment = AugmentConfig.model_validate(config["training_config"]["augment"])
+    augment = config.augment
     loader = DataLoader(benchmark_set(bench, augment, "dataset"), batch_size=batch_size)
     src = source_json(bench)
     _, _, tile = _geometry(model)

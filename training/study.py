@@ -35,6 +35,7 @@ from temsynth.errors import TemsynthError
 from .card import versions
 from .config import Benchmark, DataSource, train_config
 from .finetune import DEFAULTS as FINETUNE_DEFAULTS, finetune_lr
+from .models import read_model_config
 from .report import write_report
 from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
 from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE, read_metrics
@@ -255,10 +256,7 @@ def _job_rows(study: StudyConfig, job: dict, state: dict) -> list[dict]:
 
 def _train_data_info(state: dict) -> list[dict]:
     """The training data of the job's first phase (a fine-tuning job inherits its parent's subset)."""
-    config = json.loads((Path(state["summary"]["model_dir"]) / "config.json").read_text())
-    if config.get("init_from"):
-        return config["init_from"].get("train_data") or []
-    return config.get("train_data") or []
+    return read_model_config(state["summary"]["model_dir"]).first_phase_data
 
 
 def write_results(study: StudyConfig, jobs: list[dict], cache: dict | None = None) -> Path:

@@ -154,8 +154,8 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
     benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]") for b in cfg.benchmarks}
     if cfg.init_from:
         model, parent = load_model(cfg.init_from)
-        if parent["model"] != cfg.model.model_dump(mode="json"):
-            raise TrainError(f"model: {cfg.init_from} holds a {parent['model']['architecture']} with another "
+        if parent.model != cfg.model:
+            raise TrainError(f"model: {cfg.init_from} holds a {parent.model.architecture} with another "
                              "configuration; remove `model:` from the fine-tuning config to take the parent's")
         model.train()
     else:
