@@ -524,6 +524,16 @@ class GenerationConfig(Strict):
     def bin_factor(self) -> int:
         return int(round(self.imaging.pixel_size_A / self.simulation.sampling_A))
 
+    def record_fields(self) -> dict:
+        """The run-wide part of every record: what the config fixes for all of them (simulation, stored pixel,
+        mask recipe, seed and the config's own hash)."""
+        sim, im, mask = self.simulation, self.imaging, self.mask
+        return {"energy_keV": sim.energy_keV, "slice_thickness_A": sim.slice_thickness_A,
+                "n_frozen_phonons": sim.n_frozen_phonons, "pixel_size_A": im.pixel_size_A,
+                "image_size_px": im.image_size_px, "mask_phase_threshold_rad": mask.phase_threshold_rad,
+                "mask_closing_radius_A": mask.closing_radius_A, "mask_blur_sigma_A": mask.blur_sigma_A,
+                "seed": self.seed, "config_sha256": self.sha256()}
+
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 

@@ -56,6 +56,9 @@ class Grid:
     def bin_factor(self) -> int | None:
         return self.sim_gpts // self.detector_px if self.sim_gpts % self.detector_px == 0 else None
 
+    def record_fields(self) -> dict:
+        return {"sim_sampling_A": self.sim_sampling_A, "detector_pixel_size_A": self.detector_pixel_size_A}
+
 
 def grid_for(cfg: GenerationConfig, structure_index: int) -> Grid:
     """The config's fixed grid, or, with `detector_pixel_size_A`, a camera pixel size drawn per structure over

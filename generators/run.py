@@ -135,18 +135,11 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     labels_field = instance_labels(mask_field, s.particle_positions[:, :2], s.particle_index, p, s.cell_xy_A,
                                    half_sample)
 
-    base = {
-        **s.record_fields(), "split": splits[index],
-        "energy_keV": cfg.simulation.energy_keV, "sim_sampling_A": grid.sim_sampling_A,
-        "slice_thickness_A": cfg.simulation.slice_thickness_A,
-        "n_frozen_phonons": cfg.simulation.n_frozen_phonons, "pixel_size_A": p,
-        "detector_pixel_size_A": grid.detector_pixel_size_A, "image_size_px": im.image_size_px,
-        **camera.as_dict(),
-        "mask_phase_threshold_rad": cfg.mask.phase_threshold_rad, "mask_closing_radius_A": cfg.mask.closing_radius_A,
-        "mask_blur_sigma_A": cfg.mask.blur_sigma_A,
-        "seed": cfg.seed, "simulator": sim.name, "simulator_version": sim.version,
-        "generator_version": __version__, "czone_version": version("czone"), "config_sha256": cfg.sha256(),
-    }
+    # Every stage's objects say what they put on a record: the structure, the run's config, this structure's
+    # grid and camera, and the software.
+    base = {**s.record_fields(), "split": splits[index], **cfg.record_fields(), **grid.record_fields(),
+            **camera.as_dict(), "simulator": sim.name, "simulator_version": sim.version,
+            "generator_version": __version__, "czone_version": version("czone")}
     size = im.image_size_px
     images, masks, labels, metas = [], [], [], []
     for c, inten in zip(conditions, intensity):
