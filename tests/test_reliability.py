@@ -406,25 +406,27 @@ def test_predict_array_writes_the_tiled_mask_directly(tmp_path):
     assert np.array_equal(mask, logits_tiled(model, normalise(x, "minmax")) > 0)
 
 
-def test_test_time_augmentation_makes_the_mask_equivariant_under_rotations_and_mirrors(tmp_path):
-    from training.models import load_model
-    from training.predict import predict_array
+def test_test_time_augmentation_makes_predictions_equivariant_under_rotations_and_mirrors(tmp_path):
+    import torch
 
+    from training.data import normalise
+    from training.models import load_model
+    from training.predict import _dihedral, logits_dihedral, logits_tiled, predict_array
+
+    torch.manual_seed(0)
     model, _ = load_model(_model_folder(tmp_path, depth=2, norm="group"))
     yy, xx = np.mgrid[:96, :128]
     x = (np.sin(xx / 3.0) * np.cos(yy / 5.0) + 0.02 * xx + np.random.default_rng(4).random((96, 128))).astype(np.float32)
-    plain = predict_array(model, x, "minmax")
-    tta = predict_array(model, x, "minmax", tta=True)
-    assert tta.dtype == np.uint8 and tta.shape == x.shape
+    avg = logits_dihedral(model, x)
     for k, flip in ((1, False), (2, True), (3, True)):
-        moved = np.rot90(x[:, ::-1] if flip else x, k)
-        back = np.rot90(predict_array(model, np.ascontiguousarray(moved), "minmax", tta=True), -k)
-        back = back[:, ::-1] if flip else back
-        # the same mask whichever way the field lies, up to float rounding of logits that sum to ~0
-        assert np.mean(back != tta) < 1e-3
-    # an untrained net is far from equivariant on its own: without TTA the rotated field's mask differs
-    rot = np.rot90(predict_array(model, np.ascontiguousarray(np.rot90(x)), "minmax"), -1)
-    assert np.mean(rot != plain) > 0.01
+        moved = np.ascontiguousarray(_dihedral(x, k, flip))
+        back = _dihedral(logits_dihedral(model, moved), k, flip, inverse=True)
+        assert np.abs(back - avg).max() < 1e-4 * (1 + np.abs(avg).max())  # the same, whichever way it lies
+        # an untrained net alone is far from equivariant: that is what the averaging removes
+        plain = _dihedral(logits_tiled(model, moved), k, flip, inverse=True)
+        assert np.abs(plain - logits_tiled(model, x)).max() > 100 * np.abs(back - avg).max() + 1e-4
+    mask = predict_array(model, x, "minmax", tta=True)
+    assert mask.dtype == np.uint8 and np.array_equal(mask, logits_dihedral(model, normalise(x, "minmax")) > 0)
 
 
 # ---------------------------------------------------------------- importer: masks and per-file pixel sizes

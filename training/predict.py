@@ -108,11 +108,16 @@ def predict_array(model, image: np.ndarray, normalise_kind: str, tta: bool = Fal
     x = normalise(np.asarray(image, np.float32), normalise_kind)
     if not tta:
         return logits_tiled(model, x, out=np.empty(x.shape, np.uint8))
+    return (logits_dihedral(model, x) > 0).astype(np.uint8)
+
+
+def logits_dihedral(model, x: np.ndarray) -> np.ndarray:
+    """Logits of a normalised field averaged over its 8 rotations and mirror images, each mapped back."""
     total = np.zeros(x.shape, np.float32)
     for k, flip in DIHEDRAL:
         view = np.ascontiguousarray(_dihedral(x, k, flip))
         total += _dihedral(logits_tiled(model, view), k, flip, inverse=True)
-    return (total > 0).astype(np.uint8)
+    return total / len(DIHEDRAL)
 
 
 def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | Path | None = None,
