@@ -16,6 +16,7 @@ import numpy as np
 import scipy.fft
 
 from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig, rng_for
+from .fftw import band_columns
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,6 @@ class ImageFormer:
         # The multislice's exit waves are band-limited by the antialias aperture (2/3 of Nyquist): the transfer
         # functions are only needed on the band's rows and columns (4/9 of the grid) and the inverse FFT's first
         # pass on its columns. Exit waves with power outside the band (another backend) take the full grid.
-        from .fftw import band_columns
-
         m = band_columns(gpts)
         self._band = np.r_[0:m, gpts - m:gpts] if 2 * m < gpts else None
         full = {k: getattr(self, k) for k in ("alpha2", "cos2phi", "sin2phi", "chi_fixed", "aperture", "k2")}

@@ -15,6 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
+from .multislice import CarbonSlices, Multislice, carbon_exit_wave
 from .simulate_prismatic import PrismaticSimulator, SimulationError  # noqa: F401  (re-exported)
 from .structures import Structure
 from .waves import ExitWaves, SimulatorUnavailable, wavelength_A  # noqa: F401  (re-exported)
@@ -64,8 +65,6 @@ class AbtemSimulator:
             self._engine = None
 
     def _cpu_engine(self, cell_xy_A: float):
-        from .multislice import CarbonSlices, Multislice
-
         if self._engine is None or self._engine[0].extent != cell_xy_A:
             wisdom_dir, carbon_dir = self._folders
             engine = Multislice(self.gpts, cell_xy_A, self.cfg.energy_keV, self.cfg.slice_thickness_A,
@@ -111,8 +110,6 @@ class AbtemSimulator:
                          sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.cfg.energy_keV)
 
     def _exit_waves_cpu(self, s: Structure, rng):
-        from .multislice import carbon_exit_wave
-
         engine, carbon = self._cpu_engine(s.cell_xy_A)
         n_particle = int(round(s.particle_height_A / self.cfg.slice_thickness_A))
         particle, full = [], []
