@@ -131,7 +131,10 @@ def ensure_wisdom(gpts: int, dataset_dir: Path | None = None) -> Path:
             return own
     if own is None:
         return cached
-    _write_atomic(own, cached.read_bytes())
+    try:
+        _write_atomic(own, cached.read_bytes())
+    except OSError:  # a read-only folder (regenerating someone else's records): the machine's wisdom serves
+        return cached
     return own
 
 
