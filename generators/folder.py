@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError, model_validator
+
 from temsynth.errors import TemsynthError
 
 from .config import ConfigError, GenerationConfig, from_dict
@@ -20,23 +22,56 @@ class RunError(TemsynthError, RuntimeError):
 
 
 # ---------------------------------------------------------------- manifest
-MANIFEST_KEYS = {"name": str, "n_records": int, "splits": dict, "shards": list}
-SHARD_KEYS = {"path": str, "format": str, "split": str, "records": int, "bytes": int, "sha256": str}
+class ShardEntry(BaseModel):
+    """One shard as the manifest lists it (and `info --verify` checks it)."""
+    model_config = ConfigDict(extra="allow")
+    path: StrictStr
+    format: StrictStr
+    split: StrictStr
+    records: StrictInt
+    bytes: StrictInt
+    sha256: StrictStr
+
+
+class Manifest(BaseModel):
+    """manifest.json, typed: what every reader relies on. Generated and subset folders also carry their
+    generation `config` (and its hash); imported ones (`kind: experimental`) their sources. Other keys
+    (summary, timing, files, provenance) pass through."""
+    model_config = ConfigDict(extra="allow")
+    name: StrictStr
+    kind: StrictStr = "generated"
+    n_records: StrictInt
+    splits: dict[str, StrictInt]
+    shards: list[ShardEntry]
+    config: dict | None = None
+    config_sha256: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _generated_have_config(self):
+        if self.kind != "experimental" and (self.config is None or self.config_sha256 is None):
+            raise ValueError("config and config_sha256 are required in a generated folder's manifest")
+        return self
+
+
+MANIFEST_KEYS = tuple(f for f in Manifest.model_fields if f not in ("kind", "config", "config_sha256"))
+SHARD_KEYS = tuple(ShardEntry.model_fields)
 
 
 def new_manifest(name: str, generator_version: str | None, versions: dict, splits: dict, shards: list[dict],
                  **fields) -> dict:
-    """A manifest's common part, for generated, subset and imported folders alike (the keys `load_manifest`
-    checks are all set here), then each kind's own `fields`."""
+    """A manifest for generated, subset and imported folders alike: the common part here, then each kind's own
+    `fields`; validated against `Manifest` before it is written, as it is when read."""
     from datetime import datetime, timezone
 
-    return {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "generator": "temsynth", "generator_version": generator_version, "versions": versions,
-            "n_records": int(sum(splits.values())), "splits": splits, "shards": shards, **fields}
+    m = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "generator": "temsynth", "generator_version": generator_version, "versions": versions,
+         "n_records": int(sum(splits.values())), "splits": splits, "shards": shards, **fields}
+    Manifest.model_validate(m)
+    return m
 
 
 def load_manifest(dataset_dir: str | Path) -> dict:
-    """The folder's manifest.json, checked for the keys every reader relies on; one-line RunError otherwise."""
+    """The folder's manifest.json, validated against `Manifest`; one-line RunError otherwise."""
     path = Path(dataset_dir) / "manifest.json"
     if not Path(dataset_dir).is_dir():
         raise RunError(f"{dataset_dir}: no such dataset folder")
@@ -49,13 +84,15 @@ def load_manifest(dataset_dir: str | Path) -> dict:
         raise RunError(f"{path} is not valid JSON ({str(err).splitlines()[0]}); {fix}") from None
     if not isinstance(m, dict):
         raise RunError(f"{path} is not a JSON object; {fix}")
-    need = dict(MANIFEST_KEYS, **({} if m.get("kind") == "experimental" else {"config": dict, "config_sha256": str}))
-    bad = [k for k, t in need.items() if not isinstance(m.get(k), t) or isinstance(m.get(k), bool)]
-    if bad:
-        raise RunError(f"{path} is incomplete: missing or mistyped {', '.join(bad)}; {fix}")
-    for i, s in enumerate(m["shards"]):
-        if not isinstance(s, dict) or any(not isinstance(s.get(k), t) for k, t in SHARD_KEYS.items()):
-            raise RunError(f"{path}: shard entry {i} lacks one of {', '.join(SHARD_KEYS)}; {fix}")
+    try:
+        Manifest.model_validate(m)
+    except ValidationError as err:
+        locs = [e["loc"] for e in err.errors()]
+        shard = next((loc for loc in locs if loc[:1] == ("shards",) and len(loc) > 1), None)
+        if shard is not None:
+            raise RunError(f"{path}: shard entry {shard[1]} lacks one of {', '.join(SHARD_KEYS)}; {fix}") from None
+        bad = sorted({str(loc[0]) for loc in locs if loc}) or ["config, config_sha256"]
+        raise RunError(f"{path} is incomplete: missing or mistyped {', '.join(bad)}; {fix}") from None
     return m
 
 
