@@ -77,7 +77,7 @@ class Multislice:
         # The inverse transforms are unnormalised: 1/N^2 goes into the kernels.
         self.propagator = (_fresnel_propagator_array(slice_thickness_A, *grid, energy, "cpu") * aperture / n2
                            ).astype(np.complex64)
-        self.bandlimit = (aperture / n2).astype(np.float32)
+        self.bandlimit = (aperture / n2).astype(np.complex64)  # complex: an in-place product without casting
         m = band_columns(gpts)
         if np.any(aperture[:, m:gpts - m]):  # the pruned transforms would drop part of the band
             raise RuntimeError(f"antialias aperture wider than the {m} band columns of a {gpts}² grid")
@@ -100,14 +100,19 @@ class Multislice:
         """One slice's projected potential (abTEM's infinite projection), in `self.real`."""
         from abtem.integrals import superpose_deltas
 
+        elements = np.unique(numbers)
         acc = None
-        for z in np.unique(numbers):
+        for z in elements:
             self.real[:] = 0
             superpose_deltas((positions[numbers == z, :2] / self.sampling).astype(np.float32), self.real)
             self._rfwd.execute()
-            term = self.half * self._kernel(int(z))
-            acc = term if acc is None else acc + term
-        self.half[:] = acc
+            if len(elements) == 1:  # the usual case: in place, no temporaries
+                np.multiply(self.half, self._kernel(int(z)), out=self.half)
+            else:
+                term = self.half * self._kernel(int(z))
+                acc = term if acc is None else acc + term
+        if acc is not None:
+            self.half[:] = acc
         self._rbwd.execute()
         return self.real
 
