@@ -250,9 +250,9 @@ class Query:
             import numpy as np
 
             np_t = np.float32 if pa.types.is_float32(t) else np.float16
-            return tuple(dict.fromkeys(float(v) for v in values if float(np_t(v)) == v))
+            return _signed_zeros(float(v) for v in values if float(np_t(v)) == v)
         if pa.types.is_floating(t):
-            return tuple(dict.fromkeys(float(v) for v in values))
+            return _signed_zeros(float(v) for v in values)
         return tuple(dict.fromkeys(values))
 
     def _normalise(self, name, index, op, v) -> "Cmp":
@@ -383,6 +383,15 @@ def _leaves(node):
 def _field_expr(c: Cmp):
     f = pads.field(c.column)
     return pc.list_element(f, c.index) if c.index is not None else f
+
+
+def _signed_zeros(values) -> tuple:
+    """A float value set with both zeros when it has either: Python's 0.0 == -0.0, but Arrow's is_in hashes
+    them apart, and pyarrow prunes a Parquet row group whose statistics are [-0.0, 0.0] from is_in([0.0])."""
+    out = list(dict.fromkeys(values))  # a dict holds one of the two zeros at most: they compare equal
+    if 0.0 in out:
+        out = [v for v in out if v != 0.0] + [0.0, -0.0]
+    return tuple(out)
 
 
 def _expr(node):

@@ -216,3 +216,27 @@ def test_decimal_literals_on_integer_columns_mean_what_they_say():
                     ("n_defects == 2.0", 1), ("image_size_px == 256.9", 0), ("image_size_px != 256.9", 5),
                     ("n_defects in (2.5, 3.0)", 1), ("n_defects < 1e999", 5), ("n_defects < 3000000000", 5)]:
         assert len(select_table(t, text)) == n, text
+
+
+@pytest.mark.parametrize("stored", [0.0, -0.0])
+@pytest.mark.parametrize("text", ["substrate_thickness_A in (0,)", "substrate_thickness_A in (-0.0, 5)",
+                                  "not substrate_thickness_A in (0.0,)"])
+def test_signed_zeros_meet_in_every_path(tmp_path, stored, text):
+    """Python's 0.0 == -0.0; Arrow's is_in hashed them apart and pyarrow pruned a Parquet row group whose
+    statistics are [-0.0, 0.0] from is_in([0.0]) (found by the property test above)."""
+    n = 9
+    cols = {f.name: pa.nulls(n, f.type) for f in SCHEMA}
+    cols["record_id"] = pa.array([f"r{i:03d}" for i in range(n)])
+    cols["substrate_thickness_A"] = pa.array([None] * 4 + [7.0] * 4 + [stored], pa.float64())
+    table = pa.table(cols, schema=SCHEMA)
+    # under `not`, a null cell's comparison (False) flips to True, as in Python
+    want = ["r008"] if not text.startswith("not") else [f"r{i:03d}" for i in range(8)]
+    q = Query(text, SCHEMA)
+    assert sorted(table.filter(q.mask(table))["record_id"].to_pylist()) == want
+    assert sorted(r["record_id"] for r in table.to_pylist() if q.match(r)) == want
+    path = tmp_path / "t.parquet"
+    pq.write_table(table, path, row_group_size=4)
+    assert sorted(q.table(pads.dataset(path, format="parquet"))["record_id"].to_pylist()) == want
+    dnf = q.dnf_for(_null_columns(table))
+    if dnf:
+        assert sorted(pq.read_table(path, filters=dnf)["record_id"].to_pylist()) == want
