@@ -155,11 +155,3 @@ def deterministic_plans(gpts: int, dataset_dir: Path | None = None):
                            f"CPU?): delete it and re-run to measure new plans (records made with the old ones "
                            f"may then differ in the last count)") from e
     return arrays, plans
-
-
-def wisdom_sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-

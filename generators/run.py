@@ -431,21 +431,28 @@ def _summary(out: Path) -> dict:
 
 
 def read_record(dataset_dir: str | Path, record_id: str) -> dict:
+    return read_records(dataset_dir, [record_id])[record_id]
+
+
+def read_records(dataset_dir: str | Path, record_ids: list[str]) -> dict[str, dict]:
+    """Stored records by id, images and masks as arrays, in one scan of the folder's Parquet shards."""
     import pyarrow.dataset as pads
 
     files = require_intact(dataset_dir, "parquet")
     with reading(dataset_dir):
-        ds = pads.dataset(files, format="parquet")
-        t = ds.to_table(filter=pads.field("record_id") == record_id)
-    if len(t) != 1:
-        raise RunError(f"record {record_id!r} not found in {dataset_dir}")
-    row = t.to_pylist()[0]
-    size = row["image_size_px"]
-    row["image"] = np.asarray(row["image"], np.float32).reshape(size, size)
-    row["mask"] = np.asarray(row["mask"], np.uint8).reshape(size, size)
-    if "instance_mask" in row:
-        row["instance_mask"] = np.asarray(row["instance_mask"], np.uint8).reshape(size, size)
-    return row
+        t = pads.dataset(files, format="parquet").to_table(filter=pads.field("record_id").isin(list(record_ids)))
+    rows = {r["record_id"]: r for r in t.to_pylist()}
+    missing = [rid for rid in record_ids if rid not in rows]
+    if missing or len(t) != len(rows):
+        raise RunError(f"record {(missing or record_ids)[0]!r} not found in {dataset_dir}"
+                       if missing else f"{dataset_dir} holds a record id twice")
+    for row in rows.values():
+        size = row["image_size_px"]
+        row["image"] = np.asarray(row["image"], np.float32).reshape(size, size)
+        row["mask"] = np.asarray(row["mask"], np.uint8).reshape(size, size)
+        if "instance_mask" in row:
+            row["instance_mask"] = np.asarray(row["instance_mask"], np.uint8).reshape(size, size)
+    return rows
 
 
 def regenerate_record(dataset_dir: str | Path, record_id: str) -> dict:
@@ -467,7 +474,7 @@ def regenerate_records(dataset_dir: str | Path, record_ids: list[str] | None = N
                            f"{cfg.conditions_per_structure} conditions)")
         wanted.setdefault(s_idx, []).append((rid, c_idx))
     for s_idx, items in wanted.items():
-        stored = {rid: read_record(dataset_dir, rid) for rid, _ in items}
+        stored = read_records(dataset_dir, [rid for rid, _ in items])  # one scan per structure
         images, masks, _, _, _ = simulate_structure(cfg, s_idx, dataset_dir=Path(dataset_dir))
         for rid, c_idx in items:
             img, msk, old = images[c_idx], masks[c_idx], stored[rid]
