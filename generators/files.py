@@ -28,6 +28,23 @@ def atomic_path(path: Path):
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def build_once(path: Path):
+    """Hold an exclusive lock on `path`'s sidecar `.lock` while the caller checks for `path` and builds it if
+    missing: workers sharing a folder then build a file once between them and the others wait and read it,
+    instead of racing to build the same thing (a lock dies with its process, so a kill never wedges a re-run)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
-from .multislice import CarbonSlices, Multislice, carbon_exit_wave
+from .multislice import CarbonSlices, Multislice, carbon_exit_wave, transposed
 from .simulate_prismatic import PrismaticSimulator, SimulationError  # noqa: F401  (re-exported)
 from .structures import Structure
 from .waves import ExitWaves, SimulatorUnavailable, wavelength_A  # noqa: F401  (re-exported)
@@ -105,7 +105,7 @@ class AbtemSimulator:
         else:
             particle, full = self._exit_waves_abtem(s, rng)
         # Both paths index arrays [x, y]; records are images [row = y, column = x].
-        stack = lambda a: np.ascontiguousarray(np.stack(a).swapaxes(-1, -2).astype(np.complex64))
+        stack = lambda a: np.stack([transposed(np.asarray(w, np.complex64)) for w in a])
         return ExitWaves(particle=stack(particle), full=stack(full),
                          sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.cfg.energy_keV)
 
@@ -114,7 +114,7 @@ class AbtemSimulator:
         n_particle = int(round(s.particle_height_A / self.cfg.slice_thickness_A))
         particle, full = [], []
         for _ in range(self.cfg.n_frozen_phonons):
-            engine.wave[:] = 1  # abTEM's plane wave: unit amplitude
+            engine.start_plane_wave()
             if len(s.particle_numbers):
                 engine.propagate_atoms(self._particle_positions(s, rng), s.particle_numbers, n_particle)
             particle.append(engine.wave.copy())

@@ -7,6 +7,7 @@ boundary conditions before use, so the minimum C-C distance holds everywhere, th
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .config import STAGE_SUBSTRATE, GenerationConfig, seed_for
-from .files import atomic_path
+from .files import atomic_path, build_once
 
 
 @dataclass(frozen=True)
@@ -78,20 +79,21 @@ def bank_block(cfg: GenerationConfig, index: int, cache_dir: Path | None) -> np.
     if key in _BANK:
         return _BANK[key]
     path = cache_dir / f"{key}.npy" if cache_dir else None
-    if path is not None and path.exists():
-        block = np.load(path)
-    else:
-        state = np.random.get_state()
-        np.random.seed(seed_for(cfg.seed, STAGE_SUBSTRATE, index))
-        try:
-            block = gen_p_substrate([L, L, depth], min_dist=sub.min_dist_A, density=sub.density_atoms_per_A3) \
-                if depth > 0 else np.zeros((0, 3))
-        finally:
-            np.random.set_state(state)
-        block = prune_close_pairs(np.asarray(block, float), L, sub.min_dist_A)
-        if path is not None:
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.save(f, block)
+    with build_once(path) if path is not None else contextlib.nullcontext():
+        if path is not None and path.exists():
+            block = np.load(path)
+        else:
+            state = np.random.get_state()
+            np.random.seed(seed_for(cfg.seed, STAGE_SUBSTRATE, index))
+            try:
+                block = gen_p_substrate([L, L, depth], min_dist=sub.min_dist_A, density=sub.density_atoms_per_A3) \
+                    if depth > 0 else np.zeros((0, 3))
+            finally:
+                np.random.set_state(state)
+            block = prune_close_pairs(np.asarray(block, float), L, sub.min_dist_A)
+            if path is not None:
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.save(f, block)
     if len(_BANK) > 64:
         _BANK.clear()
     _BANK[key] = block
