@@ -27,8 +27,8 @@ def _wisdom_name(gpts: int) -> str:
     import pyfftw
 
     # Plans are only valid for the FFTW build and the SIMD unit they were measured with.
-    # v2: the band-limited (pruned) transforms joined the plan set.
-    return f"wisdom-v2-{gpts}x{gpts}-t1-fftw{pyfftw.__version__}-simd{pyfftw.simd_alignment}.pkl"
+    # v2: the band-limited (pruned) transforms joined the plan set; v3: so did image formation's band inverse.
+    return f"wisdom-v3-{gpts}x{gpts}-t1-fftw{pyfftw.__version__}-simd{pyfftw.simd_alignment}.pkl"
 
 
 def machine_cache() -> Path:
@@ -87,6 +87,48 @@ class BandFFT:
         self._rows[1].execute()
 
 
+class BandInverse:
+    """Unnormalised inverse 2-D FFT of a spectrum that is zero outside the antialias band's rows and columns (an
+    exit wave's, times a transfer function): image formation's transform, once per focal point. It works in the
+    transposed frame, where both passes are FFTW's fast kind: write the spectrum as `spec[kx, ky]` (the band's
+    kx in rows [0, 2m), its ky in columns [0, m) and [n - m, n), the others stay zero); `execute` leaves the image
+    transposed, psi[x, y]. Fixed buffers: no allocation and no page faults per call."""
+
+    def __init__(self, gpts: int, flags: tuple[str, ...]):
+        import numpy as np
+        import pyfftw
+
+        n, m = gpts, band_columns(gpts)
+        self.m = m
+        self.spec = pyfftw.zeros_aligned((2 * m, n), dtype="complex64")
+        self.psi = pyfftw.zeros_aligned((n, n), dtype="complex64")
+        plan = lambda a, b, ax: pyfftw.FFTW(a, b, axes=(ax,), direction="FFTW_BACKWARD", flags=flags,  # noqa: E731
+                                            threads=1)
+        # over ky, into the band's kx rows of psi; then over kx, in place (its other rows zeroed first)
+        self._passes = [plan(self.spec[:m], self.psi[:m], 1), plan(self.spec[m:], self.psi[n - m:], 1),
+                        plan(self.psi, self.psi, 0)]
+        self.spec[:] = np.complex64(0)  # planning may have written into it
+
+    def execute(self) -> None:
+        self.psi[self.m:self.psi.shape[0] - self.m] = 0
+        for p in self._passes:
+            p.execute()
+
+
+def band_inverse(gpts: int, dataset_dir: Path | None = None) -> BandInverse:
+    """Image formation's `BandInverse`, planned from the same wisdom as the multislice (`deterministic_plans`)."""
+    import pyfftw
+
+    path = ensure_wisdom(gpts, dataset_dir)
+    pyfftw.forget_wisdom()
+    pyfftw.import_wisdom(pickle.loads(path.read_bytes()))
+    try:
+        return BandInverse(gpts, ("FFTW_MEASURE", "FFTW_WISDOM_ONLY"))
+    except RuntimeError as e:
+        raise RuntimeError(f"{path} holds no FFTW plan for a {gpts}x{gpts} image on this machine (made on another "
+                           f"CPU?): delete it and re-run to measure new plans") from e
+
+
 def _plans(gpts: int, flags: tuple[str, ...], arrays=None):
     """The transforms the multislice uses: band-limited complex pairs on two buffers (the wave, and the
     transmission function being built), real forward/backward (the potential, which is not band-limited)."""
@@ -110,6 +152,7 @@ def _measure(gpts: int) -> bytes:
 
     pyfftw.forget_wisdom()
     _plans(gpts, ("FFTW_MEASURE",))
+    BandInverse(gpts, ("FFTW_MEASURE",))
     return pickle.dumps(pyfftw.export_wisdom())
 
 

@@ -141,11 +141,13 @@ class ImageFormer:
         # pass on its columns. Exit waves with power outside the band (another backend) take the full grid.
         m = band_columns(gpts)
         self._band = np.r_[0:m, gpts - m:gpts] if 2 * m < gpts else None
+        self._wisdom_dir, self._band_fft = None, None
         full = {k: getattr(self, k) for k in ("alpha2", "cos2phi", "sin2phi", "chi_fixed", "aperture", "k2")}
         self._grids = {"full": full}
         if self._band is not None:
             sub = np.ix_(self._band, self._band)
-            self._grids["band"] = {k: np.ascontiguousarray(v[sub]) for k, v in full.items()}
+            # transposed, [kx, ky]: the frame `fftw.BandInverse` transforms in
+            self._grids["band"] = {k: np.ascontiguousarray(v[sub].T) for k, v in full.items()}
 
     def chi(self, c: Condition, extra_defocus_A: float = 0.0, grid: str = "full") -> np.ndarray:
         g = self._grids[grid]
@@ -178,7 +180,7 @@ class ImageFormer:
             power = lambda a: float(np.sum(a.real ** 2 + a.imag ** 2, dtype=np.float64))  # noqa: E731
             total = power(spectra)
             if total - power(band) <= 1e-9 * total:
-                spectra, grid = band, "band"
+                spectra, grid = np.ascontiguousarray(band.transpose(0, 2, 1)), "band"
         g = self._grids[grid]
         out = np.empty((len(conditions), self.gpts // self.bin, self.gpts // self.bin), np.float32)
         for i, c in enumerate(conditions):
@@ -200,10 +202,31 @@ class ImageFormer:
             for k, w in enumerate(weights):
                 if k:
                     transfer *= step
-                psi = self._inverse(spectra * transfer, grid)
-                total += np.float32(w) * (psi.real**2 + psi.imag**2).mean(0)
-            out[i] = bin_mean(total, self.bin)
+                self._accumulate(spectra, transfer, float(w) / len(spectra), total, grid)
+            out[i] = bin_mean(np.ascontiguousarray(total.T) if grid == "band" else total, self.bin)
         return out
+
+    def use_folder(self, dataset_dir) -> None:
+        """Where the run's FFTW wisdom lives (`fftw.py`): the band inverse is planned from it, as the multislice."""
+        if dataset_dir != self._wisdom_dir:
+            self._wisdom_dir, self._band_fft = dataset_dir, None
+
+    def _accumulate(self, spectra: np.ndarray, transfer: np.ndarray, w: float, total: np.ndarray, grid: str) -> None:
+        """total += w |ifft2(spectrum * transfer)|^2 for each frozen-phonon spectrum (on the band: all three and
+        the image transposed)."""
+        if grid == "full":
+            psi = scipy.fft.ifft2(spectra * transfer, workers=1)
+            total += np.float32(w) * (psi.real**2 + psi.imag**2).sum(0)
+            return
+        if self._band_fft is None:
+            from .fftw import band_inverse
+
+            self._band_fft = band_inverse(self.gpts, self._wisdom_dir)
+        f = self._band_fft
+        for spectrum in spectra:
+            _band_product(spectrum, transfer, f.spec, f.m)
+            f.execute()
+            _add_power(f.psi, np.float32(w / float(self.gpts) ** 4), total)  # FFTW's inverse is unnormalised
 
     @staticmethod
     def _expi(chi: np.ndarray, envelope: np.ndarray | None = None) -> np.ndarray:
@@ -213,20 +236,6 @@ class ImageFormer:
         if envelope is not None:
             t *= envelope
         return t
-
-    def _inverse(self, spectrum: np.ndarray, grid: str) -> np.ndarray:
-        """ifft2 of a spectrum given on the full grid, or on the band's rows x columns (zero elsewhere): then
-        the first pass runs on the band's columns only."""
-        if grid == "full":
-            return scipy.fft.ifft2(spectrum, workers=1)
-        n, m = self.gpts, len(self._band) // 2  # the band: [0, m) and [n - m, n), as slices (fancy indexing
-        cols = np.zeros(spectrum.shape[:-2] + (n, 2 * m), np.complex64)  # into the full grid costs 10x more)
-        cols[..., :m, :], cols[..., n - m:, :] = spectrum[..., :m, :], spectrum[..., m:, :]
-        cols = scipy.fft.ifft(cols, axis=-2, workers=1, overwrite_x=True)
-        rows = np.zeros(spectrum.shape[:-2] + (n, n), np.complex64)
-        rows[..., :m], rows[..., n - m:] = cols[..., :m], cols[..., m:]
-        return scipy.fft.ifft(rows, axis=-1, workers=1, overwrite_x=True)
-
 
 def bin_mean(a: np.ndarray, f: int) -> np.ndarray:
     """Average f x f blocks: a detector pixel integrates the simulation pixels it covers."""
@@ -243,3 +252,39 @@ def crop(a: np.ndarray, offset_xy: tuple[int, int], size: int) -> np.ndarray:
 
 def noise_rng(cfg: GenerationConfig, structure_index: int, condition_index: int) -> np.random.Generator:
     return rng_for(cfg.seed, STAGE_NOISE, structure_index, condition_index)
+
+
+def _kernels():
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def band_product(spectrum, transfer, spec, m):
+        """spec[kx, ky] = spectrum * transfer on the band's ky, [0, m) and [m, 2m) going to [0, m) and [n - m, n)."""
+        n = spec.shape[1]
+        for i in range(spectrum.shape[0]):
+            for j in range(spectrum.shape[1]):
+                spec[i, j if j < m else n - 2 * m + j] = spectrum[i, j] * transfer[i, j]
+
+    @numba.njit(nogil=True, cache=True)
+    def add_power(psi, w, total):
+        for i in range(psi.shape[0]):
+            for j in range(psi.shape[1]):
+                v = psi[i, j]
+                total[i, j] += w * (v.real * v.real + v.imag * v.imag)
+
+    return band_product, add_power
+
+
+_KERNELS = []
+
+
+def _band_product(spectrum, transfer, spec, m) -> None:
+    if not _KERNELS:
+        _KERNELS.extend(_kernels())
+    _KERNELS[0](spectrum, transfer, spec, m)
+
+
+def _add_power(psi, w, total) -> None:
+    if not _KERNELS:
+        _KERNELS.extend(_kernels())
+    _KERNELS[1](psi, w, total)

@@ -111,6 +111,7 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     s = build_structure(cfg, index, cache_dir)
     if hasattr(sim, "use_folders"):
         sim.use_folders(dataset_dir, cache_dir)
+    former.use_folder(dataset_dir)
     waves = sim.exit_waves(s, cfg.seed)
     camera = sample_detector(im.detector, cfg.seed, index)
     # The camera's pixels are resampled onto the stored grid exactly as the importer resamples micrographs.

@@ -314,3 +314,25 @@ def test_several_sources_are_pooled(built):
     assert pooled.ids == alone[0] + alone[1] and len(alone[1]) == 2
     with pytest.raises(ConfigError, match="format: parquet"):
         train_config(cfg_dict(built, "x", data=[{"path": str(built)}, {"path": str(built), "format": "webdataset"}]))
+
+
+def test_weight_average_is_what_is_scored_saved_and_resumed(built, tmp_path):
+    """With ema_decay the logged scores and the saved model are the averaged weights, not the last step's, and a
+    checkpoint carries the average so that a resumed run goes on averaging."""
+    from training.predict import evaluate
+
+    summary = run(train_config(cfg_dict(built, tmp_path / "ema", epochs=3, ema_decay=0.9)), progress=False)
+    ckpt = sorted((tmp_path / "ema" / "checkpoints").glob("epoch-*"))[-1]
+    raw = load_model(summary["model_dir"])[0].state_dict()
+    from safetensors.torch import load_file
+    last_raw = load_file(str(ckpt / "model.safetensors"))
+    averaged = torch.load(ckpt / "custom_checkpoint_1.pkl", weights_only=True)
+    n_train = len(read_arrays(train_config(cfg_dict(built, "x")).data_sources[0])[0])
+    assert int(averaged["n_averaged"]) == 3 * (n_train // 4)  # one update per optimizer step (batch 4, drop_last)
+    name = next(k for k in raw if k.endswith("weight") and raw[k].ndim == 4)
+    assert not torch.equal(raw[name], last_raw[name])  # the saved model is not the last step's weights
+    if summary["best_epoch"] == 3:
+        assert torch.equal(raw[name], averaged["module." + name])
+    row = [r for r in read_metrics(tmp_path / "ema" / "metrics.csv")
+           if r["benchmark"] == "validation" and int(r["phase_epoch"]) == summary["best_epoch"]][0]
+    assert evaluate(summary["model_dir"], built, split="validation")["dice"] == pytest.approx(float(row["dice"]), abs=1e-12)

@@ -113,6 +113,11 @@ class TrainConfig(Strict):
     patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better monitor Dice")
     init_from: str | None = Field(None, description="model folder to start from (fine-tuning)")
     keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept besides the best model")
+    # An exponential moving average of the weights is what is scored and saved: on real micrographs, which no
+    # training image resembles exactly, single-epoch weights swing by several points of Dice from one epoch to
+    # the next; their average does not (README, "Simulation to real micrographs").
+    ema_decay: float | None = Field(None, ge=0.5, lt=1.0, description="weight EMA per optimizer step (e.g. 0.99); "
+                                    "None: score and save the raw weights")
 
     @field_validator("benchmarks")
     @classmethod

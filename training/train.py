@@ -173,6 +173,14 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
                                                                            *bench_dls)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+    ema = None
+    if cfg.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                            use_buffers=True)
+        accelerator.register_for_checkpointing(ema)  # a resumed run goes on averaging, not restarting
+    scored = (lambda: ema.module) if ema is not None else (lambda: model)
 
     metrics_path = out / METRICS_FILE
     prior_rows, offset = _prior(cfg)
@@ -209,6 +217,8 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(accelerator.unwrap_model(model))
             loss_sum += torch.stack([loss.detach().double() * len(batch["image"]),
                                      loss_sum.new_tensor(len(batch["image"]))])
             bar.update(1)
@@ -217,7 +227,7 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
         scheduler.step()
         loss_sum = accelerator.reduce(loss_sum, "sum")
         train_loss = float(loss_sum[0] / max(loss_sum[1], 1))
-        results = {name: scores(evaluate_counts(model, dl, accelerator)) for name, dl in zip(benches, bench_dls)}
+        results = {name: scores(evaluate_counts(scored(), dl, accelerator)) for name, dl in zip(benches, bench_dls)}
         seconds = time.perf_counter() - t0
         rows = [{"run": cfg.name, "phase": cfg.phase, "epoch": offset + epoch + 1, "phase_epoch": epoch + 1,
                  "benchmark": name, **r, "train_loss": train_loss, "lr": lr, "epoch_seconds": round(seconds, 3)}
@@ -233,7 +243,7 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
         if accelerator.is_main_process:
             _append_metrics(metrics_path, rows)
             if improved:
-                save_model(accelerator.unwrap_model(model), out / "best", cfg.model,
+                save_model(accelerator.unwrap_model(scored()), out / "best", cfg.model,
                            {**info, "epoch": offset + epoch + 1, "phase_epoch": epoch + 1, "scores": results})
         _save_checkpoint(accelerator, out, epoch + 1, cfg.keep_checkpoints)
     bar.close()
