@@ -62,6 +62,7 @@ METADATA_COLUMNS: tuple[Column, ...] = (
     Column("split", pa.string(), "train / validation / test, assigned per structure"),
     Column("n_particles", pa.int32(), "particles in the scene (0: bare carbon)"),
     Column("n_particles_requested", pa.int32(), "particles drawn; more than n_particles when some found no room"),
+    Column("placement", pa.string(), "how the particles were laid out: random, or aggregate (touching clusters)"),
     *_particle_columns(),
     Column("substrate_thickness_A", pa.float64(), "amorphous carbon thickness"),
     Column("substrate_bank_index", pa.int32(), "which periodic carbon block the substrate was cut from"),

@@ -81,6 +81,7 @@ class Structure:
     substrate: SubstrateCut
     n_particles_requested: int
     substrate_block: np.ndarray | None = None  # the bank block the carbon was cut from (block frame, z from 0)
+    placement: str = "random"  # how the particles were laid out (StructureConfig.placement)
 
     @property
     def n_atoms(self) -> int:
@@ -96,6 +97,7 @@ class Structure:
         cut and the atom count. Atom arrays stay out: they are in the structure file."""
         return {"structure_id": self.structure_id, "structure_index": self.structure_index,
                 "n_particles": self.n_particles, "n_particles_requested": self.n_particles_requested,
+                "placement": self.placement,
                 **{name: [getattr(pt, attr) for pt in self.particles] for name, attr, _ in particle_columns()},
                 "substrate_thickness_A": self.substrate.thickness_A,
                 "substrate_bank_index": self.substrate.bank_index, "n_atoms": self.n_atoms}
@@ -113,6 +115,7 @@ class Structure:
                                              np.zeros(len(self.substrate_numbers), bool)])
         atoms.new_array("particle_index", np.r_[self.particle_index, -np.ones(len(self.substrate_numbers), int)])
         atoms.info.update({"structure_id": self.structure_id, "n_particles": self.n_particles,
+                           "placement": self.placement,
                            "substrate_thickness_A": self.substrate.thickness_A,
                            "particle_height_A": self.particle_height_A})
         return atoms
@@ -254,10 +257,13 @@ def _draw_particle(cfg: GenerationConfig, rng: np.random.Generator, radius: floa
     return lab, numbers, meta
 
 
-def _place(cfg: GenerationConfig, rng: np.random.Generator, radii: list[float]) -> list[tuple[float, float]]:
-    """Centres (x, y) for bounding circles of `radii`, largest first, random sequential placement: circles keep
-    `particle_gap_A` apart (periodic distances when border cuts are allowed). A particle that finds no room in
-    200 draws is left out (the config check keeps that rare); the record counts what was placed."""
+def _place(cfg: GenerationConfig, rng: np.random.Generator, radii: list[float],
+           placement: str = "random") -> list[tuple[float, float]]:
+    """Centres (x, y) for bounding circles of `radii`, largest first: circles keep `particle_gap_A` apart
+    (periodic distances when border cuts are allowed). `random`: uniform draws. `aggregate`: after the first,
+    each particle is drawn touching a random one already placed, in a random direction (falling back to uniform
+    draws when no contact has room). A particle that finds no room in 200 draws is left out (the config check
+    keeps that rare); the record counts what was placed."""
     st = cfg.structure
     L = cfg.field_of_view_A
     im = cfg.imaging
@@ -273,14 +279,23 @@ def _place(cfg: GenerationConfig, rng: np.random.Generator, radii: list[float]) 
                 # Keep particles where every crop of image_size_px can still hold them whole.
                 half_img = im.image_size_px * im.pixel_size_A / 2
                 lo, hi = max(lo, L / 2 - half_img + r + st.edge_margin_A), min(hi, L / 2 + half_img - r - st.edge_margin_A)
-        for _ in range(200):
-            c = rng.uniform(lo, hi, size=2) if hi > lo else np.array([L / 2, L / 2])
+        for attempt in range(400 if placement == "aggregate" and placed else 200):
+            if placement == "aggregate" and placed and attempt < 200:
+                x, y, rr = placed[int(rng.integers(len(placed)))]
+                theta = rng.uniform(0, 2 * np.pi)
+                c = np.array([x, y]) + (r + rr + st.particle_gap_A) * np.array([np.cos(theta), np.sin(theta)])
+                if st.allow_border_cuts:
+                    c = np.mod(c, L)
+                elif not (lo <= c[0] <= hi and lo <= c[1] <= hi):
+                    continue
+            else:
+                c = rng.uniform(lo, hi, size=2) if hi > lo else np.array([L / 2, L / 2])
             ok = True
             for (x, y, rr) in placed:
                 d = np.array([c[0] - x, c[1] - y])
                 if st.allow_border_cuts:
                     d -= L * np.round(d / L)
-                if np.hypot(*d) < r + rr + st.particle_gap_A:
+                if np.hypot(*d) < r + rr + st.particle_gap_A - 1e-9:  # a contact draw sits exactly at the gap
                     ok = False
                     break
             if ok:
@@ -318,7 +333,8 @@ def build_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = 
     radii = _draw_radii(cfg, rng)
     n_requested = len(radii)
     drawn = [_draw_particle(cfg, rng, r) for r in radii]
-    centres = _place(cfg, rng, [m["bounding_radius_A"] for _, _, m in drawn])
+    placement = str(st.placement.sample(rng))  # a fixed placement draws nothing: older configs keep their scenes
+    centres = _place(cfg, rng, [m["bounding_radius_A"] for _, _, m in drawn], placement)
     drawn = [(d, c) for d, c in zip(drawn, centres) if c is not None]
 
     sub_pos, cut, block = cut_substrate(cfg, rng, cache_dir)
@@ -348,4 +364,5 @@ def build_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = 
         substrate_positions=sub_pos, substrate_numbers=np.full(len(sub_pos), 6, int),
         cell_xy_A=L, particle_height_A=particle_height, substrate_height_A=substrate_height,
         particles=particles, substrate=cut, n_particles_requested=n_requested, substrate_block=block,
+        placement=placement,
     )

@@ -47,8 +47,9 @@ def test_wulff_octahedron_is_bounded_by_111_facets_at_the_equivalent_volume():
     assert len(pos) == pytest.approx(4 / 4.07825**3 * 4 / 3 * np.pi * r**3, rel=0.2)
 
 
-def test_scene_geometry_no_interpenetration_contact_and_carbon_distances():
-    cfg = from_dict(scene_dict())
+@pytest.mark.parametrize("placement", ["random", "aggregate"])
+def test_scene_geometry_no_interpenetration_contact_and_carbon_distances(placement):
+    cfg = from_dict(scene_dict(**{"structure.placement": placement}))
     L = cfg.field_of_view_A
     saw_cut = False
     for index in range(3):
@@ -88,6 +89,30 @@ def test_area_fraction_scenes_include_bare_carbon_and_count_what_was_placed():
     radii = [p.radius_A for p in s.particles]
     assert np.std(np.log(radii)) < 0.3, "one size class per scene"
     assert s.n_particles <= s.n_particles_requested
+
+
+def test_aggregate_scenes_pack_touching_particles_beyond_what_random_placement_reaches():
+    over = {"structure.n_particles": 16, "structure.radius_A": {"uniform": [7, 8]}, "structure.shape": "sphere",
+            "structure.area_fraction": {"choice": [0.42]}, "structure.particle_gap_A": 1.0}
+    with pytest.raises(ConfigError, match="placement: aggregate"):  # random placement jams below this coverage
+        from_dict(scene_dict(**over))
+    cfg = from_dict(scene_dict(**over, **{"structure.placement": "aggregate"}))
+    L, gap = cfg.field_of_view_A, cfg.structure.particle_gap_A
+    for index in range(3):
+        s = build_structure(cfg, index)
+        assert s.placement == "aggregate" and s.record_fields()["placement"] == "aggregate"
+        c = np.array([p.center_A[:2] for p in s.particles])
+        r = np.array([p.bounding_radius_A for p in s.particles])
+        d = c[:, None] - c[None]
+        d -= L * np.round(d / L)  # periodic: border cuts are allowed here
+        clearance = np.hypot(d[..., 0], d[..., 1]) - r[:, None] - r[None]
+        np.fill_diagonal(clearance, np.inf)
+        assert clearance.min() >= gap - 1e-6  # never closer than the gap
+        # every particle but the first was drawn in contact with one placed before it (a rare fallback aside)
+        touching = np.isclose(clearance.min(1), gap, atol=1e-6)
+        assert touching.sum() >= s.n_particles - 1 and s.n_particles >= 6
+        covered = np.pi * np.sum(r**2) / L**2
+        assert covered > 0.4  # outlines cover more of the field than random placement is allowed to ask for
 
 
 def test_scene_that_cannot_fit_is_refused_naming_the_field():
