@@ -260,10 +260,12 @@ def _kernels():
     @numba.njit(nogil=True, cache=True)
     def band_product(spectrum, transfer, spec, m):
         """spec[kx, ky] = spectrum * transfer on the band's ky, [0, m) and [m, 2m) going to [0, m) and [n - m, n)."""
-        n = spec.shape[1]
+        shift = spec.shape[1] - 2 * m
         for i in range(spectrum.shape[0]):
-            for j in range(spectrum.shape[1]):
-                spec[i, j if j < m else n - 2 * m + j] = spectrum[i, j] * transfer[i, j]
+            for j in range(m):  # two plain loops, not one with a branch: they vectorise
+                spec[i, j] = spectrum[i, j] * transfer[i, j]
+            for j in range(m, 2 * m):
+                spec[i, shift + j] = spectrum[i, j] * transfer[i, j]
 
     @numba.njit(nogil=True, cache=True)
     def add_power(psi, w, total):
