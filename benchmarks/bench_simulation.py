@@ -43,6 +43,23 @@ def fft_bound(gpts: int, n_slices: int, repeat: int = 3) -> float:
     return best
 
 
+def fft_bound_gpu(gpts: int, n_slices: int, repeat: int = 3) -> float:
+    """The same bound on the GPU: CuPy's cuFFT, 2 FFTs per slice, complex64, synchronised."""
+    import cupy as cp
+
+    a = cp.exp(1j * cp.random.default_rng(0).random((gpts, gpts), dtype=cp.float32)).astype(cp.complex64)
+    cp.fft.ifft2(cp.fft.fft2(a))  # plan cache
+    cp.cuda.Device().synchronize()
+    best = np.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(n_slices):
+            a = cp.fft.ifft2(cp.fft.fft2(a))
+        cp.cuda.Device().synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def main():
     from generators.config import load_preset
     from generators.imaging import grid_for, sample_conditions
@@ -54,6 +71,8 @@ def main():
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--structures", type=int, default=3)
     ap.add_argument("--no-abtem", action="store_true", help="skip abTEM's own multislice (the before figure)")
+    ap.add_argument("--compare", type=int, default=2,
+                    help="on a GPU: structures also run on the CPU multislice (agreement, speed-up)")
     ap.add_argument("--backends", help="compare backends, e.g. abtem,prismatic (seconds per structure)")
     ap.add_argument("--presets", default="demo,paper", help="with --backends: the presets whose grids are used")
     ap.add_argument("--threads", type=int, default=1, help="with --backends: Prismatic's threads")
@@ -81,8 +100,13 @@ def main():
             block = bank_block(cfg, b, None)
             carbon.block(block_key(cfg, b), block, int(block[:, 2].max() // dz) + 1)
         block_s = (time.perf_counter() - t) / len(used)
-    else:  # on a GPU exit_waves is abTEM's own multislice on CuPy: nothing else to compare it with here
+    else:  # on a GPU exit_waves is abTEM's own multislice on CuPy: compare it with the CPU multislice instead
         args.no_abtem = True
+        cpu_cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(update={"device": "cpu"})})
+        cpu_sim = _context(cpu_cfg, grid_for(cpu_cfg, 0))[0]
+        scratch = tempfile.TemporaryDirectory(prefix="bench-carbon-")
+        cpu_sim.use_folders(None, Path(scratch.name))
+        cpu_sim.exit_waves(s0, cfg.seed)
     rows = []
     for s in structures:
         i = s.structure_index
@@ -90,7 +114,8 @@ def main():
         waves = sim.exit_waves(s, cfg.seed)
         t_ms = time.perf_counter() - t
         n_slices = int(round((s.particle_height_A + s.substrate_height_A) / dz))
-        t_fft = fft_bound(cfg.multislice_gpts, n_slices * cfg.simulation.n_frozen_phonons)
+        bound = fft_bound if sim.device == "cpu" else fft_bound_gpu
+        t_fft = bound(cfg.multislice_gpts, n_slices * cfg.simulation.n_frozen_phonons)
         conds = sample_conditions(cfg, i, [(cfg.imaging.field_px / 2,) * 2], [1.0])
         mine = former.intensity(waves.full, conds[:1])
         row = {"structure": s.structure_id, "atoms": s.n_atoms, "slices": n_slices, "multislice_s": t_ms,
@@ -102,6 +127,14 @@ def main():
             theirs = former.intensity(np.ascontiguousarray(np.stack(f).swapaxes(-1, -2)), conds[:1])
             row["intensity_corr_vs_abtem"] = float(np.corrcoef(mine.ravel(), theirs.ravel())[0, 1])
             row["intensity_max_diff_vs_abtem"] = float(np.abs(mine - theirs).max())
+        if sim.device == "gpu" and len(rows) < args.compare:  # the same physics as the CPU path, and its cost
+            t = time.perf_counter()
+            cpu_waves = cpu_sim.exit_waves(s, cfg.seed)
+            row["cpu_multislice_s"] = time.perf_counter() - t
+            theirs = former.intensity(cpu_waves.full, conds[:1])
+            row["intensity_corr_vs_cpu"] = float(np.corrcoef(mine.ravel(), theirs.ravel())[0, 1])
+            row["intensity_max_diff_vs_cpu"] = float(np.abs(mine - theirs).max())
+            row["mask_wave_max_diff_vs_cpu"] = float(np.abs(waves.particle - cpu_waves.particle).max())
         reps = []
         for k in (1, 4):
             t = time.perf_counter()
@@ -127,6 +160,18 @@ def main():
              f"{max(r['intensity_max_diff_vs_abtem'] for r in rows):.2e}" if not args.no_abtem else "")
           + f"; extra imaging condition = {100 * med('condition_over_multislice'):.1f} % of the exit-wave time "
           f"(median of {len(rows)})")
+    if sim.device == "gpu":
+        import cupy as cp
+
+        compared = [r for r in rows if "cpu_multislice_s" in r]
+        print(f"gpu: {total('multislice_s') / len(rows):.3f} s per structure (both exit waves, potentials included), "
+              f"{total('multislice_s') / len(rows) / cfg.conditions_per_structure:.4f} s per image of exit waves; "
+              f"GPU memory pool peak {cp.get_default_memory_pool().total_bytes() / 2**30:.2f} GiB"
+              + (f"; against the CPU multislice (1 thread) on {len(compared)} structures: "
+                 f"{sum(r['cpu_multislice_s'] for r in compared) / sum(r['multislice_s'] for r in compared):.1f}x "
+                 f"faster, intensity correlation {min(r['intensity_corr_vs_cpu'] for r in compared):.9f}, largest "
+                 f"difference {max(r['intensity_max_diff_vs_cpu'] for r in compared):.2e}, mask wave "
+                 f"{max(r['mask_wave_max_diff_vs_cpu'] for r in compared):.2e}" if compared else ""))
 
 
 def compare_backends(backends: list[str], presets: list[str], n_structures: int, threads: int) -> None:

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU measurements in one pass (README, "On a GPU"), each stage under its own time limit so that one
+# failure does not cost the others:
+#   1. abTEM's multislice on CuPy against the FFT bound on the GPU (cuFFT, 2 FFTs per slice) and against the
+#      CPU multislice on the same structures (agreement of the images, speed-up), demo and paper grids;
+#   2. `generate` on the GPU: the demo preset (48 structures) and a slice of the paper preset;
+#   3. U-Net training throughput in fp32 and bf16, then the demo training run under `accelerate launch` in bf16.
+#
+#   benchmarks/gpu.sh [RESULTS_DIR] [WORKERS]      # needs CuPy and a CUDA device; $PYTHON (default python3)
+set -u
+PY=${PYTHON:-python3}
+OUT_DIR=${1:-gpu_results}
+WORKERS=${2:-8}
+mkdir -p "$OUT_DIR"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+stage() {  # stage NAME SECONDS COMMAND...: the command's output in NAME.log, its tail and wall time here
+    local name=$1 limit=$2 t0
+    shift 2
+    t0=$(date +%s%N)
+    timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: rc $rc, $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+    tail -n 4 "$OUT_DIR/$name.log" | cut -c1-1500
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY - <<'EOF' || exit 3
+import importlib
+for m in ("numpy", "numba", "pyarrow", "torch", "accelerate", "datasets", "cupy", "abtem", "czone", "training.train"):
+    try:
+        print(m, getattr(importlib.import_module(m), "__version__", "ok"))
+    except Exception as e:  # the stages that need it fail on their own; the simulation needs only the last three
+        print(m, "FAILED:", repr(e)[:300])
+import cupy, abtem, generators.run  # noqa: without these nothing below can run
+EOF
+
+stage sim_demo 100 $PY benchmarks/bench_simulation.py --preset demo --structures 8 --compare 2
+stage sim_paper 130 $PY benchmarks/bench_simulation.py --preset paper --structures 4 --compare 1
+rm -rf tem_au_np /tmp/paper_gpu
+stage gen_demo 100 $PY dataset_scripts/build_tem_au_np.py --preset demo --out tem_au_np --workers "$WORKERS" --quiet
+stage gen_paper 120 $([ -x /usr/bin/time ] && echo /usr/bin/time -v) $PY -m temsynth.cli generate --preset paper --structures "$WORKERS" \
+    --out /tmp/paper_gpu --workers "$WORKERS" --quiet
+stage train_rate 60 sh -c "$PY benchmarks/bench_training.py --dataset tem_au_np --config training/examples/realistic.yaml \
+    --steps 40 --batch-size 64 && $PY benchmarks/bench_training.py --dataset tem_au_np \
+    --config training/examples/realistic.yaml --steps 40 --batch-size 64 --mixed-precision bf16"
+stage train_demo 70 accelerate launch --num_processes 1 --mixed_precision bf16 -m training.train \
+    --config training/examples/demo.yaml --set mixed_precision=bf16 --set epochs=8 --set output_dir=runs/demo_gpu --quiet
