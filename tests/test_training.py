@@ -316,6 +316,36 @@ def test_several_sources_are_pooled(built):
         train_config(cfg_dict(built, "x", data=[{"path": str(built)}, {"path": str(built), "format": "webdataset"}]))
 
 
+def test_sources_of_different_image_sizes_pool_as_crops(built, monkeypatch):
+    """Real 144-px tiles beside 256-px simulated fields: with a crop no larger than the smallest image every draw
+    is one size and both sources feed the batches; without one, a one-line error says which field to set."""
+    import training.data as data
+    from torch.utils.data import DataLoader
+
+    stacks = {0: np.full((3, 40, 40), 1.0, np.float32), 1: np.full((2, 32, 48), 5.0, np.float32)}
+    for k, a in stacks.items():
+        a[:, :, :a.shape[2] // 2] -= 1.0  # a left-right step, so that minmax keeps a source's two levels apart
+
+    def fake_read(src, seed=0, field="data"):
+        k = int(field[5]) if field.startswith("data[") else 0
+        a = stacks[k]
+        return a, (a > a.mean()).astype(np.uint8), [f"src{k}-{i}" for i in range(len(a))]
+
+    monkeypatch.setattr(data, "read_arrays", fake_read)
+    two = [{"path": str(built)}, {"path": str(built), "split": "test"}]
+    cfg = train_config(cfg_dict(built, "x", data=two, augment={"crop_px": 48}))
+    with pytest.raises(DataError, match=r"augment.crop_px <= 32"):
+        data.training_set(cfg.data_sources, cfg.augment, 0)
+    cfg = train_config(cfg_dict(built, "x", data=two, augment={"crop_px": 24, "normalise": "zscore"}))
+    pooled = data.training_set(cfg.data_sources, cfg.augment, 0)
+    assert len(pooled) == 5 and pooled.ids[3:] == ["src1-0", "src1-1"]
+    batch = next(iter(DataLoader(pooled, batch_size=5)))
+    assert batch["image"].shape == (5, 1, 24, 24) and batch["mask"].shape == (5, 1, 24, 24)
+    for i in range(5):  # each draw is a crop of its own source: the mask marks that source's upper level
+        img, mask = pooled.images[i], pooled.masks[i]
+        assert img.shape == ((40, 40) if i < 3 else (32, 48)) and mask.sum() == mask.size // 2
+
+
 def test_weight_average_is_what_is_scored_saved_and_resumed(built, tmp_path):
     """With ema_decay the logged scores and the saved model are the averaged weights, not the last step's, and a
     checkpoint carries the average so that a resumed run goes on averaging."""

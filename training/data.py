@@ -132,6 +132,21 @@ def _stack(table: pa.Table, column: str, dtype, field: str) -> np.ndarray:
     return rows.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False).reshape(len(table), h[0], w[0])
 
 
+class Pooled:
+    """Several sources' image stacks of different sizes indexed as one sequence (no copy)."""
+
+    def __init__(self, stacks: list[np.ndarray]):
+        self.stacks = stacks
+        self.ends = np.cumsum([len(a) for a in stacks])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        k = int(np.searchsorted(self.ends, i, side="right"))
+        return self.stacks[k][i - (self.ends[k - 1] if k else 0)]
+
+
 class ArraySet(Dataset):
     """In-memory records. Training draws come from (seed, epoch, index), so a resumed run sees the same batches."""
 
@@ -233,10 +248,17 @@ def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: in
     if sources[0].format == "webdataset":
         return WdsSet(sources[0], augment_cfg, seed)
     parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data") for i, s in enumerate(sources)]
-    if len({p[0].shape[1:] for p in parts}) > 1:
-        raise DataError(f"data: the sources' images differ in size ({sorted({p[0].shape[1:] for p in parts})}); "
-                        "pool folders of one image size")
-    images, masks = (np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in (0, 1))
+    sizes = sorted({p[0].shape[1:] for p in parts})
+    if len(sizes) > 1:
+        # Sources of several image sizes (real tiles beside simulated fields) pool when every draw is cropped
+        # to one size: the crop makes the batches uniform.
+        smallest = min(min(s) for s in sizes)
+        if not augment_cfg.crop_px or augment_cfg.crop_px > smallest:
+            raise DataError(f"data: the sources' images differ in size ({sizes}); set augment.crop_px <= {smallest} "
+                            "to pool them as crops of one size, or pool folders of one image size")
+        images, masks = (Pooled([p[k] for p in parts]) for k in (0, 1))
+    else:
+        images, masks = (np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in (0, 1))
     ids = [i for p in parts for i in p[2]]
     return ArraySet(images, masks, ids, augment_cfg, train=True, seed=seed)
 
