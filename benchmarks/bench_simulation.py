@@ -153,8 +153,9 @@ def main():
     amortised = steady + bank * block_s / cfg.n_structures / (total("fft_bound_s") / len(rows))
     print(f"{sim.device}, grid {cfg.multislice_gpts}²: multislice / FFT bound = {steady:.2f}x steady "
           f"(per structure {min(r['multislice_over_fft'] for r in rows):.2f}-{max(r['multislice_over_fft'] for r in rows):.2f}x), "
-          f"{amortised:.2f}x amortised over a run's {cfg.n_structures} structures "
-          f"({bank} carbon blocks, {block_s:.2f} s each)"
+          + (f"{amortised:.2f}x amortised over a run's {cfg.n_structures} structures "
+             f"({bank} carbon blocks, {block_s:.2f} s each)" if sim.device == "cpu" else
+             "abTEM rebuilds the carbon's potential per structure: nothing to amortise")
           + (f"; abTEM's own multislice {med('abtem_over_fft'):.2f}x; intensity vs abTEM: correlation "
              f"{min(r['intensity_corr_vs_abtem'] for r in rows):.9f}, largest difference "
              f"{max(r['intensity_max_diff_vs_abtem'] for r in rows):.2e}" if not args.no_abtem else "")

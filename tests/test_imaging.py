@@ -162,7 +162,6 @@ def test_band_limited_image_formation_equals_the_full_grid():
         assert np.abs(fast - slow).max() < 1e-5 and fast.std() > 0.01  # real contrast, same image
 
 
-
 def _focal_images(points: int, wave: np.ndarray, c) -> np.ndarray:
     cfg = from_dict(tiny_dict())
     im = cfg.imaging.model_copy(update={"focal_series_points": points})

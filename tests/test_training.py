@@ -322,28 +322,29 @@ def test_sources_of_different_image_sizes_pool_as_crops(built, monkeypatch):
     import training.data as data
     from torch.utils.data import DataLoader
 
-    stacks = {0: np.full((3, 40, 40), 1.0, np.float32), 1: np.full((2, 32, 48), 5.0, np.float32)}
-    for k, a in stacks.items():
-        a[:, :, :a.shape[2] // 2] -= 1.0  # a left-right step, so that minmax keeps a source's two levels apart
+    stacks = {0: np.zeros((3, 40, 40), np.float32), 1: np.zeros((2, 32, 48), np.float32)}
+    for a in stacks.values():
+        a[:, :, (np.arange(a.shape[2]) // 4) % 2 == 1] = 1.0  # 4-px stripes: every 24-px crop holds both levels
 
     def fake_read(src, seed=0, field="data"):
         k = int(field[5]) if field.startswith("data[") else 0
         a = stacks[k]
-        return a, (a > a.mean()).astype(np.uint8), [f"src{k}-{i}" for i in range(len(a))]
+        return a, a.astype(np.uint8), [f"src{k}-{i}" for i in range(len(a))]
 
     monkeypatch.setattr(data, "read_arrays", fake_read)
     two = [{"path": str(built)}, {"path": str(built), "split": "test"}]
     cfg = train_config(cfg_dict(built, "x", data=two, augment={"crop_px": 48}))
     with pytest.raises(DataError, match=r"augment.crop_px <= 32"):
         data.training_set(cfg.data_sources, cfg.augment, 0)
-    cfg = train_config(cfg_dict(built, "x", data=two, augment={"crop_px": 24, "normalise": "zscore"}))
+    cfg = train_config(cfg_dict(built, "x", data=two, augment={"crop_px": 24}))
     pooled = data.training_set(cfg.data_sources, cfg.augment, 0)
     assert len(pooled) == 5 and pooled.ids[3:] == ["src1-0", "src1-1"]
+    for i in range(5):  # record i is its own source's record, not a copy
+        assert np.shares_memory(pooled.images[i], stacks[0 if i < 3 else 1][i if i < 3 else i - 3])
     batch = next(iter(DataLoader(pooled, batch_size=5)))
     assert batch["image"].shape == (5, 1, 24, 24) and batch["mask"].shape == (5, 1, 24, 24)
-    for i in range(5):  # each draw is a crop of its own source: the mask marks that source's upper level
-        img, mask = pooled.images[i], pooled.masks[i]
-        assert img.shape == ((40, 40) if i < 3 else (32, 48)) and mask.sum() == mask.size // 2
+    # every crop keeps its image and mask together (flips and rotations included): the mask is the bright stripes
+    assert torch.equal(batch["mask"] > 0.5, batch["image"] > batch["image"].amin(dim=(2, 3), keepdim=True))
 
 
 def test_weight_average_is_what_is_scored_saved_and_resumed(built, tmp_path):
