@@ -22,10 +22,11 @@ demo: $(STAMP)
 	# A small U-Net for a few minutes on CPU; prints Dice per benchmark and where the model and metrics are.
 	HF_HUB_OFFLINE=1 $(PY) -m training.train --config training/examples/demo.yaml
 
-# The real, hand-labelled micrographs at the realistic preset's 0.7 A pixel, split in halves by source panel.
+# The real, hand-labelled micrographs at the realistic preset's 0.7 A pixel, split in halves by source panel,
+# every class (material, nominal size) in both halves.
 real_exp: | $(STAMP)
 	$(PY) dataset_scripts/import_experimental.py $(REAL) --pixel-sizes $(REAL)/index.csv --target-pixel-size-A 0.7 \
-		--tile-px 144 --finetune-fraction 0.5 --seed 0 --out real_exp
+		--tile-px 144 --finetune-fraction 0.5 --seed 0 --stratify-by material,nominal_diameter_nm --out real_exp
 
 tem_np_realistic: | $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth generate --preset realistic --out tem_np_realistic

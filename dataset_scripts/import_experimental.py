@@ -5,6 +5,7 @@
     python dataset_scripts/import_experimental.py micrographs/ --masks labels/ --pixel-size-A 0.18 ...
 
     python dataset_scripts/import_experimental.py real/ --pixel-sizes real/index.csv ...   # mixed magnifications
+    ... --pixel-sizes real/index.csv --stratify-by material,nominal_diameter_nm   # every class in both halves
 
 Masks: `--masks DIR` with the micrograph's file stem, or next to each micrograph as `{stem}_mask.{ext}`; values
 {0,1}, {0,255} (255 = particle) or true/false, anything else through `--mask-values VALUE=LABEL,...`.
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap-px", type=int, default=0, help="overlap of neighbouring tiles, px")
     p.add_argument("--finetune-fraction", type=float, default=0.5, help="fraction of micrographs for finetune")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-micrograph split")
+    p.add_argument("--stratify-by", default=None, metavar="COL,...",
+                   help="split every class of micrograph in the fraction (to within one), the class being these "
+                        "columns of the --pixel-sizes CSV, e.g. material,nominal_diameter_nm")
     p.add_argument("--material", default="unknown", help="particle material, e.g. Au")
     p.add_argument("--allow-unlabelled", action="store_true", help="skip micrographs without a mask")
     p.add_argument("--records-per-shard", type=int, default=256)
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                       overlap_px=args.overlap_px, allow_unlabelled=args.allow_unlabelled,
                       records_per_shard=args.records_per_shard, name=args.name,
                       pixel_sizes_csv=args.pixel_sizes, mask_values=args.mask_values,
+                      stratify_by=[c.strip() for c in args.stratify_by.split(",") if c.strip()]
+                      if args.stratify_by else None,
                       log=lambda msg: print(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout))
     except MicrographError as e:
         print(f"import_experimental.py: error: {e}", file=sys.stderr)

@@ -256,6 +256,52 @@ def test_split_per_source_has_both_splits_and_is_seeded():
     assert set(assign_splits(names, 0.0, 0).values()) == {"benchmark"}
 
 
+def test_stratified_split_halves_every_class():
+    classes = {"Au / 2.2": 7, "Au / 5": 4, "Au / 10": 4, "Ag / 5": 1}
+    strata = {f"{k.replace(' / ', '_')}_{i}.npy": k for k, n in classes.items() for i in range(n)}
+    names = sorted(strata)
+    for seed in range(20):
+        s = assign_splits(names, 0.5, seed, strata)
+        assert sum(v == "finetune" for v in s.values()) == 8
+        for k, n in classes.items():
+            n_ft = sum(s[name] == "finetune" for name in names if strata[name] == k)
+            assert n_ft in (n // 2, (n + 1) // 2), (seed, k, n_ft)   # 7 -> 3 or 4, 4 -> 2, 1 -> 0 or 1
+        assert assign_splits(names[::-1], 0.5, seed, strata) == s
+    splits = {tuple(sorted(assign_splits(names, 0.5, seed, strata).items())) for seed in range(20)}
+    assert len(splits) > 10                                       # seeded, not one fixed assignment
+    assert set(assign_splits(names[:2], 0.05, 0, {n: "x" for n in names[:2]}).values()) == {"finetune", "benchmark"}
+    # Without strata a random half of these sources can leave a class out of one side; with them it never does.
+    unstratified = [assign_splits(names, 0.5, seed) for seed in range(20)]
+    assert any(all(s[n] == "benchmark" for n in names if strata[n] == "Au / 10") or
+               all(s[n] == "finetune" for n in names if strata[n] == "Au / 10") or
+               all(s[n] == "benchmark" for n in names if strata[n] == "Au / 5") for s in unstratified)
+
+
+def test_stratified_import_reads_the_classes_from_the_csv(folder, tmp_path):
+    rows = ["file,pixel_size_A,material,size_nm", "au_01.tif,0.2,Au,2", "au 02.dm4,0.25,Au,2",
+            "au_03.mrc,0.35,Au,5", "au_04.emd,0.3,Au,5"]
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    m = import_folder(folder, tmp_path / "out", target_pixel_size_A=TARGET_A, tile_px=TILE, seed=2,
+                      pixel_sizes_csv=tmp_path / "index.csv", stratify_by=["material", "size_nm"], log=lambda *a: None)
+    by_class = {}
+    for s in m["sources"]:
+        by_class.setdefault(s["stratum"], []).append(s["split"])
+    assert by_class == {"Au / 2": by_class["Au / 2"], "Au / 5": by_class["Au / 5"]}
+    assert all(sorted(v) == ["benchmark", "finetune"] for v in by_class.values())
+    assert m["import"]["stratify_by"] == ["material", "size_nm"]
+    with pytest.raises(MicrographError, match="missing colour"):
+        import_folder(folder, tmp_path / "o2", target_pixel_size_A=TARGET_A, tile_px=TILE,
+                      pixel_sizes_csv=tmp_path / "index.csv", stratify_by=["colour"], log=lambda *a: None)
+    with pytest.raises(MicrographError, match="give --pixel-sizes CSV"):
+        import_folder(folder, tmp_path / "o3", target_pixel_size_A=TARGET_A, tile_px=TILE, stratify_by=["material"],
+                      log=lambda *a: None)
+    (tmp_path / "index.csv").write_text("\n".join(rows[:-1] + ["au_04.emd,0.3,,5"]) + "\n")
+    with pytest.raises(MicrographError, match="au_04.emd has no material"):
+        import_folder(folder, tmp_path / "o4", target_pixel_size_A=TARGET_A, tile_px=TILE,
+                      pixel_sizes_csv=tmp_path / "index.csv", stratify_by=["material"], log=lambda *a: None)
+    assert not any((tmp_path / d).exists() for d in ("o2", "o3", "o4"))
+
+
 # ---------------------------------------------------------------- end to end
 FRINGE_A, RADIUS_A, FIELD_A, TARGET_A, TILE = 2.35, 14.0, 48.0, 0.25, 64
 

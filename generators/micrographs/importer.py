@@ -135,6 +135,7 @@ class Source:
     n_tiles: int
     split: str = ""
     record_stem: str = ""
+    stratum: str | None = None
 
 
 def plan_source(image_path: Path, mask_path: Path, pixel_size_A: float | None, target_pixel_size_A: float,
@@ -157,63 +158,105 @@ def plan_source(image_path: Path, mask_path: Path, pixel_size_A: float | None, t
                   tile_count(shape, tile_px, overlap_px), record_stem=_safe_stem(image_path))
 
 
-def read_pixel_sizes(csv_path, images: list[Path], images_dir: Path) -> dict[Path, float]:
-    """Per-micrograph pixel sizes from a CSV with (at least) the columns `file,pixel_size_A`; extra columns are
-    ignored. `file` is the micrograph's name or its path relative to the imported folder. Every micrograph must
-    have exactly one row with a positive, finite pixel size."""
+def _read_index(csv_path, images: list[Path], images_dir: Path, columns: tuple[str, ...],
+                flag: str) -> dict[Path, dict]:
+    """Each micrograph's row of a per-file CSV (`file` = its name or its path relative to the imported folder),
+    checked to have the named columns, one row per file and a row for every micrograph."""
     import csv
 
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise MicrographError(f"--pixel-sizes {csv_path}: no such file")
+        raise MicrographError(f"{flag} {csv_path}: no such file")
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as err:
-        raise MicrographError(f"--pixel-sizes {csv_path}: not a readable UTF-8 CSV ({err})") from None
-    missing = [c for c in ("file", "pixel_size_A") if c not in header]
+        raise MicrographError(f"{flag} {csv_path}: not a readable UTF-8 CSV ({err})") from None
+    missing = [c for c in ("file", *columns) if c not in header]
     if missing:
-        raise MicrographError(f"--pixel-sizes {csv_path}: needs the columns file,pixel_size_A; missing "
+        raise MicrographError(f"{flag} {csv_path}: needs the columns {','.join(('file', *columns))}; missing "
                               f"{', '.join(missing)} (header: {','.join(header) or 'none'})")
-    by_name: dict[str, float] = {}
+    by_name: dict[str, dict] = {}
     for line, row in enumerate(rows, start=2):
         name = (row.get("file") or "").strip()
         if not name:
-            raise MicrographError(f"--pixel-sizes {csv_path}: line {line} has no file name")
+            raise MicrographError(f"{flag} {csv_path}: line {line} has no file name")
+        key = Path(name).as_posix()
+        if key in by_name:
+            raise MicrographError(f"{flag} {csv_path}: {name} has more than one row (line {line}); keep one")
+        by_name[key] = {**row, "_line": line}
+    out = {}
+    for p in images:
+        rel = p.relative_to(images_dir).as_posix()
+        hit = by_name.get(rel, by_name.get(p.name))
+        if hit is None:
+            raise MicrographError(f"{flag} {csv_path}: no row for micrograph {rel}; add `{rel},"
+                                  f"{','.join(c.upper() for c in columns)}`")
+        out[p] = hit
+    return out
+
+
+def read_pixel_sizes(csv_path, images: list[Path], images_dir: Path) -> dict[Path, float]:
+    """Per-micrograph pixel sizes from a CSV with (at least) the columns `file,pixel_size_A`; extra columns are
+    ignored. `file` is the micrograph's name or its path relative to the imported folder. Every micrograph must
+    have exactly one row with a positive, finite pixel size."""
+    out = {}
+    for p, row in _read_index(csv_path, images, images_dir, ("pixel_size_A",), "--pixel-sizes").items():
         text = (row.get("pixel_size_A") or "").strip()
         try:
             px = float(text)
         except ValueError:
             px = float("nan")
         if not (math.isfinite(px) and px > 0):
-            raise MicrographError(f"--pixel-sizes {csv_path}: {name}: pixel_size_A {text!r} is not a positive number "
-                                  f"(line {line})")
-        key = Path(name).as_posix()
-        if key in by_name:
-            raise MicrographError(f"--pixel-sizes {csv_path}: {name} has more than one row (line {line}); keep one")
-        by_name[key] = px
-    out = {}
-    for p in images:
-        rel = p.relative_to(images_dir).as_posix()
-        hit = by_name.get(rel, by_name.get(p.name))
-        if hit is None:
-            raise MicrographError(f"--pixel-sizes {csv_path}: no row for micrograph {rel}; add `{rel},PIXEL_SIZE_A`")
-        out[p] = hit
+            raise MicrographError(f"--pixel-sizes {csv_path}: {row['file'].strip()}: pixel_size_A {text!r} is not a "
+                                  f"positive number (line {row['_line']})")
+        out[p] = px
     return out
 
 
-def assign_splits(names: list[str], finetune_fraction: float, seed: int) -> dict[str, str]:
+def read_strata(csv_path, images: list[Path], images_dir: Path, columns: list[str]) -> dict[Path, str]:
+    """Each micrograph's stratum: its values of `columns` in the per-file CSV, e.g. material + nominal size."""
+    rows = _read_index(csv_path, images, images_dir, tuple(columns), "--stratify-by: --pixel-sizes")
+    out = {}
+    for p, row in rows.items():
+        values = [(row.get(c) or "").strip() for c in columns]
+        empty = [c for c, v in zip(columns, values) if not v]
+        if empty:
+            raise MicrographError(f"--stratify-by: {row['file'].strip()} has no {', '.join(empty)} in {csv_path} "
+                                  f"(line {row['_line']}); fill it in or stratify by other columns")
+        out[p] = " / ".join(values)
+    return out
+
+
+def assign_splits(names: list[str], finetune_fraction: float, seed: int,
+                  strata: dict[str, str] | None = None) -> dict[str, str]:
     """Source name -> split from a seeded permutation of the sorted names. With two or more sources and a
-    fraction strictly between 0 and 1, each split gets at least one source."""
+    fraction strictly between 0 and 1, each split gets at least one source.
+
+    strata (name -> class, e.g. "Au / 5.0"): every class is split in the fraction, to within one source, so
+    both halves hold every kind of field. Systematic sampling does it: the names, shuffled within their class
+    and classes laid end to end, go to fine-tuning at every crossing of a randomly offset grid of step
+    1/fraction, so the total is the fraction of all sources too."""
     names = sorted(names)
     n = len(names)
-    n_ft = math.floor(finetune_fraction * n + 0.5)  # half up: round() would send 1 of 1 and 2 of 5 to benchmark
-    if 0 < finetune_fraction < 1 and n >= 2:
-        n_ft = min(max(n_ft, 1), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    return {names[i]: SPLITS[0] if rank < n_ft else SPLITS[1] for rank, i in enumerate(order)}
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        n_ft = math.floor(finetune_fraction * n + 0.5)  # half up: round() would send 1 of 1 and 2 of 5 to benchmark
+        if 0 < finetune_fraction < 1 and n >= 2:
+            n_ft = min(max(n_ft, 1), n - 1)
+        order = rng.permutation(n)
+        return {names[i]: SPLITS[0] if rank < n_ft else SPLITS[1] for rank, i in enumerate(order)}
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(strata[name], []).append(name)
+    seq = [g[i] for key in sorted(groups) for g in [groups[key]] for i in rng.permutation(len(g))]
+    u, f = rng.random(), finetune_fraction
+    ft = [math.floor((i + 1) * f + u) > math.floor(i * f + u) for i in range(n)]
+    if 0 < f < 1 and n >= 2 and (all(ft) or not any(ft)):
+        ft[0] = not ft[0]  # a grid step longer than the list: still one source on each side
+    return {name: SPLITS[0] if is_ft else SPLITS[1] for name, is_ft in zip(seq, ft)}
 
 
 # ---------------------------------------------------------------- records
@@ -273,7 +316,7 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
                   target_pixel_size_A: float, tile_px: int, finetune_fraction: float = 0.5, seed: int = 0,
                   material: str = "unknown", overlap_px: int = 0, allow_unlabelled: bool = False,
                   records_per_shard: int = 256, name: str | None = None,
-                  pixel_sizes_csv=None, mask_values: str | dict | None = None,
+                  pixel_sizes_csv=None, mask_values: str | dict | None = None, stratify_by: list[str] | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """Import labelled micrographs into a new dataset folder; returns its manifest.
 
@@ -284,6 +327,9 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
     if pixel_size_A is not None and pixel_sizes_csv is not None:
         raise MicrographError("give either --pixel-size-A (one size for every micrograph) or --pixel-sizes CSV "
                               "(one per micrograph), not both")
+    if stratify_by and pixel_sizes_csv is None:
+        raise MicrographError("--stratify-by reads its columns from the per-micrograph table: give --pixel-sizes CSV "
+                              f"with the columns file,pixel_size_A,{','.join(stratify_by)}")
     values = parse_mask_values(mask_values) if isinstance(mask_values, (str, type(None))) else dict(mask_values)
     images_dir, out = Path(images_dir), Path(out_dir)
     _check_out(out)
@@ -296,7 +342,13 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
         sources = [plan_source(i, m, pixel_size_A, target_pixel_size_A, tile_px, overlap_px, log, values)
                    for i, m in pairs]
     _check_unique_ids(sources)
-    splits = assign_splits([s.image.name for s in sources], finetune_fraction, seed)
+    strata = None
+    if stratify_by:
+        by_path = read_strata(pixel_sizes_csv, [s.image for s in sources], images_dir, stratify_by)
+        strata = {s.image.name: by_path[s.image] for s in sources}
+        for s in sources:
+            s.stratum = by_path[s.image]
+    splits = assign_splits([s.image.name for s in sources], finetune_fraction, seed, strata)
     for s in sources:
         s.split = splits[s.image.name]
     args = {"images_dir": str(images_dir.resolve()), "masks_dir": str(Path(masks_dir).resolve()) if masks_dir
@@ -304,6 +356,7 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
             "tile_px": tile_px, "overlap_px": overlap_px, "finetune_fraction": finetune_fraction, "seed": seed,
             "material": material, "allow_unlabelled": allow_unlabelled, "records_per_shard": records_per_shard,
             "pixel_sizes_csv": str(Path(pixel_sizes_csv).resolve()) if pixel_sizes_csv is not None else None,
+            "stratify_by": list(stratify_by) if stratify_by else None,
             "mask_values": {f"{k:g}": v for k, v in values.items()} if values is not None else None}
     staging = out.parent / f".{out.name}.importing-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -348,6 +401,7 @@ def _write_folder(out: Path, name: str, sources: list[Source], args: dict, image
 
 def _source_entry(s: Source, images_dir: Path) -> dict:
     return {"file": s.image.relative_to(images_dir).as_posix(), "mask": s.mask.name, "split": s.split,
+            **({"stratum": s.stratum} if s.stratum is not None else {}),
             "n_tiles": s.n_tiles, "format": s.format, "pixel_size_A": s.pixel_size_A,
             "pixel_size_source": s.pixel_size_source, "file_pixel_size_A": s.file_pixel_size_A,
             "size_px": [s.shape_px[1], s.shape_px[0]], "resampled_size_px": [s.resampled_px[1], s.resampled_px[0]],
