@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from .config import ConfigError, Strict, format_errors, read_yaml
+from .files import atomic_path
 
 BATCH_KINDS = ("slurm", "pbs")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -391,9 +392,12 @@ def launch_job(cmd: list[str], job_dir: Path, env: dict, cwd: str | None, log_na
         proc = subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=cwd, start_new_session=True)
     marker = job_dir / RUNNING_FILE
-    marker.write_text(json.dumps({"host": socket.gethostname(), "pgid": proc.pid, "started": time.time(),
-                                  "command": cmd}))
     try:
+        # Renamed into place whole: a reader (stop_jobs, which skips what it cannot parse) must never find it
+        # empty or half written while the job runs, or it would leave the job process running.
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps({"host": socket.gethostname(), "pgid": proc.pid, "started": time.time(),
+                                       "command": cmd}))
         return proc.wait()
     except BaseException:
         stop_group(proc.pid, leader=proc)
