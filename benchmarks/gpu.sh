@@ -20,15 +20,7 @@ trap 'rm -rf "$WORK"' EXIT
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$REPO" || exit 3
 
-stage() {  # stage NAME SECONDS COMMAND...: the command's output in NAME.log, its tail and wall time here
-    local name=$1 limit=$2 t0
-    shift 2
-    t0=$(date +%s%N)
-    timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
-    local rc=$?
-    echo "== $name: rc $rc, $(( ($(date +%s%N) - t0) / 1000000 )) ms"
-    tail -n 4 "$OUT_DIR/$name.log" | cut -c1-1500
-}
+. "$REPO/benchmarks/stage.sh"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY - <<'EOF' || exit 3

@@ -24,15 +24,8 @@ trap 'rm -rf "$WORK"' EXIT
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$WORK" || exit 3  # training/examples/realistic.yaml reads ./tem_np_realistic and ./real_exp, writes ./runs
 
-stage() {  # stage NAME SECONDS COMMAND...: output in NAME.log, its tail and wall time here
-    local name=$1 limit=$2 t0
-    shift 2
-    t0=$(date +%s%N)
-    timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
-    local rc=$?
-    echo "== $name: rc $rc, $(( ($(date +%s%N) - t0) / 1000000 )) ms"
-    tail -n 2 "$OUT_DIR/$name.log" | cut -c1-600
-}
+. "$REPO/benchmarks/stage.sh"
+STAGE_TAIL=2
 
 train() {  # train NAME SCENES EPOCHS LR_DECAY
     stage "train_$1" "${TRAIN_LIMIT:-240}" $PY -m training.train --config "$REPO/training/examples/realistic.yaml" --quiet \
