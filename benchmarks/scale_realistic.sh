@@ -3,8 +3,8 @@
 # trained (realistic.yaml) on the train split of its first 64, 128, ... scenes for the same 18 epochs (steps
 # grow with the scenes), and the first 64 scenes trained as many steps as the largest set (same lr schedule,
 # stretched), each scored on the 16 real fields (benchmarks/bench_real.py). Meant for a GPU machine
-# (generation on CuPy, training on CUDA: about 8 minutes with 256 scenes); on 2 CPU cores the 256-scene set
-# alone takes about 20 minutes to build.
+# (generation on CuPy, training on CUDA: 9 minutes with 256 scenes on an H200); on 2 CPU cores the 256-scene set
+# alone takes about 17 minutes to build (64 scenes: 251 s).
 #
 #   benchmarks/scale_realistic.sh RESULTS_DIR [MAX_SCENES=256] [WORKERS=8] [REAL_DIR=../shared/real/hrtem_generalization]
 #
