@@ -75,6 +75,7 @@ def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None =
         if is_bare:
             bare.append(float((pred & ~truth).mean()))
         rows.append({"file": f["file"], "class": key, "dice": 2 * tp / max(n_pred + n_true, 1),
+                     "pixels": {"both": tp, "predicted": n_pred, "labelled": n_true},  # to pool any subset
                      "predicted_fraction": float(pred.mean()), "labelled_fraction": float(truth.mean()),
                      "bare_carbon": bool(is_bare)})
     dice = lambda a: float(2 * a[0] / max(a[1] + a[2], 1))

@@ -198,36 +198,39 @@ def _read_index(csv_path, images: list[Path], images_dir: Path, columns: tuple[s
     return out
 
 
-def read_pixel_sizes(csv_path, images: list[Path], images_dir: Path) -> dict[Path, float]:
-    """Per-micrograph pixel sizes from a CSV with (at least) the columns `file,pixel_size_A`; extra columns are
+def _pixel_size(row: dict, csv_path) -> float:
+    text = (row.get("pixel_size_A") or "").strip()
+    try:
+        px = float(text)
+    except ValueError:
+        px = float("nan")
+    if not (math.isfinite(px) and px > 0):
+        raise MicrographError(f"--pixel-sizes {csv_path}: {row['file'].strip()}: pixel_size_A {text!r} is not a "
+                              f"positive number (line {row['_line']})")
+    return px
+
+
+def _stratum(row: dict, columns: list[str], csv_path) -> str:
+    """A micrograph's class for --stratify-by: its values of `columns`, e.g. "Au / 5.0"."""
+    values = [(row.get(c) or "").strip() for c in columns]
+    empty = [c for c, v in zip(columns, values) if not v]
+    if empty:
+        raise MicrographError(f"--stratify-by: {row['file'].strip()} has no {', '.join(empty)} in {csv_path} "
+                              f"(line {row['_line']}); fill it in or stratify by other columns")
+    return " / ".join(values)
+
+
+def read_pixel_sizes(csv_path, images: list[Path], images_dir: Path,
+                     stratify_by: list[str] | None = None) -> tuple[dict[Path, float], dict[Path, str] | None]:
+    """Per-micrograph pixel sizes from a CSV with (at least) the columns `file,pixel_size_A`, and with
+    `stratify_by` each micrograph's class from those columns of the same rows (one read). Other columns are
     ignored. `file` is the micrograph's name or its path relative to the imported folder. Every micrograph must
     have exactly one row with a positive, finite pixel size."""
-    out = {}
-    for p, row in _read_index(csv_path, images, images_dir, ("pixel_size_A",), "--pixel-sizes").items():
-        text = (row.get("pixel_size_A") or "").strip()
-        try:
-            px = float(text)
-        except ValueError:
-            px = float("nan")
-        if not (math.isfinite(px) and px > 0):
-            raise MicrographError(f"--pixel-sizes {csv_path}: {row['file'].strip()}: pixel_size_A {text!r} is not a "
-                                  f"positive number (line {row['_line']})")
-        out[p] = px
-    return out
-
-
-def read_strata(csv_path, images: list[Path], images_dir: Path, columns: list[str]) -> dict[Path, str]:
-    """Each micrograph's stratum: its values of `columns` in the per-file CSV, e.g. material + nominal size."""
-    rows = _read_index(csv_path, images, images_dir, tuple(columns), "--stratify-by: --pixel-sizes")
-    out = {}
-    for p, row in rows.items():
-        values = [(row.get(c) or "").strip() for c in columns]
-        empty = [c for c, v in zip(columns, values) if not v]
-        if empty:
-            raise MicrographError(f"--stratify-by: {row['file'].strip()} has no {', '.join(empty)} in {csv_path} "
-                                  f"(line {row['_line']}); fill it in or stratify by other columns")
-        out[p] = " / ".join(values)
-    return out
+    columns = ("pixel_size_A", *(stratify_by or ()))
+    rows = _read_index(csv_path, images, images_dir, columns, "--pixel-sizes")
+    sizes = {p: _pixel_size(row, csv_path) for p, row in rows.items()}
+    strata = {p: _stratum(row, stratify_by, csv_path) for p, row in rows.items()} if stratify_by else None
+    return sizes, strata
 
 
 def assign_splits(names: list[str], finetune_fraction: float, seed: int,
@@ -251,7 +254,9 @@ def assign_splits(names: list[str], finetune_fraction: float, seed: int,
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(strata[name], []).append(name)
-    seq = [g[i] for key in sorted(groups) for g in [groups[key]] for i in rng.permutation(len(g))]
+    seq = []
+    for key in sorted(groups):
+        seq += [groups[key][i] for i in rng.permutation(len(groups[key]))]
     u, f = rng.random(), finetune_fraction
     ft = [math.floor((i + 1) * f + u) > math.floor(i * f + u) for i in range(n)]
     if 0 < f < 1 and n >= 2 and (all(ft) or not any(ft)):
@@ -335,7 +340,7 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
     _check_out(out)
     pairs = pair_files(images_dir, masks_dir, allow_unlabelled, log)
     if pixel_sizes_csv is not None:
-        per_file = read_pixel_sizes(pixel_sizes_csv, [i for i, _ in pairs], images_dir)
+        per_file, by_path = read_pixel_sizes(pixel_sizes_csv, [i for i, _ in pairs], images_dir, stratify_by)
         sources = [plan_source(i, m, per_file[i], target_pixel_size_A, tile_px, overlap_px, log, values, "csv")
                    for i, m in pairs]
     else:
@@ -344,10 +349,9 @@ def import_folder(images_dir, out_dir, *, masks_dir=None, pixel_size_A: float | 
     _check_unique_ids(sources)
     strata = None
     if stratify_by:
-        by_path = read_strata(pixel_sizes_csv, [s.image for s in sources], images_dir, stratify_by)
-        strata = {s.image.name: by_path[s.image] for s in sources}
         for s in sources:
             s.stratum = by_path[s.image]
+        strata = {s.image.name: s.stratum for s in sources}
     splits = assign_splits([s.image.name for s in sources], finetune_fraction, seed, strata)
     for s in sources:
         s.split = splits[s.image.name]
