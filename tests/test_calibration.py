@@ -169,3 +169,29 @@ def test_empirical_distribution_reflects_into_its_bounds():
     assert 0.4 < np.mean(draws < 1.6) < 0.6
     with pytest.raises(Exception, match="outside"):
         carbon_cfg(**{"imaging.focal_spread_nm": {"empirical": {"values": [-1.0], "low": 0}}})
+
+
+def test_report_shows_fits_and_simulated_fields(carbon_fields, tmp_path):
+    """The page names what was kept, holds one fit figure per micrograph, and compares the proposed config's
+    simulated fields with the micrographs (a spectrum distance that is a number, figures that exist)."""
+    import yaml
+
+    cfg, images, metas = carbon_fields
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, img in enumerate(images[:2]):
+        np.save(folder / f"f{i}.npy", np.round(img).astype(np.float32))
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(tiny_dict()))
+    out, report = tmp_path / "my.yaml", tmp_path / "report"
+    assert main(["calibrate", str(folder), "--pixel-size-A", "0.35", "--from-config", str(base), "--out", str(out),
+                 "--report", str(report)]) == 0
+    page = (report / "index.html").read_text()
+    for src in ("fit_000.png", "fit_001.png", "spectra.png", "fields.png"):
+        assert f"src='{src}'" in page or f'src="{src}"' in page
+        assert (report / src).stat().st_size > 5000
+    assert "imaging.cs_mm: kept" in page
+    import re
+
+    distance = float(re.search(r"distance\s+([0-9.]+)", page).group(1))
+    assert 0 <= distance < 2

@@ -70,7 +70,7 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
 
     doses = [m.noise.dose_e_per_A2 for m in measurements if m.noise.dose_e_per_A2]
     if doses and len(doses) == len(measurements):
-        im["dose_e_per_A2"] = {"loguniform": [round(min(doses) / 1.5, 3), round(max(doses) * 1.5, 3)]}
+        im["dose_e_per_A2"] = {"loguniform": [round(float(min(doses)) / 1.5, 3), round(float(max(doses)) * 1.5, 3)]}
         notes.append(f"imaging.dose_e_per_A2: measured from counts and the noise floor ({min(doses):.0f}-"
                      f"{max(doses):.0f} e/Å²), widened 1.5x each way")
     else:
@@ -92,7 +92,7 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
         st = data["structure"]
         if len(radii) >= 3:
             lo, hi = np.percentile(radii, [5, 95])
-            lo, hi = max(2.0, lo * 0.8), min(500.0, hi * 1.2)
+            lo, hi = max(2.0, float(lo) * 0.8), min(500.0, float(hi) * 1.2)
             st["radius_A"] = {"loguniform": [round(lo, 1), round(hi, 1)]}
             notes.append(f"structure.radius_A: from the model's masks ({len(radii)} particles, equivalent radii "
                          f"{np.min(radii):.0f}-{np.max(radii):.0f} Å), 5th-95th percentile widened 20 %")
