@@ -13,6 +13,7 @@ distributions in YAML::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -323,12 +324,68 @@ class Orientation(Strict):
         return self
 
 
+SUPPORT_KINDS = ("amorphous", "graphene")
+# Handbook films: composition, mass density (g/cm³) and least interatomic distance (Å) of the random packing.
+SUPPORT_FILMS = {"carbon": ("C", 2.2, 1.4), "silicon_nitride": ("Si3N4", 3.0, 1.6), "silica": ("SiO2", 2.2, 1.5)}
+GRAPHENE_INTERLAYER_A = 3.35
+
+
 class Substrate(Strict):
+    """The support film. `amorphous`: a random close packing of `composition` at a density (czone's amorphous
+    generator, the same way for carbon, silicon nitride or silica); `graphene`: `graphene_layers` AB-stacked
+    sheets. Its kind and composition are recorded per record (`substrate_kind`, `substrate_composition`)."""
+    kind: Literal["amorphous", "graphene"] = "amorphous"
+    # Chemical formula of an amorphous film, e.g. C, Si3N4, SiO2: elements drawn in its proportions.
+    composition: str = "C"
     thickness_A: ranged(0, 500, "substrate thickness") = Uniform(uniform=(20, 40))
     density_atoms_per_A3: float = Field(default=0.1103075, gt=0, le=0.2)
+    # Alternative to density_atoms_per_A3 (the handbook's unit): converted with the composition's mean mass.
+    density_g_per_cm3: float | None = Field(default=None, gt=0, le=25)
     min_dist_A: float = Field(default=1.4, gt=0.5, le=3.0)
-    # Independent periodic carbon blocks per dataset; each structure takes one, shifted and flipped at random.
+    # graphene: sheets per scene (the film's thickness is then layers x 3.35 Å and thickness_A is not drawn)
+    graphene_layers: ranged(1, 20, "graphene_layers") = Integers(integers=(1, 3))
+    # Independent periodic blocks per dataset; each structure takes one, shifted and flipped at random.
     bank_size: int = Field(default=8, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _composition(self):
+        composition_numbers(self.composition)  # a ValueError names the formula and the fix
+        if self.kind == "graphene" and self.composition not in ("C", "C1"):
+            raise ValueError(f"kind graphene is carbon; drop composition {self.composition!r} or use kind amorphous")
+        return self
+
+    @property
+    def atoms_per_A3(self) -> float:
+        if self.density_g_per_cm3 is None:
+            return self.density_atoms_per_A3
+        from ase.data import atomic_masses
+
+        zs, fr = composition_numbers(self.composition)
+        mean_mass = float(np.dot(fr, atomic_masses[zs]))
+        return self.density_g_per_cm3 / (mean_mass * 1.66053907)  # g/cm³ -> atoms/Å³ (u = 1.6605e-24 g)
+
+
+def graphene_strain(field_A: float) -> float:
+    """Largest strain that fits whole rectangular graphene cells (a x sqrt(3) a) into a square periodic field."""
+    cells = (2.46, 2.46 * math.sqrt(3))
+    return max(abs(field_A / (max(1, round(field_A / c)) * c) - 1) for c in cells)
+
+
+def composition_numbers(formula: str) -> tuple[np.ndarray, np.ndarray]:
+    """(atomic numbers, number fractions) of a chemical formula such as Si3N4."""
+    from ase.data import atomic_numbers
+    from ase.formula import Formula
+
+    try:
+        counts = Formula(formula).count()
+    except ValueError as err:
+        raise ValueError(f"composition {formula!r} is no chemical formula ({err}); write e.g. C, Si3N4 or SiO2") from None
+    bad = [e for e in counts if e not in atomic_numbers]
+    if not counts or bad:
+        raise ValueError(f"composition {formula!r}: unknown element(s) {bad}; write e.g. C, Si3N4 or SiO2")
+    zs = np.array([atomic_numbers[e] for e in counts])
+    n = np.array(list(counts.values()), float)
+    return zs, n / n.sum()
 
 
 # Largest distance of an outline from the centre over the equivalent-volume radius (octahedron: (pi)^(1/3)).
@@ -362,8 +419,9 @@ class StructureConfig(Strict):
     # be cut by the border (the cell is periodic, so a cut particle re-enters at the opposite edge).
     allow_border_cuts: bool = False
     edge_margin_A: float = Field(default=4.0, ge=0)
-    # Lowest particle atom above the highest carbon atom: no metal-carbon contact is shorter than ~2 Å.
-    contact_distance_A: float = Field(default=2.2, ge=1.0, le=10.0)
+    # Lowest particle atom above the highest support atom. None: from the elements involved, the largest sum of
+    # covalent radii over (particle element, support element) pairs (Au on C 2.12 Å, CeO2 on Si3N4 3.15 Å).
+    contact_distance_A: float | None = Field(default=2.2, ge=1.0, le=10.0)
     # Least gap between the projected outlines (bounding circles) of two particles: they may touch, never overlap.
     particle_gap_A: float = Field(default=2.5, ge=0.0, le=100.0)
     # Where particles land, drawn per scene: `random` (uniform, sequential) or `aggregate` (each particle after
@@ -501,6 +559,13 @@ class GenerationConfig(Strict):
                 f"e.g. sampling_A: {im.pixel_size_A / max(1, math.ceil(ratio))}"
             )
         self._scene_fits()
+        if st.substrate.kind == "graphene":
+            strain = graphene_strain(self.field_of_view_A)
+            if strain > 0.01:
+                raise ValueError(
+                    f"structure.substrate.kind graphene: the {self.field_of_view_A:g} Å field holds no whole number of "
+                    f"graphene cells (2.46 x 4.26 Å) without straining them {strain:.1%}; make image_size_px x "
+                    "pixel_size_A a length within 1 % of a multiple of both (e.g. 64 or 179 Å)")
         materials, defects = _values(st.material), _values(st.defects.type)
         for m in materials:
             shapes = [sh for sh in _values(st.shape) if sh != "sphere" and sh not in MATERIALS[m].wulff_shapes]
@@ -585,10 +650,31 @@ class GenerationConfig(Strict):
                 "seed": self.seed, "config_sha256": self.sha256()}
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        defaults = _default_dump()
+        for dotted in ADDED_FIELDS:
+            *parents, leaf = dotted.split(".")
+            node, dnode = data, defaults
+            for p in parents:
+                node, dnode = node.get(p) or {}, dnode.get(p) or {}
+            if leaf in node and node[leaf] == dnode.get(leaf):
+                del node[leaf]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+# Fields added after datasets were first written: left out of the canonical form (and so of config_sha256) while
+# they hold their defaults, so that a folder written before they existed keeps its hash (and is not called
+# edited by `temsynth info --verify` or refused by training) and the same config keeps making the same records.
+ADDED_FIELDS = ("structure.substrate.kind", "structure.substrate.composition",
+                "structure.substrate.density_g_per_cm3", "structure.substrate.graphene_layers")
+
+
+@functools.lru_cache(maxsize=1)
+def _default_dump() -> dict:
+    return GenerationConfig().model_dump(mode="json")
 
 
 # ---------------------------------------------------------------- loading

@@ -282,8 +282,10 @@ class CarbonSlices:
         self.engine, self.folder, self.keep = engine, folder, keep
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def block(self, key: str, block: np.ndarray, n_slices: int) -> np.ndarray:
-        """(n_slices, N, N) complex64: the block's first `n_slices` full slices."""
+    def block(self, key: str, block: np.ndarray, n_slices: int, numbers: np.ndarray | None = None) -> np.ndarray:
+        """(n_slices, N, N) complex64: the block's first `n_slices` full slices (`numbers`: its atoms' elements,
+        carbon when None)."""
+        numbers = np.full(len(block), 6) if numbers is None else numbers
         name = f"{key}-N{self.engine.gpts}-dz{self.engine.dz:g}-transmission.npy"
         if name in self._memory:
             self._memory.move_to_end(name)
@@ -293,29 +295,29 @@ class CarbonSlices:
         path = self.folder / name if self.folder is not None else None
         if path is None:
             arr = np.empty((n_slices, self.engine.gpts, self.engine.gpts), np.complex64)
-            for k, t in enumerate(self._built(block, n_slices)):
+            for k, t in enumerate(self._built(block, numbers, n_slices)):
                 arr[k] = t
         else:
             with build_once(path):
                 if not path.exists():
-                    self._write(path, block, n_slices)
+                    self._write(path, block, numbers, n_slices)
             arr = np.load(path, mmap_mode="r")
         self._memory[name] = arr
         while len(self._memory) > self.keep:
             self._memory.popitem(last=False)
         return arr
 
-    def _built(self, block: np.ndarray, n_slices: int):
+    def _built(self, block: np.ndarray, numbers: np.ndarray, n_slices: int):
         """The block's first `n_slices` transmission functions, one at a time (each valid until the next)."""
         ones = None
-        for pos, num in self.engine.slices(block, np.full(len(block), 6), n_slices):
+        for pos, num in self.engine.slices(block, numbers, n_slices):
             if len(num):
                 yield self.engine._transmission(pos, num)
             else:
                 ones = np.ones((self.engine.gpts, self.engine.gpts), np.complex64) if ones is None else ones
                 yield ones
 
-    def _write(self, path: Path, block: np.ndarray, n_slices: int) -> None:
+    def _write(self, path: Path, block: np.ndarray, numbers: np.ndarray, n_slices: int) -> None:
         """The block's slices, all its depth (other structures of the run may cut deeper), as an .npy file written
         slice by slice with write(): no stacked copy in memory, and no page faults on a fresh mapping (read-only
         maps of the finished file then fault in 64 KB at a time)."""
@@ -325,7 +327,7 @@ class CarbonSlices:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a killed writer's leftover is swept
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.complex64)),
                                                     "fortran_order": False, "shape": (total, n, n)})
-            for t in self._built(block, total):
+            for t in self._built(block, numbers, total):
                 f.write(memoryview(np.ascontiguousarray(t)).cast("B"))
 
 
@@ -339,11 +341,13 @@ def carbon_exit_wave(engine: Multislice, carbon: CarbonSlices, structure) -> Non
         engine.propagate_atoms(s.substrate_positions, s.substrate_numbers, n_sub)
         return
     block = s.substrate_block
+    numbers = s.substrate_block_numbers if s.substrate_block_numbers is not None else np.full(len(block), 6)
     full = n_sub - 1  # the bottom slice is cut at the sampled thickness, so it is built for this structure
     engine.wave[:] = to_block_frame(engine.wave, cut, out=engine.work)
     if full:
-        engine.propagate_slices(carbon.block(cut.block_key, block, full)[:full])
+        engine.propagate_slices(carbon.block(cut.block_key, block, full, numbers)[:full])
     z0, z1 = full * engine.dz, cut.thickness_A
-    last = block[(block[:, 2] >= z0) & (block[:, 2] < z1)]
-    engine._step(engine._transmission(last, np.full(len(last), 6)) if len(last) else None)
+    in_last = (block[:, 2] >= z0) & (block[:, 2] < z1)
+    last = block[in_last]
+    engine._step(engine._transmission(last, numbers[in_last]) if len(last) else None)
     engine.wave[:] = to_cut_frame(engine.wave, cut, out=engine.work)

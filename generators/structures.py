@@ -80,7 +80,10 @@ class Structure:
     particles: list[Particle]
     substrate: SubstrateCut
     n_particles_requested: int
-    substrate_block: np.ndarray | None = None  # the bank block the carbon was cut from (block frame, z from 0)
+    substrate_block: np.ndarray | None = None  # the bank block the support was cut from (block frame, z from 0)
+    substrate_block_numbers: np.ndarray | None = None  # its atoms' atomic numbers (None: all carbon)
+    substrate_kind: str = "amorphous"
+    substrate_composition: str = "C"
     placement: str = "random"  # how the particles were laid out (StructureConfig.placement)
 
     @property
@@ -99,6 +102,7 @@ class Structure:
                 "n_particles": self.n_particles, "n_particles_requested": self.n_particles_requested,
                 "placement": self.placement,
                 **{name: [getattr(pt, attr) for pt in self.particles] for name, attr, _ in particle_columns()},
+                "substrate_kind": self.substrate_kind, "substrate_composition": self.substrate_composition,
                 "substrate_thickness_A": self.substrate.thickness_A,
                 "substrate_bank_index": self.substrate.bank_index, "n_atoms": self.n_atoms}
 
@@ -116,7 +120,8 @@ class Structure:
         atoms.new_array("particle_index", np.r_[self.particle_index, -np.ones(len(self.substrate_numbers), int)])
         atoms.info.update({"structure_id": self.structure_id, "n_particles": self.n_particles,
                            "placement": self.placement,
-                           "substrate_thickness_A": self.substrate.thickness_A,
+                           "substrate_kind": self.substrate_kind, "substrate_composition": self.substrate_composition,
+                "substrate_thickness_A": self.substrate.thickness_A,
                            "particle_height_A": self.particle_height_A})
         return atoms
 
@@ -326,6 +331,17 @@ def _draw_radii(cfg: GenerationConfig, rng: np.random.Generator) -> list[float]:
     return radii
 
 
+def contact_distance(particle_numbers: np.ndarray, support_numbers: np.ndarray) -> float:
+    """The closest approach of a particle to its support: the largest sum of covalent radii over the element
+    pairs present (Au-C 2.12 Å, Ce-Si 3.15 Å)."""
+    from ase.data import covalent_radii
+
+    p, s = np.unique(particle_numbers), np.unique(support_numbers)
+    if not len(p) or not len(s):
+        return 2.2
+    return float(covalent_radii[p].max() + covalent_radii[s].max())
+
+
 def build_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None) -> Structure:
     """A pure function of (config, index): particles drawn, placed on the carbon, and the carbon cut."""
     st = cfg.structure
@@ -337,12 +353,16 @@ def build_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = 
     centres = _place(cfg, rng, [m["bounding_radius_A"] for _, _, m in drawn], placement)
     drawn = [(d, c) for d, c in zip(drawn, centres) if c is not None]
 
-    sub_pos, cut, block = cut_substrate(cfg, rng, cache_dir)
+    sub_pos, sub_numbers, cut, block, block_numbers = cut_substrate(cfg, rng, cache_dir)
     dz = cfg.simulation.slice_thickness_A
     L = cfg.field_of_view_A
-    # Every particle's lowest atom sits contact_distance_A above the highest carbon atom (z grows downwards).
+    # Every particle's lowest atom sits contact_distance_A above the highest support atom (z grows downwards).
     top_carbon = float(sub_pos[:, 2].min()) if len(sub_pos) else 0.0
-    gap = max(0.0, st.contact_distance_A - top_carbon)
+    contact = st.contact_distance_A
+    if contact is None:
+        contact = contact_distance(np.concatenate([nums for (_, nums, _), _ in drawn]) if drawn else np.zeros(0, int),
+                                   sub_numbers)
+    gap = max(0.0, contact - top_carbon)
     tallest = max((float(np.ptp(lab[:, 2])) for (lab, _, _), _ in drawn if len(lab)), default=0.0)
     particle_height = math.ceil((tallest + gap + 1.0) / dz) * dz if drawn else 0.0
 
@@ -361,8 +381,9 @@ def build_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = 
         structure_id=structure_id(index), structure_index=index,
         particle_positions=cat(positions, (0, 3)), particle_numbers=cat(numbers, (0,)).astype(int),
         particle_index=cat(owner, (0,)).astype(int),
-        substrate_positions=sub_pos, substrate_numbers=np.full(len(sub_pos), 6, int),
+        substrate_positions=sub_pos, substrate_numbers=np.asarray(sub_numbers, int),
         cell_xy_A=L, particle_height_A=particle_height, substrate_height_A=substrate_height,
         particles=particles, substrate=cut, n_particles_requested=n_requested, substrate_block=block,
-        placement=placement,
+        substrate_block_numbers=block_numbers, substrate_kind=st.substrate.kind,
+        substrate_composition=st.substrate.composition, placement=placement,
     )
