@@ -73,7 +73,6 @@ def test_contact_follows_the_elements_and_nothing_interpenetrates():
 def test_a_denser_film_shifts_the_phase_more():
     """The exit wave's mean phase grows with the film's mean inner potential: Si3N4 (~15 V) above carbon
     (~10 V) for the same thickness, and one graphene sheet is a small fraction of either."""
-    from generators.run import simulate_structure  # noqa: F401 (the pipeline's own simulator below)
     from generators.simulate import make_simulator
 
     def mean_phase(**sub):
@@ -91,7 +90,6 @@ def test_a_denser_film_shifts_the_phase_more():
 
 
 def test_records_carry_the_support_and_bad_compositions_are_refused(tmp_path):
-    from generators.query import Query  # noqa: F401
     from generators.run import generate
     from generators.subsets import query_summary
 
