@@ -780,6 +780,10 @@ def load_config(path: str | Path) -> GenerationConfig:
     return from_dict(read_yaml(path), str(path), Path(path).parent)
 
 
+def default_config() -> GenerationConfig:
+    return GenerationConfig()
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 

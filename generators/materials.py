@@ -12,6 +12,7 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass
+from unittest import mock
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +42,7 @@ class Crystal:
 def _structure(crystal: Crystal):
     """The full unit cell (the space-group expansion takes pymatgen ~1 s the first time: done once per process)."""
     from pymatgen.core import Element, Lattice, Structure
+    from pymatgen.symmetry.groups import SpaceGroup
 
     for element, _ in crystal.sites:
         if not Element.is_valid_symbol(element):
@@ -55,8 +57,10 @@ def _structure(crystal: Crystal):
         raise MaterialError(f"lattice {text} makes no cell (its volume is zero or undefined): each angle must be "
                             "less than the sum of the other two and their sum below 360°")
     try:
-        structure = Structure.from_spacegroup(crystal.spacegroup, lattice, [e for e, _ in crystal.sites],
-                                              [list(f) for _, f in crystal.sites])
+        spg = _space_group(crystal.spacegroup)
+        with mock.patch.object(SpaceGroup, "from_int_number", lambda number: spg):
+            structure = Structure.from_spacegroup(spg.int_number, lattice, [e for e, _ in crystal.sites],
+                                                  [list(f) for _, f in crystal.sites])
     except ValueError as err:
         raise MaterialError(f"space group {crystal.spacegroup} cannot be built on the lattice {text} "
                             f"({' '.join(str(err).split())}): give lattice parameters of that crystal system "
@@ -68,6 +72,24 @@ def _structure(crystal: Crystal):
                                 f"apart on the lattice {text}: check the fractional coordinates (a site on a "
                                 "special position is given once)")
     return structure
+
+
+@functools.lru_cache(maxsize=None)
+def _space_group(sg: int | str):
+    """pymatgen's SpaceGroup, built once per process: its constructor closes the group under multiplication with
+    allclose comparisons (2.4 s for Fm-3m) and, called by number, builds it anew each time."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    try:
+        try:
+            return SpaceGroup.from_int_number(int(sg))
+        except ValueError:
+            if isinstance(sg, int) or str(sg).strip().lstrip("-").isdigit():
+                raise
+            return SpaceGroup(str(sg))
+    except Exception as err:
+        raise MaterialError(f"unknown space group {sg!r} ({err}): give its number (1-230) or Hermann-Mauguin "
+                            "symbol, e.g. 225 or Fm-3m") from None
 
 
 def crystal_from_structure(structure, spacegroup: int | str = 1) -> Crystal:
@@ -219,9 +241,14 @@ class Material:
     # Restrictions a config may set: None takes everything the lattice defines.
     allowed_defects: tuple[str, ...] | None = None
     allowed_shapes: tuple[str, ...] | None = None
+    # The lattice's prototype (fcc, wurtzite, other), declared by a built-in so that checking a config needs no
+    # crystal built; "auto": found by symmetry analysis (a config's own crystals; a test checks the declarations).
+    kind: str = "auto"
 
     @property
     def prototype(self) -> str | None:
+        if self.kind != "auto":
+            return None if self.kind == "other" else self.kind
         return _analysis(self.crystal)[0]
 
     @property
@@ -287,20 +314,20 @@ def _tetragonal(sg: int, a: float, c: float, *sites) -> Crystal:
 
 
 def _fcc(symbol: str, a: float, full: str) -> Material:
-    return Material(symbol, _cubic(225, a, (symbol, (0.0, 0.0, 0.0))), f"fcc {full}, a = {a} Å")
+    return Material(symbol, _cubic(225, a, (symbol, (0.0, 0.0, 0.0))), f"fcc {full}, a = {a} Å", kind="fcc")
 
 
 def _wurtzite(name: str, cation: str, anion: str, a: float, c: float, u: float = 0.375) -> Material:
-    # P6_3mc with u = 0.375 (ideal): the anion a quarter... 3/8 of c above the cation along [0001].
+    # P6_3mc with the ideal u = 3/8: the anion 3/8 of c above the cation along [0001].
     return Material(name, _hexagonal(186, a, c, (cation, (1 / 3, 2 / 3, 0.0)), (anion, (1 / 3, 2 / 3, u))),
-                    f"wurtzite {name}, a = {a} Å, c = {c} Å")
+                    f"wurtzite {name}, a = {a} Å, c = {c} Å", kind="wurtzite")
 
 
 def _spinel(name: str, metal: str, a: float, u: float) -> Material:
     # Fd-3m in pymatgen's setting, origin choice 1 (diamond's 8a at 0, 0, 0): tetrahedral 8a, octahedral 16d at
     # (5/8, 5/8, 5/8), oxygen 32e at (u, u, u), u = 1/8 + the origin-choice-2 value.
     return Material(name, _cubic(227, a, (metal, (0.0, 0.0, 0.0)), (metal, (0.625, 0.625, 0.625)),
-                                 ("O", (u, u, u))), f"spinel {name}, a = {a} Å, u = {u}")
+                                 ("O", (u, u, u))), f"spinel {name}, a = {a} Å, u = {u}", kind="other")
 
 
 # Lattice constants: room temperature handbook values (../shared/README.md "Physics reference").
@@ -310,19 +337,19 @@ BUILT_IN: dict[str, Material] = {m.name: m for m in [
     _fcc("Pt", 3.924, "platinum"),
     _fcc("Pd", 3.891, "palladium"),
     _fcc("Cu", 3.615, "copper"),
-    Material("Fe", _cubic(229, 2.8665, ("Fe", (0.0, 0.0, 0.0))), "bcc iron, a = 2.8665 Å"),
-    Material("Si", _cubic(227, 5.431, ("Si", (0.0, 0.0, 0.0))), "diamond-cubic silicon, a = 5.431 Å"),
-    Material("C", _cubic(227, 3.567, ("C", (0.0, 0.0, 0.0))), "diamond, a = 3.567 Å"),
+    Material("Fe", _cubic(229, 2.8665, ("Fe", (0.0, 0.0, 0.0))), "bcc iron, a = 2.8665 Å", kind="other"),
+    Material("Si", _cubic(227, 5.431, ("Si", (0.0, 0.0, 0.0))), "diamond-cubic silicon, a = 5.431 Å", kind="other"),
+    Material("C", _cubic(227, 3.567, ("C", (0.0, 0.0, 0.0))), "diamond, a = 3.567 Å", kind="other"),
     _wurtzite("CdSe", "Cd", "Se", 4.30, 7.01),
     _wurtzite("ZnS", "Zn", "S", 3.823, 6.261),
     Material("CeO2", _cubic(225, 5.411, ("Ce", (0.0, 0.0, 0.0)), ("O", (0.25, 0.25, 0.25))),
-             "fluorite CeO2, a = 5.411 Å"),
+             "fluorite CeO2, a = 5.411 Å", kind="other"),
     _spinel("Fe3O4", "Fe", 8.396, 0.3799),
     _spinel("Co3O4", "Co", 8.084, 0.3882),
     Material("TiO2_rutile", _tetragonal(136, 4.594, 2.959, ("Ti", (0.0, 0.0, 0.0)), ("O", (0.3048, 0.3048, 0.0))),
-             "rutile TiO2, a = 4.594 Å, c = 2.959 Å, u = 0.3048"),
+             "rutile TiO2, a = 4.594 Å, c = 2.959 Å, u = 0.3048", kind="other"),
     Material("TiO2_anatase", _tetragonal(141, 3.785, 9.514, ("Ti", (0.0, 0.0, 0.0)), ("O", (0.0, 0.0, 0.2081))),
-             "anatase TiO2, a = 3.785 Å, c = 9.514 Å, z(O) = 0.2081"),
+             "anatase TiO2, a = 3.785 Å, c = 9.514 Å, z(O) = 0.2081", kind="other"),
 ]}
 # Kept under its old name: the built-in registry.
 MATERIALS = BUILT_IN
