@@ -193,6 +193,11 @@ def test_crystal_from_space_group_lattice_and_basis(tmp_path):
     assert counts["n_twins"] == 1
     d, _ = cKDTree(pos).query(pos, k=2)
     assert np.median(d[:, 1]) == pytest.approx(3.524 / 2**0.5, rel=1e-3)
+    # czone's Wulff construction works on it as on the built-in metals: {111} facets, vertices along <100>
+    pos = build_particle(reg["Ni"], 11.0, "none", 0, Defects(), seed=0, shape="octahedron")[0]
+    pos = pos - pos.mean(axis=0)
+    n111 = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]) / np.sqrt(3)
+    assert np.abs(pos).max() / np.abs(pos @ n111.T).max() == pytest.approx(np.sqrt(3), rel=0.08)
 
 
 # ---------------------------------------------------------------- refusals
