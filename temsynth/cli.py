@@ -10,7 +10,7 @@ import json
 import sys
 
 from generators.cluster import add_cluster_arguments, cluster_from_args, job_script
-from generators.config import from_dict, load_config, load_preset, preset_names
+from generators.config import default_config, from_dict, load_config, load_preset, preset_names
 from generators.info import report
 from generators.files import source_digest
 from generators.run import RunError, generate, load_manifest, regenerate_records
@@ -103,8 +103,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_materials(args) -> int:
     """Every material a config can draw: the built-in ones and, with --config, the config's own."""
-    from generators.config import default_config
-
     cfg = load_config(args.config) if args.config else default_config()
     rows = []
     for name, m in cfg.material_registry().items():
