@@ -8,6 +8,7 @@ distributions in YAML::
     radius_A: {truncnormal: {mean: 40, sd: 10, low: 30, high: 50}}
     n_defects: {integers: [1, 3]}           # inclusive
     defocus_nm: {linspace: {start: -50, stop: 50, num: 11, jitter_sd: 2}}  # condition i takes step i % num
+    defocus_nm: {empirical: {values: [-31.2, 28.4], jitter_sd: 2}}  # measured values (temsynth calibrate)
     cs_mm: 0.001                            # a fixed value
 """
 from __future__ import annotations
@@ -147,6 +148,45 @@ class Linspace(Strict):
         return (min(s.start, s.stop) - pad, max(s.start, s.stop) + pad)
 
 
+class _Emp(Strict):
+    values: tuple[float, ...] = Field(min_length=1)
+    jitter_sd: float = Field(default=0.0, ge=0)
+    low: float | None = None
+    high: float | None = None
+
+
+class Empirical(Strict):
+    """Measured values (e.g. the defocus of each of a user's micrographs, `temsynth calibrate`): a draw takes one
+    of them at random and adds N(0, jitter_sd), kept inside [low, high] by reflection."""
+
+    empirical: _Emp
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        e = self.empirical
+        if e.low is not None and e.high is not None and not e.low < e.high:
+            raise ValueError(f"empirical needs low < high, got low={e.low}, high={e.high}")
+        out = [v for v in e.values if (e.low is not None and v < e.low) or (e.high is not None and v > e.high)]
+        if out:
+            raise ValueError(f"empirical values {out} lie outside [low, high] = [{e.low}, {e.high}]")
+        return self
+
+    def sample(self, rng: np.random.Generator, index: int = 0) -> float:
+        e = self.empirical
+        x = float(e.values[int(rng.integers(len(e.values)))])
+        if e.jitter_sd > 0:
+            x += float(rng.normal(0.0, e.jitter_sd))
+        lo, hi = self.support()
+        for _ in range(4):  # reflect at the bounds (a jitter larger than the range would need more)
+            x = 2 * lo - x if x < lo else 2 * hi - x if x > hi else x
+        return float(np.clip(x, lo, hi))
+
+    def support(self) -> tuple[float, float]:
+        e = self.empirical
+        lo, hi = min(e.values) - 5 * e.jitter_sd, max(e.values) + 5 * e.jitter_sd
+        return (lo if e.low is None else max(lo, e.low), hi if e.high is None else min(hi, e.high))
+
+
 class Choice(Strict):
     choice: tuple[Any, ...]
     weights: tuple[float, ...] | None = None
@@ -190,7 +230,7 @@ class Fixed(Strict):
 
 
 _DIST_KEYS = {"uniform": "Uniform", "integers": "Integers", "truncnormal": "TruncNormal", "linspace": "Linspace", "loguniform": "LogUniform",
-              "choice": "Choice", "value": "Fixed"}
+              "empirical": "Empirical", "choice": "Choice", "value": "Fixed"}
 
 
 def _dist_tag(v: Any) -> str | None:
@@ -208,11 +248,11 @@ def _dist_tag(v: Any) -> str | None:
 Distribution = Annotated[
     Union[Annotated[Uniform, Tag("Uniform")], Annotated[LogUniform, Tag("LogUniform")], Annotated[Integers, Tag("Integers")],
           Annotated[TruncNormal, Tag("TruncNormal")], Annotated[Linspace, Tag("Linspace")],
-          Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
+          Annotated[Empirical, Tag("Empirical")], Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
     Discriminator(_dist_tag, custom_error_type="distribution",
                   custom_error_message="expected a number or one of {uniform: [low, high]}, {integers: [low, high]}, "
                                        "{truncnormal: {mean, sd, low, high}}, {linspace: {start, stop, num}}, "
-                                       "{choice: [...]}")]
+                                       "{empirical: {values: [...], jitter_sd}}, {choice: [...]}")]
 
 
 def _as_dist(v: Any) -> Any:
@@ -714,7 +754,7 @@ def format_errors(err: ValidationError, source: str, what: str = "generation con
     lines = [f"invalid {what} ({source}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "Fixed", "Uniform",
-                                                                            "Choice", "Integers", "TruncNormal", "LogUniform",
+                                                                            "Choice", "Integers", "TruncNormal", "LogUniform", "Empirical",
                                                                             "Linspace", "tagged-union")))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":

@@ -118,6 +118,20 @@ def cmd_materials(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from generators.calibration.run import calibrate
+
+    segment = None
+    if args.model:
+        from training.predict import segmenter  # torch: see cmd_predict
+
+        segment = segmenter(args.model)
+    calibrate(args.micrographs, args.out, pixel_size_A=args.pixel_size_A, pixel_sizes_csv=args.pixel_sizes,
+              preset=args.from_preset, config=args.from_config, cs_mm=args.cs_mm, energy_keV=args.energy_keV,
+              segment=segment, report_dir=args.report, strict=args.strict)
+    return 0
+
+
 def cmd_presets(args) -> int:
     print("\n".join(preset_names()))
     return 0
@@ -178,6 +192,29 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action="store_true", help="average over the field's 8 rotations and mirror images "
                     "(8x slower; about +0.01 Dice on the real set)")
     pr.set_defaults(func=cmd_predict)
+    c = sub.add_parser(
+        "calibrate", help="measure defocus, astigmatism, information limit, noise from your micrographs and "
+        "write a generation config that spans them",
+        description="Fit the Thon rings of the carbon in each micrograph (abTEM's CTF as the model) and propose "
+        "a generation config: measured values replace the base preset's ranges, the rest is kept and named.",
+        epilog="example: temsynth calibrate my_micrographs/ --pixel-sizes my_micrographs/index.csv "
+               "--out my.yaml --report my_report/")
+    c.add_argument("micrographs", nargs="+", help="micrograph files or folders (masks *_mask.* are skipped)")
+    px = c.add_mutually_exclusive_group(required=True)
+    px.add_argument("--pixel-size-A", type=float, help="one pixel size for every micrograph")
+    px.add_argument("--pixel-sizes", help="CSV with columns file,pixel_size_A")
+    c.add_argument("--out", required=True, help="the proposed generation config (.yaml); measurements go beside "
+                   "it as .calibration.json")
+    base = c.add_mutually_exclusive_group()
+    base.add_argument("--from-preset", default="realistic", help="preset whose other fields the config keeps")
+    base.add_argument("--from-config", help="a generation YAML to start from instead of a preset")
+    c.add_argument("--model", help="model folder: particle sizes and coverage from a first segmentation")
+    c.add_argument("--report", help="folder for an HTML report (fits over spectra, real beside simulated)")
+    c.add_argument("--cs-mm", type=float, help="the microscope's Cs for the fit (default: the base config's)")
+    c.add_argument("--energy-keV", type=float, help="beam energy (default: the base config's)")
+    c.add_argument("--strict", action="store_true", help="stop at a micrograph that cannot be fitted instead "
+                   "of leaving it out")
+    c.set_defaults(func=cmd_calibrate)
     ev = sub.add_parser("evaluate", help="Dice/IoU of a model on a dataset folder, as JSON")
     ev.add_argument("model")
     ev.add_argument("dataset")

@@ -137,11 +137,24 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
     px = pixel_size_A or file_px
     model_px = config.pixel_size_A
     note = None
+    if model_px and not px:
+        note = f"no pixel size in {Path(image_path).name} nor --pixel-size-A: assumed the model's {model_px} Å"
+    mask = mask_at(model, config, image, px, name, tta)
+    if out_path is not None:
+        _write_mask(mask, Path(out_path), MicrographError)
+    _, n_particles = ndimage.label(mask)
+    return {"image": str(image_path), "format": fmt, "shape": list(image.shape), "pixel_size_A": px,
+            "model_pixel_size_A": model_px, "particle_fraction": float(mask.mean()), "n_particles": int(n_particles),
+            "mask": str(out_path) if out_path else None, **({"note": note} if note else {})}
+
+
+def mask_at(model, config, image: np.ndarray, px: float | None, name: str, tta: bool = False) -> np.ndarray:
+    """The model's mask of `image` (pixel size `px` Å), predicted at the model's own pixel size and resampled
+    back to the image's pixels."""
+    model_px = config.pixel_size_A
     work = image
     if model_px and px and abs(px / model_px - 1) > 0.01:
         work = resample(image, px, model_px, order=1)
-    elif model_px and not px:
-        note = f"no pixel size in {Path(image_path).name} nor --pixel-size-A: assumed the model's {model_px} Å"
     check_field(work, name, model, MicrographError)
     resampled = work is not image
     mask = predict_array(model, work, config.augment.normalise, tta)
@@ -151,12 +164,13 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
         mask = resample_mask(mask, model_px, px)
         h, w = image.shape
         mask = np.pad(mask, ((0, max(0, h - mask.shape[0])), (0, max(0, w - mask.shape[1]))))[:h, :w]
-    if out_path is not None:
-        _write_mask(mask, Path(out_path), MicrographError)
-    _, n_particles = ndimage.label(mask)
-    return {"image": str(image_path), "format": fmt, "shape": list(image.shape), "pixel_size_A": px,
-            "model_pixel_size_A": model_px, "particle_fraction": float(mask.mean()), "n_particles": int(n_particles),
-            "mask": str(out_path) if out_path else None, **({"note": note} if note else {})}
+    return mask
+
+
+def segmenter(model_dir: str | Path):
+    """(image, pixel size in Å) -> mask with a model loaded once: `temsynth calibrate --model`."""
+    model, config = load_model(model_dir)
+    return lambda image, px: mask_at(model, config, image, px, "micrograph").astype(bool)
 
 
 def _write_mask(mask: np.ndarray, out: Path, error) -> None:

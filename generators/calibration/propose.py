@@ -1,0 +1,116 @@
+"""A generation config whose imaging distributions span what was measured on the user's micrographs.
+
+Measured values replace the base preset's ranges as `empirical` distributions (each draw takes one
+micrograph's value plus a jitter); what could not be measured keeps the preset's range, and every field says
+which in the notes that `temsynth calibrate` prints and the report shows.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..config import Choice, Fixed, GenerationConfig, LogUniform, from_dict
+from .measure import Measurement
+
+# A fit's own error (tests/test_calibration.py: within 1 nm) and a session's drift between fields.
+DEFOCUS_JITTER_NM = 2.0
+ASTIGMATISM_JITTER_NM = 0.3
+FOCAL_SPREAD_JITTER_NM = 0.3
+
+
+def carbon_half_thickness_nm(cfg: GenerationConfig) -> float:
+    """Half the typical carbon thickness of the base config (geometric mean of a log-uniform range)."""
+    t = cfg.structure.substrate.thickness_A
+    lo, hi = t.support()
+    mid = math.sqrt(lo * hi) if isinstance(t, LogUniform) and lo > 0 else (lo + hi) / 2
+    return mid / 20
+
+
+def _empirical(values, jitter, low=None, high=None) -> dict:
+    d = {"values": [round(float(v), 2) for v in values], "jitter_sd": jitter}
+    if low is not None:
+        d["low"] = low
+    if high is not None:
+        d["high"] = high
+    return {"empirical": d}
+
+
+def propose(measurements: list[Measurement], base: GenerationConfig, name: str) -> tuple[dict, list[str]]:
+    """(config as a plain mapping, one note per field: measured or kept, and why)."""
+    data = base.model_dump(mode="json", exclude_none=True)
+    data["name"] = name
+    im = data["imaging"]
+    notes = []
+
+    # Thon rings date the carbon's middle, a multislice's defocus its exit plane: the carbon's mid-plane lies
+    # half its thickness before it (measured on simulated fields: the fit reads exit + t/2).
+    half = carbon_half_thickness_nm(base)
+    values = []
+    ambiguous = 0
+    for m in measurements:
+        values.append(m.ctf.defocus_nm - half)
+        if m.ctf.sign_ambiguous:
+            ambiguous += 1
+            values.append(-m.ctf.defocus_nm - half)
+    im["defocus_nm"] = _empirical(sorted(values), DEFOCUS_JITTER_NM, -5000, 5000)
+    notes.append(f"imaging.defocus_nm: measured on {len(measurements)} micrographs (Thon-ring fit, minus "
+                 f"{half:.1f} nm from the carbon's mid-plane to its exit plane)"
+                 + (f"; the sign could not be told on {ambiguous} of them (|Cs| too small for the rings to show "
+                    "it), so both signs are kept" if ambiguous else ""))
+    im["astigmatism_nm"] = _empirical([m.ctf.astigmatism_nm for m in measurements], ASTIGMATISM_JITTER_NM, 0, 1000)
+    notes.append("imaging.astigmatism_nm: measured (2-D fit of the rings); angle kept uniform (fields rotate "
+                 "with the specimen)")
+    im["focal_spread_nm"] = _empirical([m.ctf.focal_spread_nm for m in measurements], FOCAL_SPREAD_JITTER_NM, 0, 100)
+    notes.append("imaging.focal_spread_nm: measured from the rings' envelope (information limit "
+                 f"{min(m.ctf.information_limit_A for m in measurements):.2f}-"
+                 f"{max(m.ctf.information_limit_A for m in measurements):.2f} Å)")
+    notes.append(f"imaging.cs_mm: kept ({_describe(base.imaging.cs_mm)}): the rings of a near-focus, corrected "
+                 "lens do not fix Cs; give --cs-mm for the fit if yours is known")
+
+    doses = [m.noise.dose_e_per_A2 for m in measurements if m.noise.dose_e_per_A2]
+    if doses and len(doses) == len(measurements):
+        im["dose_e_per_A2"] = {"loguniform": [round(float(min(doses)) / 1.5, 3), round(float(max(doses)) * 1.5, 3)]}
+        notes.append(f"imaging.dose_e_per_A2: measured from counts and the noise floor ({min(doses):.0f}-"
+                     f"{max(doses):.0f} e/Å²), widened 1.5x each way")
+    else:
+        kinds = {m.noise.why.split(";")[0] for m in measurements if m.noise.kind != "counts"}
+        notes.append(f"imaging.dose_e_per_A2: kept ({_describe(base.imaging.dose_e_per_A2)}): "
+                     + "; ".join(sorted(kinds)))
+    notes.append("imaging.detector: kept: the camera's noise spectrum cannot be told apart from the specimen's "
+                 "without counts and an information limit well inside Nyquist")
+    contrasts = [m.texture.speckle_contrast for m in measurements if m.texture.speckle_contrast is not None]
+    notes.append("structure.substrate.thickness_A: kept ("
+                 + _describe(base.structure.substrate.thickness_A) + "): "
+                 + (f"carbon speckle contrast {min(contrasts):.3f}-{max(contrasts):.3f} measured, no thickness "
+                    "curve for this microscope yet" if contrasts else measurements[0].texture.why))
+
+    sized = [m for m in measurements if m.particles.get("radii_A") is not None]
+    if sized:
+        radii = np.concatenate([np.asarray(m.particles["radii_A"], float) for m in sized])
+        cover = [m.particles["coverage"] for m in sized]
+        st = data["structure"]
+        if len(radii) >= 3:
+            lo, hi = np.percentile(radii, [5, 95])
+            lo, hi = max(2.0, float(lo) * 0.8), min(500.0, float(hi) * 1.2)
+            st["radius_A"] = {"loguniform": [round(lo, 1), round(hi, 1)]}
+            notes.append(f"structure.radius_A: from the model's masks ({len(radii)} particles, equivalent radii "
+                         f"{np.min(radii):.0f}-{np.max(radii):.0f} Å), 5th-95th percentile widened 20 %")
+        cap = 0.4
+        levels = sorted({round(min(c, cap) / 0.05) * 0.05 for c in cover})
+        st["area_fraction"] = {"choice": [round(v, 2) for v in levels]}
+        notes.append(f"structure.area_fraction: from the model's masks (coverage {min(cover):.0%}-{max(cover):.0%}"
+                     f", capped at {cap:.0%})")
+    else:
+        notes.append("structure.radius_A, area_fraction: kept (give --model to measure them from a first "
+                     "segmentation)")
+    from_dict(data, "the proposed config")  # refuse before anything is written
+    return data, notes
+
+
+def _describe(d) -> str:
+    if isinstance(d, Fixed):
+        return f"{d.value}"
+    if isinstance(d, Choice):
+        return f"choice of {list(d.choice)}"
+    return " ".join(f"{k} {v}" for k, v in d.model_dump().items())

@@ -1,0 +1,134 @@
+"""`temsynth calibrate`: micrographs in, a generation config (and optionally a report) out.
+
+Every micrograph is read and fitted before anything is written: a file that cannot be calibrated stops the
+run with one line naming it, and leaves no config behind.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+from scipy import ndimage
+
+from ..config import GenerationConfig, load_config, load_preset
+from ..files import atomic_path
+from ..micrographs.importer import MASK_SUFFIX, _micrograph_files, read_pixel_sizes
+from ..micrographs.readers import read_micrograph
+from .measure import CalibrationError, Measurement, measure
+from .propose import propose
+
+# (image, pixel size in Å) -> bool particle mask of the image's shape
+Segmenter = Callable[[np.ndarray, float], np.ndarray]
+
+
+def micrograph_paths(inputs: list[str | Path]) -> tuple[list[Path], Path]:
+    """Files as given, folders expanded to their micrographs (masks `*_mask.*` left out); and the folder that a
+    pixel-size CSV's relative names are taken from (the first folder given, else the first file's)."""
+    paths, root = [], None
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = [f for f in _micrograph_files(p)[0] if not f.stem.endswith(MASK_SUFFIX)]
+            if not found:
+                raise CalibrationError(f"{p}: no micrographs in this folder")
+            paths += found
+            root = root or p
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise CalibrationError(f"{p}: no such file or folder")
+    if not paths:
+        raise CalibrationError("no micrographs given; name files or folders")
+    return paths, root or paths[0].parent
+
+
+def particle_sizes(mask: np.ndarray, pixel_size_A: float) -> dict:
+    """Equivalent-circle radii (Å) of the particles that do not touch the border, and the coverage."""
+    labels, n = ndimage.label(mask)
+    border = set(np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])) - {0}
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    radii = [float(np.sqrt(a / np.pi) * pixel_size_A) for i, a in enumerate(areas, start=1)
+             if i not in border and a >= 4]
+    return {"radii_A": radii, "coverage": float(np.mean(mask)), "n_border": len(border)}
+
+
+def base_config(preset: str | None, config: str | Path | None) -> GenerationConfig:
+    return load_config(config) if config else load_preset(preset or "realistic")
+
+
+def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float | None = None,
+              pixel_sizes_csv: str | Path | None = None, preset: str | None = "realistic",
+              config: str | Path | None = None, cs_mm: float | None = None, energy_keV: float | None = None,
+              segment: Segmenter | None = None, report_dir: str | Path | None = None, strict: bool = False,
+              log: Callable[[str], None] = print) -> tuple[dict, list[Measurement], list[str]]:
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.suffix.lower() not in (".yaml", ".yml"):
+        raise CalibrationError(f"--out {out}: give a .yaml file name for the proposed config")
+    if (pixel_size_A is None) == (pixel_sizes_csv is None):
+        raise CalibrationError("give exactly one of --pixel-size-A X (every micrograph) or --pixel-sizes CSV "
+                               "(columns file,pixel_size_A)")
+    if pixel_size_A is not None and not pixel_size_A > 0:
+        raise CalibrationError(f"--pixel-size-A {pixel_size_A}: give a positive pixel size in Å")
+    base = base_config(preset, config)
+    energy = energy_keV or base.simulation.energy_keV
+    cs = cs_mm if cs_mm is not None else float(np.mean(base.imaging.cs_mm.support()))
+    paths, root = micrograph_paths(inputs)
+    sizes = ({p: pixel_size_A for p in paths} if pixel_size_A is not None
+             else read_pixel_sizes(pixel_sizes_csv, paths, root)[0])
+
+    measurements, images, skipped = [], [], []
+    for p in paths:
+        image, _, _ = read_micrograph(p)
+        if image.ndim != 2:
+            raise CalibrationError(f"{p.name}: a {image.ndim}-D array; give one 2-D micrograph per file")
+        px = sizes[p]
+        mask = segment(image, px) if segment is not None else None
+        try:
+            m = measure(image, px, p.name, energy_keV=energy, cs_mm=cs,
+                        exclude=None if mask is None else ndimage.binary_dilation(mask, iterations=2))
+        except CalibrationError as err:
+            # One field of a folder may be all particle; the others still calibrate. Alone, or with
+            # --strict, it stops the run (nothing written).
+            if strict or len(paths) == 1:
+                raise
+            skipped.append(str(err))
+            log(f"warning: left out: {err}")
+            continue
+        if mask is not None:
+            m.particles = particle_sizes(mask, px)
+        measurements.append(m)
+        images.append(image)
+        log(f"{p.name}: defocus {m.ctf.defocus_nm:+.1f} nm{' (sign?)' if m.ctf.sign_ambiguous else ''}, "
+            f"astigmatism {m.ctf.astigmatism_nm:.1f} nm, focal spread {m.ctf.focal_spread_nm:.1f} nm, "
+            f"{m.noise.kind}, fit explains {m.ctf.explained:.0%}")
+
+    if not measurements:
+        raise CalibrationError("no micrograph could be calibrated: " + " | ".join(skipped))
+    name = re.sub(r"[^A-Za-z0-9_\-]", "_", out.stem) or "calibrated"
+    data, notes = propose(measurements, base, name)
+    notes += [f"left out: {s}" for s in skipped]
+    header = ["# Generation config proposed by `temsynth calibrate` from " + f"{len(paths)} micrograph(s) "
+              f"({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''}),",
+              f"# based on {'config ' + str(config) if config else 'preset ' + (preset or 'realistic')}. "
+              "What was measured and what was kept:"]
+    header += [f"#   {n}" for n in notes]
+    text = "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False, width=120)
+    record = {"inputs": [str(p) for p in paths], "energy_keV": energy, "cs_mm_assumed": cs,
+              "measurements": [m.as_dict() for m in measurements], "skipped": skipped, "notes": notes}
+    if report_dir is not None:
+        from .report import write_report
+
+        write_report(Path(report_dir), measurements, images, data, notes, log=log)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text)
+    side = out.with_suffix(".calibration.json")
+    with atomic_path(side) as tmp:
+        Path(tmp).write_text(json.dumps(record, indent=1, default=float))
+    log(f"wrote {out} and {side.name} ({len(paths)} micrographs in {time.perf_counter() - t0:.1f} s)")
+    return data, measurements, notes

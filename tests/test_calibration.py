@@ -1,0 +1,197 @@
+"""`temsynth calibrate`: the CTF fit on simulated carbon of known imaging conditions, the noise and dose read
+from counts, the proposed config, and bad input."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import tiny_dict, with_fields
+from generators.calibration.ctf_fit import abtem_ctf_power, ctf_power, fit_ctf
+from generators.calibration.measure import data_kind, measure
+from generators.calibration.spectrum import power_spectrum
+from generators.config import from_dict, load_config
+from temsynth.cli import main
+
+CARBON_A = 30.0
+N_FIELDS = 4
+
+
+def carbon_cfg(**over):
+    """Bare carbon, 256 px at 0.35 Å (a native micrograph's sampling, two or three rings in the band); each
+    condition i takes step i of every linspace: four known imaging conditions on one exit wave."""
+    d = tiny_dict()
+    with_fields(d, **{
+        "n_structures": 1, "conditions_per_structure": N_FIELDS, "structure.n_particles": 0,
+        "structure.radius_A": 10.0, "structure.substrate.thickness_A": CARBON_A, "structure.substrate.bank_size": 1,
+        "imaging.image_size_px": 256, "imaging.pixel_size_A": 0.35, "simulation.sampling_A": 0.175,
+        "imaging.cs_mm": 0.0,
+        # rings inside the band: |defocus| >= 8 nm at 0.35 Å (nearer focus the first ring lies past Nyquist)
+        "imaging.defocus_nm": {"linspace": {"start": -30, "stop": 30, "num": N_FIELDS}},
+        "imaging.astigmatism_nm": {"linspace": {"start": 0.5, "stop": 3.0, "num": N_FIELDS}},
+        "imaging.astigmatism_angle_deg": {"linspace": {"start": 10, "stop": 150, "num": N_FIELDS}},
+        "imaging.focal_spread_nm": {"linspace": {"start": 2, "stop": 6, "num": N_FIELDS}},
+        # the realistic preset's doses, lowest first
+        "imaging.dose_e_per_A2": {"linspace": {"start": 150, "stop": 3000, "num": N_FIELDS}},
+        # a counting camera: its MTF is Gaussian, the fit's exp(-B k^2) (a scintillator's Lorentzian MTF is
+        # measured by benchmarks/bench_calibrate.py, less precisely)
+        "imaging.detector": {"type": "counting", "dqe0": 0.8, "counting_sigma_px": 0.3},
+    })
+    for k, v in over.items():
+        with_fields(d, **{k: v})
+    return from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def carbon_fields():
+    from generators.run import simulate_structure
+
+    cfg = carbon_cfg()
+    images, _, _, metas, _ = simulate_structure(cfg, 0)
+    return cfg, images, metas
+
+
+def test_fast_model_is_abtems_ctf():
+    """The fit scales abTEM's chi of unit C10 and C30; the result must be abTEM's CTF itself, astigmatism
+    included (a direction's defocus is C10 + C12 cos 2(phi - phi12))."""
+    k = np.linspace(0.02, 1.2, 300)
+    for phi in (0.0, 0.7, 2.0):
+        direct = abtem_ctf_power(k, np.full_like(k, phi), 300.0, -23.0, 2.0, 40.0, 0.015, 3.5)
+        local_df = -230.0 + 20.0 * math.cos(2 * (phi - math.radians(40.0)))
+        fast = ctf_power(k, 300.0, local_df, 0.015 * 1e7, 3.5)
+        np.testing.assert_allclose(fast, direct, atol=2e-5)
+    # and a zero where chi = pi: sin chi - w cos chi vanishes just past it
+    assert ctf_power(np.array([math.sqrt(1 / (0.019687 * 200))]), 300.0, 200.0, 0.0, 0.0)[0] < 0.01
+
+
+def test_defocus_and_astigmatism_recovered_on_simulated_carbon(carbon_fields):
+    """Within 2 nm of the defocus at the carbon's mid-plane: the multislice's defocus is that
+    of its exit plane, half the carbon's thickness further on; astigmatism within 1 nm."""
+    cfg, images, metas = carbon_fields
+    for img, m in zip(images, metas):
+        fit = fit_ctf(power_spectrum(img, cfg.imaging.pixel_size_A), cs_mm=0.0)
+        mid = m["defocus_nm"] + CARBON_A / 20
+        msg = f"true {mid:.1f} nm (dose {m['dose_e_per_A2']:.0f}), fitted {fit.defocus_nm:.1f}"
+        # Cs = 0: under- and overfocus give the same rings up to the weak amplitude contrast
+        assert abs(abs(fit.defocus_nm) - abs(mid)) < 2.0, msg
+        if not fit.sign_ambiguous:
+            assert np.sign(fit.defocus_nm) == np.sign(mid), msg
+        assert abs(fit.astigmatism_nm - m["astigmatism_nm"]) < 1.0, (msg, fit.astigmatism_nm, m["astigmatism_nm"])
+        if m["astigmatism_nm"] > 1.5:
+            # the angle of the longer axis; a sign flip of the defocus turns it by 90 degrees
+            flip = 0 if np.sign(fit.defocus_nm) == np.sign(mid) else 90
+            d = (fit.astigmatism_angle_deg - m["astigmatism_angle_deg"] - flip) % 180
+            assert min(d, 180 - d) < 15, (msg, fit.astigmatism_angle_deg, m["astigmatism_angle_deg"])
+        assert fit.explained > 0.5
+        # the envelope is read too: within the preset's plausible range, ordered with the truth
+        assert 0.5 <= fit.focal_spread_nm <= 8.0
+
+
+def test_dose_and_gain_from_counts():
+    """Poisson counts times a gain: past the information limit the spectrum's floor is gain x mean, so the
+    gain and the dose come back; grey levels in [0, 1] are display values and give neither."""
+    rng = np.random.default_rng(0)
+    px, dose, gain = 0.5, 800.0, 3.0
+    k = np.fft.fftfreq(256, d=px)
+    kk = np.hypot(*np.meshgrid(k, k))
+    # a weak carbon-like signal inside 0.4 1/Å (information limit), nothing beyond
+    sig = np.real(np.fft.ifft2(np.fft.fft2(rng.normal(size=(256, 256))) * (kk < 0.4) * np.sin(25 * kk**2)))
+    intensity = 1 + 0.05 * sig / sig.std()
+    counts = rng.poisson(dose * px**2 * intensity) * gain
+    assert data_kind(counts)[0] == "counts"
+    m = measure(counts, px, "counts.npy")
+    assert m.noise.kind == "counts"
+    assert m.noise.gain_counts_per_e == pytest.approx(gain, rel=0.1)
+    assert m.noise.dose_e_per_A2 == pytest.approx(dose, rel=0.1)
+    assert m.texture.speckle_contrast == pytest.approx(0.05, rel=0.25)
+    display = (counts - counts.min()) / np.ptp(counts)
+    kind, why = data_kind(display)
+    assert kind == "display" and "[0, 1]" in why
+    assert measure(display, px, "display.npy").noise.dose_e_per_A2 is None
+
+
+def test_calibrate_writes_a_config_that_spans_the_fits(carbon_fields, tmp_path, capsys):
+    cfg, images, metas = carbon_fields
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, img in enumerate(images[:3]):
+        np.save(folder / f"field{i}.npy", np.round(img).astype(np.float32))
+    (folder / "index.csv").write_text("file,pixel_size_A\n" + "".join(f"field{i}.npy,0.35\n" for i in range(3)))
+    out = tmp_path / "my.yaml"
+    assert main(["calibrate", str(folder), "--pixel-sizes", str(folder / "index.csv"), "--out", str(out)]) == 0
+    proposed = load_config(out)  # a valid generation config
+    record = json.loads(out.with_suffix(".calibration.json").read_text())
+    assert len(record["measurements"]) == 3
+    dfs = proposed.imaging.defocus_nm.empirical.values
+    # every field's exit-plane defocus is among the values (up to the fit's error), both signs when unsure
+    for m in metas[:3]:
+        assert min(abs(abs(v) - abs(m["defocus_nm"])) for v in dfs) < 2.5, (dfs, m["defocus_nm"])
+    # counts were read: the dose range is measured, not the preset's
+    assert "measured from counts" in out.read_text()
+    lo, hi = proposed.imaging.dose_e_per_A2.support()
+    assert lo < min(m["dose_e_per_A2"] for m in metas[:3]) * 1.0 and hi > max(m["dose_e_per_A2"] for m in metas[:3])
+    # what was not measured is named as kept
+    assert "imaging.cs_mm: kept" in out.read_text()
+
+
+@pytest.mark.parametrize("case", ["flat", "nyquist", "unreadable", "tiny"])
+def test_bad_input_one_line_nothing_written(case, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    f = tmp_path / "x.npy"
+    px = "0.35"
+    if case == "flat":  # white noise: no carbon, no rings
+        np.save(f, rng.normal(100, 1, (256, 256)).astype(np.float32))
+        expect = "no Thon rings"
+    elif case == "nyquist":  # a pixel size given in nm for Å... or a far too coarse one
+        np.save(f, rng.normal(100, 1, (256, 256)).astype(np.float32))
+        px, expect = "12", "past Nyquist"
+    elif case == "unreadable":
+        f.write_bytes(b"not a numpy file")
+        expect = "x.npy"
+    else:
+        np.save(f, rng.normal(100, 1, (20, 20)).astype(np.float32))
+        expect = "too small"
+    out = tmp_path / "my.yaml"
+    assert main(["calibrate", str(f), "--pixel-size-A", px, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err and "x.npy" in err, err
+    assert not out.exists() and not out.with_suffix(".calibration.json").exists()
+
+
+def test_empirical_distribution_reflects_into_its_bounds():
+    cfg = carbon_cfg(**{"imaging.focal_spread_nm": {"empirical": {"values": [0.2, 3.0], "jitter_sd": 1.0,
+                                                                  "low": 0, "high": 100}}})
+    d = cfg.imaging.focal_spread_nm
+    rng = np.random.default_rng(0)
+    draws = np.array([d.sample(rng) for _ in range(4000)])
+    assert draws.min() >= 0 and d.support() == (0, 8.0)
+    # half the draws near each value
+    assert 0.4 < np.mean(draws < 1.6) < 0.6
+    with pytest.raises(Exception, match="outside"):
+        carbon_cfg(**{"imaging.focal_spread_nm": {"empirical": {"values": [-1.0], "low": 0}}})
+
+
+def test_report_shows_fits_and_simulated_fields(carbon_fields, tmp_path):
+    """The page names what was kept, holds one fit figure per micrograph, and compares the proposed config's
+    simulated fields with the micrographs (a spectrum distance that is a number, figures that exist)."""
+    import yaml
+
+    cfg, images, metas = carbon_fields
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, img in enumerate(images[:2]):
+        np.save(folder / f"f{i}.npy", np.round(img).astype(np.float32))
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(tiny_dict()))
+    out, report = tmp_path / "my.yaml", tmp_path / "report"
+    assert main(["calibrate", str(folder), "--pixel-size-A", "0.35", "--from-config", str(base), "--out", str(out),
+                 "--report", str(report)]) == 0
+    page = (report / "index.html").read_text()
+    for src in ("fit_000.png", "fit_001.png", "spectra.png", "fields.png"):
+        assert f"src='{src}'" in page or f'src="{src}"' in page
+        assert (report / src).stat().st_size > 5000
+    assert "imaging.cs_mm: kept" in page
+    import re
+
+    distance = float(re.search(r"distance\s+([0-9.]+)", page).group(1))
+    assert 0 <= distance < 2
