@@ -538,7 +538,12 @@ class MaterialSpec(Strict):
     @model_validator(mode="before")
     @classmethod
     def _read_file(cls, data: Any, info: ValidationInfo):
-        if not isinstance(data, dict) or not data.get("cif") or data.get("basis") is not None:
+        if not isinstance(data, dict) or not data.get("cif"):
+            return data
+        if data.get("basis") is not None:
+            # A config this one wrote (a manifest, a dump): the file was read then; its parse is what counts.
+            if not data.get("cif_sha256"):
+                raise ValueError("give either cif or spacegroup + lattice + basis, not both")
             return data
         extra = [k for k in ("spacegroup", "lattice", "cif_sha256") if data.get(k) is not None]
         if extra:

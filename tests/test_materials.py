@@ -217,13 +217,14 @@ def _bad_materials(tmp_path):
         "defect the lattice lacks": ({"X": {**one(), "defects": ["twin"]}}, "defects ['twin'] are not defined"),
         "facets the lattice lacks": ({"X": {**one(), "shapes": ["octahedron"]}}, "shapes ['octahedron'] are not"),
         "a built-in's name": ({"Au": one()}, "built-in material names"),
+        "a file and a basis": ({"X": {**one(), "cif": "garbage.cif"}}, "either cif or spacegroup"),
     }
 
 
 @pytest.mark.parametrize("case", [
     "unreadable CIF", "missing CIF", "lattice against its space group", "angles that make no cell",
     "atoms on top of each other", "unknown element", "defect the lattice lacks", "facets the lattice lacks",
-    "a built-in's name"])
+    "a built-in's name", "a file and a basis"])
 def test_bad_crystals_are_refused_in_one_line_and_nothing_is_written(case, tmp_path, capsys):
     import yaml
 
