@@ -367,7 +367,8 @@ class CoreShell(Strict):
     (equivalent) radius. Both crystals share one crystal frame (cube-on-cube for two cubic metals); czone gives
     the core precedence where the two volumes overlap, and shell atoms closer to a core atom than 0.85 of the two
     crystals' smaller nearest-neighbour distance are left out. A core-shell particle takes no planar defects
-    (its requested defect type is kept, its realised one is `none`)."""
+    (its requested defect type is kept, its realised one is `none`). A core drawn of the particle's own material
+    is no core: that particle is one crystal."""
     probability: float = Field(default=1.0, ge=0, le=1)
     core_material: names_of("structure.core_shell.core_material")
     core_radius_fraction: ranged(0.1, 0.95, "core_radius_fraction") = Uniform(uniform=(0.4, 0.7))

@@ -294,6 +294,8 @@ def _draw_particle(cfg: GenerationConfig, rng: np.random.Generator, radius: floa
     if st.core_shell is not None and rng.uniform() < st.core_shell.probability:
         core = str(st.core_shell.core_material.sample(rng))
         core_radius = radius * float(st.core_shell.core_radius_fraction.sample(rng))
+        if core == material:  # a core of the shell's own crystal is no core: one crystal, recorded as such
+            core, core_radius = "", 0.0
     if core:
         pos, numbers, _ = build_core_shell(registry[core], registry[material], radius, core_radius, czone_seed, shape)
         counts = {"n_twins": 0, "n_stacking_faults": 0}
