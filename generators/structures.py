@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from temsynth.errors import TemsynthError
@@ -228,7 +229,6 @@ def build_core_shell(core: str | Material, shell: str | Material, radius_A: floa
     lattices meeting at a sphere leave such pairs, which no real interface holds)."""
     from czone.volume import MultiVolume, Volume
     from czone.volume.algebraic import Sphere
-    from scipy.spatial import cKDTree
 
     core, shell = _material(core), _material(shell)
     with _seeded_czone(seed):
