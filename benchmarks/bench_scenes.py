@@ -6,6 +6,14 @@ for 0, 1, 2, 4 and 8 particles of one size on the same grid, in one process, eac
 Reported: seconds per scene and the extra cost per particle relative to one particle; "linear or better" holds
 when t(n) - t(0) <= n (t(1) - t(0)) within noise, i.e. placing and simulating particles adds no cost that grows
 faster than their number (the multislice and the carbon cost the same whatever the count).
+
+    python benchmarks/bench_scenes.py --materials [--radius-A 10] [--repeats 3]
+
+Compares instead the cost per atom of scenes of the built-in Au with scenes of crystals read from CIF files written
+here by pymatgen (the same Au, and wurtzite ZnO), 4 particles each, spheres without defects, in one process:
+seconds per scene over atoms per scene (whole scene: structure, exit waves, images, masks), and the structure
+alone (czone's particles and the carbon cut) over particle atoms, each the median over scenes measured interleaved. A ratio <= 1 means the file-made crystal costs no
+more per atom than built-in Au.
 """
 from __future__ import annotations
 
@@ -31,12 +39,77 @@ def config(n: int, radius_A: float, repeats: int):
     })
 
 
+def material_config(material: str, materials: dict, radius_A: float, repeats: int, base_dir):
+    from generators.config import from_dict
+
+    return from_dict({
+        "name": f"mat_{material}", "seed": 5, "n_structures": repeats, "conditions_per_structure": 4,
+        "materials": materials,
+        "structure": {"n_particles": 4, "radius_A": radius_A, "allow_border_cuts": True, "material": material,
+                      "substrate": {"thickness_A": 20, "bank_size": 1}},
+        "simulation": {"sampling_A": 0.2},
+        "imaging": {"image_size_px": 256, "pixel_size_A": 0.4, "detector": {"type": "scintillator"}},
+    }, "bench", base_dir=base_dir)
+
+
+def compare_materials(radius_A: float, repeats: int) -> dict:
+    import tempfile
+
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    from generators.run import simulate_structure
+    from generators.structures import build_structure
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_materials_"))
+    CifWriter(Structure.from_spacegroup(225, Lattice.cubic(4.07825), ["Au"], [[0, 0, 0]]), symprec=0.01).write_file(
+        str(tmp / "au.cif"))
+    CifWriter(Structure.from_spacegroup(186, Lattice.hexagonal(3.25, 5.207), ["Zn", "O"],
+                                        [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]]), symprec=0.01).write_file(
+        str(tmp / "zno.cif"))
+    materials = {"Au_file": {"cif": "au.cif"}, "ZnO_file": {"cif": "zno.cif"}}
+    simulate_structure(material_config("Au", {}, radius_A, 1, tmp), 0)  # warm-up: FFT plans, carbon, imports
+    names = ("Au", "Au_file", "ZnO_file")
+    cfgs = {n: material_config(n, materials if n != "Au" else {}, radius_A, repeats, tmp) for n in names}
+    for cfg in cfgs.values():
+        simulate_structure(cfg, 0)  # each config's carbon block and crystal template
+    scene, build, atoms, particle_atoms = ({n: [] for n in names} for _ in range(4))
+    # Interleaved (scene i of every material, then scene i + 1): drifts of a shared machine hit all alike.
+    for i in range(repeats):
+        for n in names:
+            t0 = time.perf_counter()
+            s = build_structure(cfgs[n], i)
+            build[n].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            simulate_structure(cfgs[n], i)
+            scene[n].append(time.perf_counter() - t0)
+            atoms[n].append(s.n_atoms)
+            particle_atoms[n].append(len(s.particle_numbers))
+    rows = {n: {"seconds_per_scene": statistics.median(scene[n]), "atoms_per_scene": statistics.median(atoms[n]),
+                "structure_seconds": statistics.median(build[n]),
+                "particle_atoms": statistics.median(particle_atoms[n]),
+                # medians of the per-scene ratios: one slow scene on a shared machine does not decide them
+                "us_per_atom_scene": 1e6 * statistics.median(t / a for t, a in zip(scene[n], atoms[n])),
+                "us_per_particle_atom_structure": 1e6 * statistics.median(
+                    t / a for t, a in zip(build[n], particle_atoms[n]))} for n in names}
+    base = rows["Au"]
+    return {"radius_A": radius_A, "repeats": repeats, "rows": rows,
+            "ratio_vs_builtin_Au": {n: {"scene_per_atom": r["us_per_atom_scene"] / base["us_per_atom_scene"],
+                                        "structure_per_particle_atom": r["us_per_particle_atom_structure"]
+                                        / base["us_per_particle_atom_structure"]}
+                                    for n, r in rows.items() if n != "Au"}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--radius-A", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--counts", default="0,1,2,4,8")
+    p.add_argument("--materials", action="store_true", help="cost per atom: crystals from CIF files vs built-in Au")
     args = p.parse_args(argv)
+    if args.materials:
+        print(json.dumps(compare_materials(args.radius_A, args.repeats), indent=2))
+        return 0
     from generators.run import simulate_structure
 
     counts = [int(c) for c in args.counts.split(",")]

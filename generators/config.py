@@ -22,11 +22,12 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
+                      model_validator)
 
 from temsynth.errors import TemsynthError
 
-from .materials import MATERIALS
+from . import materials as mats
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 
@@ -294,6 +295,25 @@ def choice_of(allowed: tuple[str, ...]):
                      BeforeValidator(_as_dist), AfterValidator(check)]
 
 
+def names_of(what: str):
+    """A choice of names checked later against a list only the whole config knows (the materials: built-in and
+    the config's own)."""
+
+    def check(d):
+        vals = d.choice if isinstance(d, Choice) else (d.value,)
+        bad = [v for v in vals if not isinstance(v, str)]
+        if bad:
+            raise ValueError(f"{what}: {bad} are not names; give material names such as Au or CdSe")
+        return d
+
+    from pydantic import BeforeValidator
+
+    return Annotated[Union[Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
+                     Discriminator(_dist_tag, custom_error_type="distribution",
+                                   custom_error_message=f"{what}: use `choice: [...]` or one name"),
+                     BeforeValidator(_as_dist), AfterValidator(check)]
+
+
 # Krivanek polar aberration symbols (abTEM's names): magnitudes C_nm, angles phi_nm.
 POLAR_SYMBOLS = frozenset(
     ["C10", "C12", "phi12", "C21", "phi21", "C23", "phi23", "C30", "C32", "phi32", "C34", "phi34", "C41", "phi41",
@@ -397,11 +417,27 @@ PLACEMENTS = ("random", "aggregate")
 PLACEMENT_COVERAGE = {"random": 0.4, "aggregate": 0.65}
 
 
+class CoreShell(Strict):
+    """Core-shell particles: with `probability`, a particle's crystal (its drawn structure.material, now the shell)
+    holds a concentric spherical core of `core_material` whose radius is `core_radius_fraction` of the particle's
+    (equivalent) radius. Both crystals share one crystal frame (cube-on-cube for two cubic metals); czone gives
+    the core precedence where the two volumes overlap, and shell atoms closer to a core atom than 0.85 of the two
+    crystals' smaller nearest-neighbour distance are left out. A core-shell particle takes no planar defects
+    (its requested defect type is kept, its realised one is `none`). A core drawn of the particle's own material
+    is no core: that particle is one crystal."""
+    probability: float = Field(default=1.0, ge=0, le=1)
+    core_material: names_of("structure.core_shell.core_material")
+    core_radius_fraction: ranged(0.1, 0.95, "core_radius_fraction") = Uniform(uniform=(0.4, 0.7))
+
+
 class StructureConfig(Strict):
     """A scene: `n_particles` particles, each drawing its own material, shape, radius, defects and orientation,
     resting on one amorphous carbon substrate."""
     n_particles: ranged(0, 64, "n_particles") = Fixed(value=1)
-    material: choice_of(tuple(MATERIALS)) = Fixed(value="Au")
+    # A built-in material (`temsynth materials`) or one of the config's own `materials:`.
+    material: names_of("structure.material") = Fixed(value="Au")
+    # None: every particle is one crystal of its material.
+    core_shell: CoreShell | None = None
     # sphere, or a Wulff construction (czone's prefab.wulff) of the material's surface energies
     shape: choice_of(SHAPES) = Fixed(value="sphere")
     # Sphere radius, or the equivalent-volume radius of a faceted shape.
@@ -529,6 +565,90 @@ class Splits(Strict):
         return self
 
 
+class LatticeParams(Strict):
+    a: float = Field(gt=0.5, le=100)
+    b: float | None = Field(default=None, gt=0.5, le=100)  # None: a
+    c: float | None = Field(default=None, gt=0.5, le=100)  # None: a
+    alpha: float = Field(default=90.0, gt=0, lt=180)
+    beta: float = Field(default=90.0, gt=0, lt=180)
+    gamma: float = Field(default=90.0, gt=0, lt=180)
+
+
+class BasisSite(Strict):
+    element: str
+    frac: tuple[float, float, float]
+
+
+class MaterialSpec(Strict):
+    """A crystal of the config's own: `cif: path` (relative to the config file), or `spacegroup` (number or
+    Hermann-Mauguin symbol), `lattice` and the asymmetric `basis`. A crystal file is read once, when the config is
+    loaded: its parsed cell (the conventional standard cell, all sites) is kept here with the file's sha256, so the
+    config's hash and its provenance capture the crystal and a record is rebuilt without the file.
+    `defects` / `shapes`: restrict the planar defects and faceted shapes to these (None: all the lattice defines)."""
+    cif: str | None = None
+    cif_sha256: str | None = None
+    spacegroup: int | str | None = None
+    lattice: LatticeParams | None = None
+    basis: tuple[BasisSite, ...] | None = None
+    defects: tuple[str, ...] | None = None
+    shapes: tuple[str, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_file(cls, data: Any, info: ValidationInfo):
+        if not isinstance(data, dict) or not data.get("cif"):
+            return data
+        if data.get("basis") is not None:
+            # A config this one wrote (a manifest, a dump): the file was read then; its parse is what counts.
+            if not data.get("cif_sha256"):
+                raise ValueError("give either cif or spacegroup + lattice + basis, not both")
+            return data
+        extra = [k for k in ("spacegroup", "lattice", "cif_sha256") if data.get(k) is not None]
+        if extra:
+            raise ValueError(f"give either cif or spacegroup + lattice + basis, not cif with {extra}")
+        base = Path((info.context or {}).get("base_dir") or ".")
+        path = Path(data["cif"])
+        crystal, sha = mats.read_crystal_file(path if path.is_absolute() else base / path)
+        (a, b, c), (al, be, ga) = crystal.abc, crystal.angles_deg
+        return {**data, "cif_sha256": sha, "spacegroup": crystal.spacegroup,
+                "lattice": {"a": a, "b": b, "c": c, "alpha": al, "beta": be, "gamma": ga},
+                "basis": [{"element": e, "frac": list(f)} for e, f in crystal.sites]}
+
+    @model_validator(mode="after")
+    def _buildable(self):
+        missing = [k for k in ("spacegroup", "lattice", "basis") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"missing {missing}: give cif: FILE, or spacegroup, lattice {{a, b, c, alpha, beta, "
+                             "gamma}} and basis [{element, frac}]")
+        if not self.basis:
+            raise ValueError("basis is empty: give at least one {element, frac: [x, y, z]}")
+        mat = self.material("<config>")
+        mats.check_crystal(mat.crystal)
+        # What the lattice defines; a request beyond it is refused here, in one line.
+        full = mats.Material("x", mat.crystal)
+        lattice = f"{full.spacegroup_symbol} ({full.prototype or 'not fcc or wurtzite'})"
+        bad = [d for d in (self.defects or ()) if d not in full.defect_types]
+        if bad:
+            raise ValueError(f"defects {bad} are not defined for a {lattice} lattice (it takes "
+                             f"{list(full.defect_types)}); planar defects are built for fcc "
+                             f"{list(mats.FCC_DEFECTS)} and wurtzite ['none', 'stacking_fault'] crystals")
+        bad = [sh for sh in (self.shapes or ()) if sh != "sphere" and sh not in full.wulff_shapes]
+        if bad:
+            raise ValueError(f"shapes {bad} are not defined for a {lattice} lattice (it takes "
+                             f"{['sphere', *full.wulff_shapes]}); faceted shapes are built for fcc crystals")
+        return self
+
+    def material(self, name: str) -> "mats.Material":
+        lat = self.lattice
+        crystal = mats.Crystal(
+            spacegroup=self.spacegroup, abc=(lat.a, lat.b or lat.a, lat.c or lat.a),
+            angles_deg=(lat.alpha, lat.beta, lat.gamma),
+            sites=tuple((s.element.strip(), tuple(float(x) for x in s.frac)) for s in self.basis))
+        return mats.Material(name, crystal, description=f"from {self.cif}" if self.cif else "from the config",
+                             source=f"config ({self.cif})" if self.cif else "config", allowed_defects=self.defects,
+                             allowed_shapes=self.shapes)
+
+
 class GenerationConfig(Strict):
     name: str = Field(default="tem_au_np", pattern=r"^[A-Za-z0-9_\-]+$")
     seed: int = Field(default=0, ge=0, lt=2**63)
@@ -540,6 +660,12 @@ class GenerationConfig(Strict):
     simulation: SimulationConfig = SimulationConfig()
     imaging: ImagingConfig = ImagingConfig()
     mask: MaskConfig = MaskConfig()
+    # The config's own crystals, by name, beside the built-in ones (`temsynth materials --config X.yaml`).
+    materials: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")], MaterialSpec] = Field(default_factory=dict)
+
+    def material_registry(self) -> dict[str, "mats.Material"]:
+        """Every material this config can draw: the built-in ones and its own."""
+        return _registry(tuple((name, spec.model_dump_json()) for name, spec in sorted(self.materials.items())))
 
     @model_validator(mode="after")
     def _geometry(self):
@@ -566,19 +692,38 @@ class GenerationConfig(Strict):
                     f"structure.substrate.kind graphene: the {self.field_of_view_A:g} Å field holds no whole number of "
                     f"graphene cells (2.46 x 4.26 Å) without straining them {strain:.1%}; make image_size_px x "
                     "pixel_size_A a length within 1 % of a multiple of both (e.g. 64 or 179 Å)")
-        materials, defects = _values(st.material), _values(st.defects.type)
-        for m in materials:
-            shapes = [sh for sh in _values(st.shape) if sh != "sphere" and sh not in MATERIALS[m].wulff_shapes]
+        self._materials_known()
+        return self
+
+    def _materials_known(self):
+        st = self.structure
+        clash = sorted(set(self.materials) & set(mats.BUILT_IN))
+        if clash:
+            raise ValueError(f"materials: {clash} are built-in material names; give yours another name "
+                             f"(e.g. {clash[0]}_mine)")
+        registry = self.material_registry()
+        fields = [("structure.material", _values(st.material))]
+        if st.core_shell is not None:
+            fields.append(("structure.core_shell.core_material", _values(st.core_shell.core_material)))
+        for where, names in fields:
+            unknown = [m for m in names if m not in registry]
+            if unknown:
+                raise ValueError(f"{where}: unknown material(s) {unknown}; built in: {list(mats.BUILT_IN)}"
+                                 + (f", this config's: {sorted(self.materials)}" if self.materials else
+                                    "; or define yours under materials: (a CIF or space group + lattice + basis)"))
+        defects = _values(st.defects.type)
+        for m in _values(st.material):
+            mat = registry[m]
+            shapes = [sh for sh in _values(st.shape) if sh != "sphere" and sh not in mat.wulff_shapes]
             if shapes:
                 raise ValueError(f"structure.shape {shapes} is not available for material {m}; {m} takes "
-                                 f"{['sphere', *MATERIALS[m].wulff_shapes]}")
-            unsupported = [d for d in defects if d not in MATERIALS[m].defect_types]
+                                 f"{['sphere', *mat.wulff_shapes]}")
+            unsupported = [d for d in defects if d not in mat.defect_types]
             if unsupported:
                 raise ValueError(
                     f"structure.defects.type {unsupported} is not available for material {m}; "
-                    f"{m} supports {list(MATERIALS[m].defect_types)}"
+                    f"{m} supports {list(mat.defect_types)}"
                 )
-        return self
 
     def _scene_fits(self):
         """Refuse scenes that cannot be laid out, before anything is written."""
@@ -668,7 +813,7 @@ class GenerationConfig(Strict):
 # Fields added after datasets were first written: left out of the canonical form (and so of config_sha256) while
 # they hold their defaults, so that a folder written before they existed keeps its hash (and is not called
 # edited by `temsynth info --verify` or refused by training) and the same config keeps making the same records.
-ADDED_FIELDS = ("structure.substrate.kind", "structure.substrate.composition",
+ADDED_FIELDS = ("materials", "structure.core_shell", "structure.substrate.kind", "structure.substrate.composition",
                 "structure.substrate.density_g_per_cm3", "structure.substrate.graphene_layers")
 
 
@@ -680,6 +825,13 @@ def _default_dump() -> dict:
 # ---------------------------------------------------------------- loading
 def _values(d) -> tuple:
     return tuple(d.choice) if isinstance(d, Choice) else (d.value,)
+
+
+@functools.lru_cache(maxsize=64)
+def _registry(specs: tuple[tuple[str, str], ...]) -> dict[str, "mats.Material"]:
+    """Built-in materials and a config's own (by their specs' JSON, so each is built once per process)."""
+    own = {name: MaterialSpec.model_validate_json(js).material(name) for name, js in specs}
+    return {**mats.BUILT_IN, **own}
 
 
 def format_errors(err: ValidationError, source: str, what: str = "generation config") -> str:
@@ -719,12 +871,14 @@ def reject_non_finite(data: Any, source: str, what: str = "generation config") -
             f"  - {p}: NaN and infinity are not numbers a config can use; give a finite value" for p in bad))
 
 
-def from_dict(data: dict, source: str = "<dict>") -> GenerationConfig:
+def from_dict(data: dict, source: str = "<dict>", base_dir: str | Path | None = None) -> GenerationConfig:
+    """`base_dir`: where relative crystal-file paths (materials: {name: {cif: ...}}) are found; the config
+    file's folder when loaded from a file, else the working directory."""
     if not isinstance(data, dict):
         raise ConfigError(f"invalid generation config ({source}): expected a mapping at the top level")
     reject_non_finite(data, source)
     try:
-        return GenerationConfig.model_validate(data)
+        return GenerationConfig.model_validate(data, context={"base_dir": str(base_dir) if base_dir else None})
     except ValidationError as err:
         raise ConfigError(format_errors(err, source)) from None
 
@@ -747,7 +901,11 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path) -> GenerationConfig:
-    return from_dict(read_yaml(path), str(path))
+    return from_dict(read_yaml(path), str(path), Path(path).parent)
+
+
+def default_config() -> GenerationConfig:
+    return GenerationConfig()
 
 
 def preset_names() -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from temsynth.errors import TemsynthError
@@ -23,7 +24,7 @@ from temsynth.errors import TemsynthError
 from .config import STAGE_STRUCTURE, GenerationConfig, rng_for
 from .files import atomic_path
 from .folder import structure_id
-from .materials import MATERIALS
+from .materials import BUILT_IN, Material
 from .substrate import SubstrateCut, cut_substrate
 
 
@@ -40,7 +41,7 @@ def internal(doc: str):
 @dataclass(frozen=True)
 class Particle:
     """One particle's typed metadata; every `column` field becomes the list column `particle_<name>`."""
-    material: str = column("material of each particle")
+    material: str = column("material of each particle (of its shell when it has a core)")
     shape: str = column("sphere or a Wulff shape (octahedron, cuboctahedron, truncated_octahedron)")
     radius_A: float = column("sphere radius, or the equivalent-volume radius of a faceted shape")
     bounding_radius_A: float = column("largest distance of an atom from the particle's axis along the beam")
@@ -53,6 +54,8 @@ class Particle:
     center_A: tuple[float, float, float] = internal("centre in the cell, Å; records give it in image pixels")
     n_atoms: int = column("atoms in the particle")
     czone_seed: int = column("seed handed to czone for this particle")
+    core_material: str = column("material of a core-shell particle's core ('' for a particle of one crystal)")
+    core_radius_A: float = column("radius of a core-shell particle's core (0 for a particle of one crystal)")
 
     @property
     def n_defects(self) -> int:
@@ -188,10 +191,20 @@ def _volume(mat, shape: str, radius_A: float, gen):
     return wulff.get_construction()
 
 
-def build_particle(material: str, radius_A: float, defect_type: str, n_defects: int, defects_cfg, seed: int,
-                   shape: str = "sphere"):
+def _material(material: str | Material) -> Material:
+    if isinstance(material, Material):
+        return material
+    try:
+        return BUILT_IN[material]
+    except KeyError:
+        raise SceneError(f"unknown material {material!r}; built in: {list(BUILT_IN)} (a config's own materials "
+                         "are passed as Material objects: GenerationConfig.material_registry())") from None
+
+
+def build_particle(material: str | Material, radius_A: float, defect_type: str, n_defects: int, defects_cfg,
+                   seed: int, shape: str = "sphere"):
     """Atoms of one particle in its crystal frame (centred at the origin) and the realised defects."""
-    mat = MATERIALS[material]
+    mat = _material(material)
     with _seeded_czone(seed):
         gen = mat.generator()
         vol = _volume(mat, shape, radius_A, gen)
@@ -212,6 +225,37 @@ def build_particle(material: str, radius_A: float, defect_type: str, n_defects: 
     return pos, numbers, counts
 
 
+def build_core_shell(core: str | Material, shell: str | Material, radius_A: float, core_radius_A: float, seed: int,
+                     shape: str = "sphere"):
+    """Atoms of a core-shell particle in the shared crystal frame (centred at the origin), their numbers, and a
+    boolean per atom: in the core. czone composes the two volumes: the core (priority 0) takes precedence over the
+    shell (priority 1), so the shell loses its atoms inside the core sphere; shell atoms that would sit closer to
+    a core atom than 0.85 of the smaller nearest-neighbour distance of the two crystals are left out too (two
+    lattices meeting at a sphere leave such pairs, which no real interface holds)."""
+    from czone.volume import MultiVolume, Volume
+    from czone.volume.algebraic import Sphere
+
+    core, shell = _material(core), _material(shell)
+    with _seeded_czone(seed):
+        shell_vol = _volume(shell, shape, radius_A, shell.generator())
+        shell_vol.priority = 1
+        core_vol = Volume(alg_objects=[Sphere(radius=core_radius_A, center=np.zeros(3))], generator=core.generator(),
+                          priority=0)
+        obj = MultiVolume(volumes=[core_vol, shell_vol])
+        obj.populate_atoms()
+        pos = np.asarray(obj.atoms, float)
+        numbers = np.asarray(obj.species, int)
+    # MultiVolume stacks the volumes by priority: the core's atoms come first, and they are the atoms inside it.
+    in_core = np.zeros(len(pos), bool)
+    in_core[:len(core_vol.atoms)] = core_vol.checkIfInterior(pos[:len(core_vol.atoms)])
+    if in_core.any() and (~in_core).any():
+        d, _ = cKDTree(pos[in_core]).query(pos[~in_core])
+        keep = np.ones(len(pos), bool)
+        keep[np.flatnonzero(~in_core)[d < 0.85 * min(core.nearest_neighbour_A, shell.nearest_neighbour_A)]] = False
+        pos, numbers, in_core = pos[keep], numbers[keep], in_core[keep]
+    return pos, numbers, in_core
+
+
 def classify_defects(n_twins: int, n_faults: int) -> str:
     if n_twins and n_faults:
         return "mixed"
@@ -224,7 +268,8 @@ def _orientation(cfg: GenerationConfig, rng: np.random.Generator, material: str)
     o = cfg.structure.orientation
     if o.mode == "random":
         return Rotation.random(random_state=rng)
-    gen = MATERIALS[material].generator()
+    # The crystal frame czone builds in (the symmetric cell of materials.symmetric_cell).
+    gen = cfg.material_registry()[material].generator()
     axis = np.asarray(o.zone_axis, float) @ np.asarray(gen.lattice.matrix)
     axis /= np.linalg.norm(axis)
     onto_beam, _ = Rotation.align_vectors([[0, 0, 1]], [axis])
@@ -248,7 +293,20 @@ def _draw_particle(cfg: GenerationConfig, rng: np.random.Generator, radius: floa
     requested = str(st.defects.type.sample(rng))
     n_req = 0 if requested == "none" else int(st.defects.n_defects.sample(rng))
     czone_seed = int(rng.integers(2**31))
-    pos, numbers, counts = build_particle(material, radius, requested, n_req, st.defects, czone_seed, shape)
+    registry = cfg.material_registry()
+    core, core_radius = "", 0.0
+    # Drawn only when core_shell is set: configs without it draw exactly what they always drew.
+    if st.core_shell is not None and rng.uniform() < st.core_shell.probability:
+        core = str(st.core_shell.core_material.sample(rng))
+        core_radius = radius * float(st.core_shell.core_radius_fraction.sample(rng))
+        if core == material:  # a core of the shell's own crystal is no core: one crystal, recorded as such
+            core, core_radius = "", 0.0
+    if core:
+        pos, numbers, _ = build_core_shell(registry[core], registry[material], radius, core_radius, czone_seed, shape)
+        counts = {"n_twins": 0, "n_stacking_faults": 0}
+    else:
+        pos, numbers, counts = build_particle(registry[material], radius, requested, n_req, st.defects, czone_seed,
+                                              shape)
     rot = _orientation(cfg, rng, material)
     lab = rot.apply(pos - pos.mean(axis=0)) if len(pos) else pos
     meta = dict(material=material, shape=shape, radius_A=radius,
@@ -258,7 +316,7 @@ def _draw_particle(cfg: GenerationConfig, rng: np.random.Generator, radius: floa
                 n_stacking_faults=counts["n_stacking_faults"],
                 orientation_euler_deg=tuple(float(a) for a in rot.as_euler("ZXZ", degrees=True)),
                 beam_direction_crystal=tuple(float(v) for v in rot.inv().apply([0.0, 0.0, 1.0])),
-                n_atoms=len(numbers), czone_seed=czone_seed)
+                n_atoms=len(numbers), czone_seed=czone_seed, core_material=core, core_radius_A=core_radius)
     return lab, numbers, meta
 
 

@@ -10,7 +10,7 @@ import json
 import sys
 
 from generators.cluster import add_cluster_arguments, cluster_from_args, job_script
-from generators.config import from_dict, load_config, load_preset, preset_names
+from generators.config import default_config, from_dict, load_config, load_preset, preset_names
 from generators.info import report
 from generators.files import source_digest
 from generators.run import RunError, generate, load_manifest, regenerate_records
@@ -101,6 +101,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_materials(args) -> int:
+    """Every material a config can draw: the built-in ones and, with --config, the config's own."""
+    cfg = load_config(args.config) if args.config else default_config()
+    rows = []
+    for name, m in cfg.material_registry().items():
+        rows.append({"name": name, "source": m.source, "lattice": m.lattice_text(),
+                     "nearest_neighbour_A": round(m.nearest_neighbour_A, 4), "defects": list(m.defect_types),
+                     "shapes": ["sphere", *m.wulff_shapes], "description": m.description})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']:<14} {r['source']}: {r['description']}\n  {r['lattice']}  nn {r['nearest_neighbour_A']} Å\n"
+              f"  defects: {', '.join(r['defects'])}\n  shapes:  {', '.join(r['shapes'])}")
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     from generators.calibration.run import calibrate
 
@@ -146,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--verify", action="store_true", help="check every shard's SHA-256 against the manifest")
     i.set_defaults(func=cmd_info)
     sub.add_parser("presets", help="list built-in configs").set_defaults(func=cmd_presets)
+    ma = sub.add_parser("materials", help="list the materials (lattice, planar defects, faceted shapes) a config "
+                        "can draw: the built-in ones and, with --config, the config's own")
+    ma.add_argument("--config", help="YAML generation config whose materials: section is listed too")
+    ma.add_argument("--json", action="store_true", help="one JSON list instead of text")
+    ma.set_defaults(func=cmd_materials)
     q = sub.add_parser("query", help="count and describe the records a metadata query selects")
     q.add_argument("dataset")
     q.add_argument("expr", help="e.g. \"defect_type in ('twin', 'mixed') and -20 <= defocus_nm <= 20\"")
