@@ -195,3 +195,33 @@ def test_report_shows_fits_and_simulated_fields(carbon_fields, tmp_path):
 
     distance = float(re.search(r"distance\s+([0-9.]+)", page).group(1))
     assert 0 <= distance < 2
+
+
+def test_particle_sizes_and_coverage_from_a_mask_set_the_scene_ranges():
+    """`--model`'s pass: equivalent radii of the particles inside the field (a border-cut one is left out), the
+    coverage, and the proposal's radius range and area fractions from them."""
+    from generators.calibration.propose import propose
+    from generators.calibration.run import particle_sizes
+
+    yy, xx = np.mgrid[:200, :200]
+    mask = np.zeros((200, 200), bool)
+    for (cx, cy), r in {(50, 50): 10, (120, 60): 20, (60, 140): 15, (198, 100): 12}.items():
+        mask |= (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
+    sizes = particle_sizes(mask, pixel_size_A=0.5)
+    assert sorted(np.round(sizes["radii_A"], 1)) == pytest.approx([5.0, 7.5, 10.0], abs=0.15)
+    assert sizes["n_border"] == 1 and sizes["coverage"] == pytest.approx(mask.mean())
+
+    base = carbon_cfg()
+    from generators.calibration.ctf_fit import CTFFit
+    from generators.calibration.measure import Measurement, Noise, Texture
+
+    fit = CTFFit(-20.0, 1.0, 30.0, 3.0, 2.0, 0.0, 300.0, 0.05, 1.0, 0.9, True, 3.0, 1.2)
+    m = Measurement("a.npy", 0.5, (200, 200), fit, Noise("display", "grey levels"), Texture(6.0, None, "no counts"),
+                    particles={**sizes, "radii_A": sizes["radii_A"] * 3})  # enough particles for percentiles
+    data, notes = propose([m], base, "sized")
+    lo, hi = data["structure"]["radius_A"]["loguniform"]
+    assert lo <= 5.0 and hi >= 10.0 and hi <= 12.5
+    assert data["structure"]["area_fraction"] == {"choice": [round(round(mask.mean() / 0.05) * 0.05, 2)]}
+    assert any(n.startswith("structure.radius_A: from the model's masks") for n in notes)
+    # both signs of an ambiguous defocus, moved from mid-plane to exit plane by half the carbon (30 Å -> 1.5 nm)
+    assert sorted(data["imaging"]["defocus_nm"]["empirical"]["values"]) == pytest.approx([-21.5, 18.5])
