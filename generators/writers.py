@@ -14,11 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from temsynth.resources import cards_dir
+
 from .config import GenerationConfig
 from .files import atomic_path, sha256_file, versions  # noqa: F401  (re-exported: the writers' own helpers)
 from .records import METADATA_COLUMNS, hf_features
 
-CARDS_DIR = Path(__file__).resolve().parents[1] / "cards"
+CARDS_DIR = cards_dir()  # package data: an installed wheel has it too
 SPLITS = ("train", "validation", "test")
 
 

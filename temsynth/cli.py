@@ -6,8 +6,11 @@ derives from `temsynth.errors.TemsynthError`, the one class caught here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 from generators.cluster import add_cluster_arguments, cluster_from_args, job_script
 from generators.config import from_dict, load_config, load_preset, preset_names
@@ -116,38 +119,53 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="temsynth", description="Synthetic HRTEM nanoparticle datasets")
-    sub = p.add_subparsers(dest="verb", required=True)
-    g = sub.add_parser("generate", help="build a dataset folder from a preset or a YAML config")
+@dataclass(frozen=True)
+class Verb:
+    """One verb of the command line. Either `add` (its arguments) and `run` (called with the parsed arguments),
+    or `delegate`, "module:function": a verb with its own parser in its module, called with the remaining argv,
+    `prog` and `epilog` (the example), imported only when run (the training modules load torch). To add a verb,
+    add a row to VERBS."""
+    name: str
+    help: str
+    example: str
+    add: Callable[[argparse.ArgumentParser], None] | None = None
+    run: Callable[[argparse.Namespace], int] | None = None
+    delegate: str | None = None
+
+
+def _generate_args(g):
     g.add_argument("--preset", help="built-in config: see `temsynth presets`")
     g.add_argument("--config", help="YAML generation config")
     g.add_argument("--out", required=True, help="output dataset folder (re-running the same command resumes)")
     g.add_argument("--structures", type=int, help="override n_structures")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_cluster_arguments(g, "2")
-    g.set_defaults(func=cmd_generate)
-    i = sub.add_parser("info", help="summary of a dataset folder")
+
+
+def _info_args(i):
     i.add_argument("dataset")
     i.add_argument("--verify", action="store_true", help="check every shard's SHA-256 against the manifest")
-    i.set_defaults(func=cmd_info)
-    sub.add_parser("presets", help="list built-in configs").set_defaults(func=cmd_presets)
-    q = sub.add_parser("query", help="count and describe the records a metadata query selects")
+
+
+def _query_args(q):
     q.add_argument("dataset")
     q.add_argument("expr", help="e.g. \"defect_type in ('twin', 'mixed') and -20 <= defocus_nm <= 20\"")
     q.add_argument("--out", help="write the subset as its own dataset folder")
     q.add_argument("--save-as", help="store the query as a named config of the dataset card")
-    q.set_defaults(func=cmd_query)
-    t = sub.add_parser("trace", help="full provenance of one record")
+
+
+def _trace_args(t):
     t.add_argument("dataset")
     t.add_argument("record_id")
-    t.set_defaults(func=cmd_trace)
-    r = sub.add_parser("regenerate", help="rebuild records and compare them with the stored ones, bit for bit")
+
+
+def _regenerate_args(r):
     r.add_argument("dataset")
     r.add_argument("record_ids", nargs="*", metavar="record_id")
     r.add_argument("--all", action="store_true", help="every record of the folder")
-    r.set_defaults(func=cmd_regenerate)
-    pr = sub.add_parser("predict", help="segment one micrograph (TIFF, PNG, NumPy, DM3/DM4, EMD, MRC) with a model")
+
+
+def _predict_args(pr):
     pr.add_argument("model", help="model folder, e.g. runs/demo/model")
     pr.add_argument("image")
     pr.add_argument("--out", help="mask file: .png or .tif (0/255) or .npy (0/1)")
@@ -155,26 +173,82 @@ def build_parser() -> argparse.ArgumentParser:
                     "(it is resampled to the model's)")
     pr.add_argument("--tta", action="store_true", help="average over the field's 8 rotations and mirror images "
                     "(8x slower; about +0.01 Dice on the real set)")
-    pr.set_defaults(func=cmd_predict)
-    ev = sub.add_parser("evaluate", help="Dice/IoU of a model on a dataset folder, as JSON")
+
+
+def _evaluate_args(ev):
     ev.add_argument("model")
     ev.add_argument("dataset")
     ev.add_argument("query", nargs="?", help="metadata query narrowing the records")
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=_positive_int, default=16)
-    ev.set_defaults(func=cmd_evaluate)
-    st = sub.add_parser("study", help="`study run STUDY.yaml` (subsets x seeds x fine-tuning on Dask), "
-                        "`study report STUDY_DIR`", add_help=False)
-    st.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+# Workflow order: what `temsynth --help` lists. Make data, look at it, select from it, bring in real micrographs,
+# train, score on real data, use the model, run studies.
+VERBS = [
+    Verb("presets", "list the built-in generation configs", "temsynth presets", run=cmd_presets),
+    Verb("generate", "build a dataset folder from a preset or a YAML config",
+         "temsynth generate --preset demo --out tem_au_np", _generate_args, cmd_generate),
+    Verb("info", "summary of a dataset folder", "temsynth info tem_au_np --verify", _info_args, cmd_info),
+    Verb("query", "count and describe the records a metadata query selects",
+         "temsynth query tem_au_np \"n_particles >= 2 and defocus_nm < 0\" --out tem_au_np_underfocus",
+         _query_args, cmd_query),
+    Verb("trace", "full provenance of one record", "temsynth trace tem_au_np s000003-c001", _trace_args, cmd_trace),
+    Verb("regenerate", "rebuild records and compare them with the stored ones, bit for bit",
+         "temsynth regenerate tem_au_np s000003-c001", _regenerate_args, cmd_regenerate),
+    Verb("import", "import real micrographs with hand-drawn masks as a dataset folder (finetune/benchmark halves)",
+         "temsynth import temsynth/data/real/hrtem_generalization --pixel-sizes "
+         "temsynth/data/real/hrtem_generalization/index.csv --target-pixel-size-A 0.7 --tile-px 144 --out real_exp",
+         delegate="dataset_scripts.import_experimental:main"),
+    Verb("train", "train a segmentation network on dataset folders (a training YAML)",
+         "temsynth train --config training/examples/demo.yaml --set epochs=3", delegate="training.train:main"),
+    Verb("finetune", "fine-tune a trained model (a training YAML with init_from)",
+         "temsynth finetune --config training/examples/realistic_finetune.yaml",
+         delegate="training.finetune:main"),
+    Verb("evaluate", "Dice/IoU of a model on a dataset folder, as JSON",
+         "temsynth evaluate runs/demo/model tem_au_np \"n_particles >= 2\" --split test", _evaluate_args,
+         cmd_evaluate),
+    Verb("score", "score a model on real micrographs: pooled and per-class Dice, bare-carbon false positives",
+         "temsynth score runs/realistic/model", delegate="training.score:main"),
+    Verb("predict", "segment one micrograph (TIFF, PNG, NumPy, DM3/DM4, EMD, MRC) with a model",
+         "temsynth predict runs/demo/model micrograph.dm4 --out mask.png", _predict_args, cmd_predict),
+    Verb("study", "`study run STUDY.yaml` (subsets x seeds x fine-tuning on Dask), `study report STUDY_DIR`",
+         "temsynth study run training/examples/study_demo.yaml", delegate="training.study:main"),
+]
+
+
+def _example(verb: Verb) -> str:
+    return f"example:\n  {verb.example}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="temsynth", description="Synthetic HRTEM nanoparticle datasets, segmentation "
+                                "models trained on them, and their scores on real micrographs.",
+                                epilog="Each verb has its own --help with an example. See README.md and docs/.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS:
+        if verb.delegate:  # its own parser answers `temsynth VERB --help` (see main)
+            sub.add_parser(verb.name, help=verb.help, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+            continue
+        v = sub.add_parser(verb.name, help=verb.help, description=verb.help, epilog=_example(verb),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if verb.add:
+            verb.add(v)
+        v.set_defaults(func=verb.run)
     return p
+
+
+def _run_delegate(verb: Verb, argv: list[str]) -> int:
+    module, func = verb.delegate.split(":")
+    return getattr(importlib.import_module(module), func)(argv, prog=f"temsynth {verb.name}", epilog=_example(verb))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["study"]:  # its own parser, so that `temsynth study run --help` reaches it
-        from training.study import main as study_main  # torch: see cmd_predict
-
-        return study_main(argv[1:])
+    delegated = {v.name: v for v in VERBS if v.delegate}
+    if argv[:1] and argv[0] in delegated:  # its own parser, so that `temsynth study run --help` reaches it
+        return _run_delegate(delegated[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

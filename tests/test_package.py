@@ -1,0 +1,114 @@
+"""The package as a user meets it: one command line, the bundled real set, scoring on it."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from temsynth.cli import VERBS, build_parser, main
+from temsynth.resources import cards_dir, real_set_dir
+
+WORKFLOW = ["presets", "generate", "info", "query", "trace", "regenerate", "import", "train", "finetune",
+            "evaluate", "score", "predict", "study"]
+
+
+def test_help_lists_the_verbs_in_workflow_order(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    positions = [out.index(f"    {v} ") if f"    {v} " in out else out.index(f"    {v}\n") for v in WORKFLOW]
+    assert positions == sorted(positions), out
+    # Other verbs (calibrate, measure, ...) may join the table; the workflow ones keep their order.
+    assert [v.name for v in VERBS if v.name in WORKFLOW] == WORKFLOW
+
+
+@pytest.mark.parametrize("verb", [v.name for v in VERBS])
+def test_every_verb_help_has_an_example(verb, capsys):
+    """Delegated verbs (train, import, score, ...) answer with their own parser, and the example reaches it."""
+    with pytest.raises(SystemExit) as code:
+        main([verb, "--help"])
+    out = capsys.readouterr().out
+    assert code.value.code == 0 and f"usage: temsynth {verb}" in out
+    example = next(v.example for v in VERBS if v.name == verb)
+    assert "example:" in out and example.split()[1] == verb and " ".join(example.split()) in " ".join(out.split())
+
+
+def test_python_dash_m_entry_points_keep_working():
+    for module in ("temsynth", "training.train", "training.finetune"):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "usage:" in r.stdout, (module, r.stderr[-500:])
+
+
+def test_the_real_set_is_bundled_with_its_licence_and_index():
+    real = real_set_dir()
+    rows = list(csv.DictReader(open(real / "index.csv", newline="")))
+    assert len(rows) == 16 and {r["material"] for r in rows} == {"Au", "Ag"}
+    for r in rows:
+        image, mask = np.load(real / r["file"]), np.load(real / r["mask"])
+        assert image.shape == mask.shape == tuple(int(n) for n in r["shape"].split("x"))
+        assert set(np.unique(mask)) <= {0, 1} and abs(mask.mean() - float(r["mask_fraction"])) < 0.001
+    notice = (real.parent / "LICENCE").read_text()
+    assert "MIT License" in notice and "Scott Lab" in notice and "0da34bb" in (real.parent / "README.md").read_text()
+    assert {p.name for p in cards_dir().iterdir()} >= {"dataset_card.md", "model_card.md", "study_report.md"}
+
+
+# ---------------------------------------------------------------- score
+def _tiny_model(tmp_path, px=0.7):
+    from training.config import ModelConfig
+    from training.models import build_model, save_model
+
+    folder = tmp_path / "model"
+    cfg = ModelConfig.model_validate({"unet": {"depth": 2, "base_width": 4}})
+    save_model(build_model(cfg), folder, cfg, {"training_config": {"augment": {"normalise": "minmax"}},
+                                               "train_data": [{"pixel_sizes_A": [px]}]})
+    return folder
+
+
+@pytest.mark.parametrize("oracle", ["truth", "everything"])
+def test_score_pools_dice_over_fields_and_measures_bare_carbon(tmp_path, monkeypatch, oracle):
+    """With a model that answers the hand-drawn mask, pooled Dice is 1 and no false positive; with one that calls
+    every pixel a particle, pooled Dice is 2 L / (N + L) and the bare-carbon false-positive area ~1."""
+    import training.score as sc
+
+    real = real_set_dir()
+    index = {r["file"]: r for r in sc.fields(real)}
+    truth = {f: np.load(real / r["mask"]).astype(np.uint8) for f, r in index.items()}
+
+    def fake(model, config, image, px, tta=False):
+        f = next(k for k, r in index.items() if float(r["pixel_size_A"]) == px and truth[k].shape == image.shape
+                 and np.array_equal(np.load(real / k), image))
+        return truth[f] if oracle == "truth" else np.ones_like(truth[f])
+
+    monkeypatch.setattr(sc, "predict_field", fake)
+    r = sc.score(str(_tiny_model(tmp_path)))
+    labelled = sum(int(m.sum()) for m in truth.values())
+    pixels = sum(m.size for m in truth.values())
+    assert r["n_fields"] == 16 and r["bare_carbon_fields"] == 3
+    assert set(r["dice_by_class"]) == {"Ag 5 nm", "Au 2.2 nm", "Au 5 nm", "Au 10 nm"}
+    if oracle == "truth":
+        assert r["pooled_dice"] == 1.0 and r["bare_carbon_false_positive_fraction"] == 0.0
+    else:
+        assert r["pooled_dice"] == pytest.approx(2 * labelled / (pixels + labelled))
+        assert r["bare_carbon_false_positive_fraction"] > 0.99
+
+
+def test_temsynth_score_prints_the_table_and_bench_real_the_json(tmp_path, capsys):
+    model = _tiny_model(tmp_path)
+    assert main(["score", str(model), "--out", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "pooled Dice" in out and "bare-carbon false-positive area" in out and out.count(".npy") == 16
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert f"{saved['pooled_dice']:.4f}" in out and saved["real"] == str(real_set_dir())
+    r = subprocess.run([sys.executable, "benchmarks/bench_real.py", str(model)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and json.loads(r.stdout)["pooled_dice"] == saved["pooled_dice"]
+
+
+@pytest.mark.parametrize("argv,needle", [(["--real", "nowhere"], "nowhere has no index.csv"),
+                                         (["--fields", "benchmark"], "--fields needs --split-from")])
+def test_score_bad_input_is_one_line(tmp_path, capsys, argv, needle):
+    assert main(["score", str(_tiny_model(tmp_path)), *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
