@@ -112,3 +112,81 @@ def test_score_bad_input_is_one_line(tmp_path, capsys, argv, needle):
     assert main(["score", str(_tiny_model(tmp_path)), *argv]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- the wheel, installed away from the source tree
+def _copy_sources(root, dest):
+    """The files git tracks (what a fresh clone has), or the tree without generated folders outside git."""
+    import shutil
+
+    r = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True)
+    if r.returncode == 0 and r.stdout:
+        for name in r.stdout.decode().split("\0"):
+            if name and (root / name).is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(root / name, dest / name)
+    else:
+        shutil.copytree(root, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "dist", "*.egg-info", "runs", "tem_*", "real_exp", "__pycache__", "bench_out"))
+
+
+def test_the_wheel_installs_alone_and_writes_dataset_and_model_cards(tmp_path):
+    """Build the wheel from the tracked files, install it without dependencies (no network) into a fresh
+    environment that sees the project venv's packages through a .pth line (not the editable install: a plain path
+    line runs no finder), then from a folder outside the source tree: import the bundled real set (dataset card)
+    and train one epoch (model card). Scoring is `test_temsynth_score_prints_the_table...`."""
+    import sysconfig
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    src, dist, env, work = (tmp_path / n for n in ("src", "dist", "env", "work"))
+    for d in (src, work):
+        d.mkdir()
+    _copy_sources(root, src)
+    run = lambda cmd, **kw: subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)
+
+    r = run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(src),
+             "-w", str(dist)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = next(dist.glob("temsynth-*.whl"))
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"temsynth/cards/dataset_card.md", "temsynth/cards/model_card.md", "generators/presets/demo.yaml",
+            "training/examples/demo.yaml", "temsynth/data/real/LICENCE",
+            "temsynth/data/real/hrtem_generalization/index.csv"} <= names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
+    assert run([sys.executable, "-m", "venv", "--without-pip", str(env)]).returncode == 0
+    py = env / "bin" / "python"
+    site = Path(run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site / "zz_project_deps.pth").write_text("\n".join(sorted(deps)) + "\n")
+    # --target: the wheel goes to the new environment only; nothing of the project venv is touched or replaced.
+    r = run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
+             str(wheel)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    env_vars = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env_vars["HF_HUB_OFFLINE"] = "1"
+    temsynth = lambda *args: run([str(py), str(site / "bin" / "temsynth"), *args], cwd=work, env=env_vars)
+
+    # (not `training`: it loads torch, seconds the train step below spends anyway)
+    where = run([str(py), "-c", "import temsynth.resources as r, generators; "
+                 "print(r.__file__, r.real_set_dir(), generators.__file__)"], cwd=work, env=env_vars)
+    assert where.returncode == 0, where.stderr[-2000:]
+    assert all(p.startswith(str(site)) for p in where.stdout.split()), where.stdout
+    real = where.stdout.split()[1]
+
+    r = temsynth("import", real, "--pixel-sizes", f"{real}/index.csv", "--target-pixel-size-A", "0.7", "--tile-px",
+                 "144", "--out", "exp")
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = (work / "exp" / "README.md").read_text()
+    assert "configs:" in card and "finetune" in card and "benchmark" in card
+
+    (work / "t.yaml").write_text(
+        "name: wheel-unet\noutput_dir: run\nepochs: 1\nbatch_size: 8\ndata: {path: exp, split: finetune}\n"
+        "benchmarks:\n  - {name: real_benchmark, path: exp, split: benchmark}\n"
+        "model: {unet: {depth: 2, base_width: 4}}\naugment: {crop_px: 128}\n")
+    r = temsynth("train", "--config", "t.yaml", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    model_card = (work / "run" / "model" / "README.md").read_text()
+    assert "# wheel-unet: unet for nanoparticle segmentation" in model_card and "real_benchmark" in model_card
