@@ -190,3 +190,32 @@ def test_the_wheel_installs_alone_and_writes_dataset_and_model_cards(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     model_card = (work / "run" / "model" / "README.md").read_text()
     assert "# wheel-unet: unet for nanoparticle segmentation" in model_card and "real_benchmark" in model_card
+
+
+# ---------------------------------------------------------------- docs/configuration.md, generated
+def test_the_configuration_reference_is_generated_from_the_schemas_and_current():
+    from pathlib import Path
+
+    from temsynth.configdoc import render
+
+    text = render()
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.is_file() and doc.read_text() == text, \
+        "docs/configuration.md is stale: regenerate it with `python -m temsynth.configdoc --write`"
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:7]]
+            for line in text.splitlines() if line.startswith("| `")}
+    # type, range, unit, default: from the schema (a Field bound, a ranged() support, a choice_of list, a name)
+    assert rows["imaging.dose_e_per_A2"][:4] == ["distribution", "[0.001, 1e+07]", "e⁻/Å²", "`uniform: [100.0, 1200.0]`"]
+    assert rows["simulation.sampling_A"][:3] == ["float", "(0.01, 1]", "Å"]
+    assert rows["structure.material"][1].startswith("`Au`, `Ag`")
+    assert rows["optimizer.lr"][0] == "float" and rows["benchmarks[].name"][3] == "required"
+    from pydantic import BaseModel
+
+    from generators.config import GenerationConfig
+
+    def leaves(model, prefix=""):
+        for name, f in model.model_fields.items():
+            yield prefix + name
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                yield from leaves(f.annotation, f"{prefix}{name}.")
+    assert set(leaves(GenerationConfig)) <= set(rows)  # every field of the generation config, nested ones too
