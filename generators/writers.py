@@ -47,7 +47,8 @@ def write_wds(table: pa.Table, path: Path) -> None:
     arrays = [a for a in ("image", "mask", "instance_mask") if a in table.column_names]
     pixels = {a: table.column(a).combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
               .reshape(len(table), size, size) for a in arrays}
-    meta = table.drop_columns(arrays).to_pylist()
+    previews = table.column("preview").to_pylist() if "preview" in table.column_names else None
+    meta = table.drop_columns(arrays + (["preview"] if previews else [])).to_pylist()
     with atomic_path(path) as tmp:
         # A fixed member mtime: the same records give the same bytes, so fingerprints compare content.
         with wds.TarWriter(str(tmp), mtime=0) as sink:
@@ -59,6 +60,8 @@ def write_wds(table: pa.Table, path: Path) -> None:
                     png = io.BytesIO()
                     Image.fromarray(np.ascontiguousarray(pixels[a][i], dtype=np.uint8), mode="L").save(png, format="PNG")
                     sample[f"{a}.png"] = png.getvalue()
+                if previews:  # already a PNG (generators/preview.py): stored as it is
+                    sample["preview.png"] = previews[i]["bytes"]
                 # Keys are record ids: no dots, as WebDataset splits the key at the first dot.
                 sink.write(sample)
 

@@ -104,6 +104,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_gallery(args) -> int:
+    from generators.gallery import write_gallery
+
+    r = write_gallery(args.dataset, args.out, args.query, args.limit)
+    print(f"wrote {r['records']} of the {r['selected']} selected records to {r['out']} (open it in a browser)")
+    return 0
+
+
 def cmd_presets(args) -> int:
     print("\n".join(preset_names()))
     return 0
@@ -165,6 +173,13 @@ def _regenerate_args(r):
     r.add_argument("--all", action="store_true", help="every record of the folder")
 
 
+def _gallery_args(g):
+    g.add_argument("dataset")
+    g.add_argument("query", nargs="?", help="metadata query narrowing the records, as `temsynth query`")
+    g.add_argument("--out", required=True, help="folder for index.html and img/ (open index.html in a browser)")
+    g.add_argument("--limit", type=_positive_int, default=500, help="at most this many records (default 500)")
+
+
 def _predict_args(pr):
     pr.add_argument("model", help="model folder, e.g. runs/demo/model")
     pr.add_argument("image")
@@ -190,6 +205,8 @@ VERBS = [
     Verb("generate", "build a dataset folder from a preset or a YAML config",
          "temsynth generate --preset demo --out tem_au_np", _generate_args, cmd_generate),
     Verb("info", "summary of a dataset folder", "temsynth info tem_au_np --verify", _info_args, cmd_info),
+    Verb("gallery", "a static HTML page of thumbnails with mask outlines and metadata, filterable in the browser",
+         "temsynth gallery tem_au_np \"n_particles >= 2\" --out gallery/", _gallery_args, cmd_gallery),
     Verb("query", "count and describe the records a metadata query selects",
          "temsynth query tem_au_np \"n_particles >= 2 and defocus_nm < 0\" --out tem_au_np_underfocus",
          _query_args, cmd_query),

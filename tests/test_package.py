@@ -10,7 +10,7 @@ import pytest
 from temsynth.cli import VERBS, build_parser, main
 from temsynth.resources import cards_dir, real_set_dir
 
-WORKFLOW = ["presets", "generate", "info", "query", "trace", "regenerate", "import", "train", "finetune",
+WORKFLOW = ["presets", "generate", "info", "gallery", "query", "trace", "regenerate", "import", "train", "finetune",
             "evaluate", "score", "predict", "study"]
 
 
