@@ -219,3 +219,38 @@ def test_the_configuration_reference_is_generated_from_the_schemas_and_current()
             if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
                 yield from leaves(f.annotation, f"{prefix}{name}.")
     assert set(leaves(GenerationConfig)) <= set(rows)  # every field of the generation config, nested ones too
+
+
+# ---------------------------------------------------------------- Makefile
+@pytest.mark.skipif(__import__("shutil").which("make") is None, reason="make is not installed")
+def test_make_real_exp_rebuilds_when_its_flags_change_and_only_then(tmp_path):
+    """`real_exp` is made through its manifest and a stamp holding the import flags; a stand-in `temsynth` in a
+    stand-in venv records each import, so this runs the Makefile's own rules in a second, not the import."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "setup.cfg").touch()
+    (tmp_path / "pyproject.toml").touch()
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed").touch()
+    fake = venv / "bin" / "temsynth"
+    fake.write_text('#!/bin/sh\necho "$@" >> imports.log\nmkdir -p real_exp && touch real_exp/manifest.json\n')
+    fake.chmod(0o755)
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "index.csv").write_text("file,mask\n")
+    make = lambda *extra: subprocess.run(["make", "-s", f"VENV={venv}", f"REAL={real}", "real_exp/manifest.json",
+                                          *extra], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    imports = lambda: (tmp_path / "imports.log").read_text().splitlines() if (tmp_path / "imports.log").exists() else []
+    assert make().returncode == 0 and len(imports()) == 1 and "--tile-px 144" in imports()[0]
+    os.utime(tmp_path / "real_exp" / "manifest.json")
+    assert make().returncode == 0 and len(imports()) == 1  # same flags: nothing to do
+    flags = f"{real} --pixel-sizes {real}/index.csv --target-pixel-size-A 0.5 --tile-px 128"
+    assert make(f"REAL_EXP_FLAGS={flags}").returncode == 0 and len(imports()) == 2 and "--tile-px 128" in imports()[1]
+    text = (root / "Makefile").read_text()
+    phony = next(line for line in text.splitlines() if line.startswith(".PHONY:")).split()[1:]
+    assert not {"real_exp", "tem_np_realistic", "tem_au_np"} & set(phony)
