@@ -72,6 +72,39 @@ NOTES = {
     "num_workers": "data-loader processes (0: in the training process)",
     "optimizer.lr": "learning rate (fine-tuning default: half the parent's)",
     "subsets": "named selections of training data, compared with each other",
+    "splits.train": "fraction of structures in the train split",
+    "splits.validation": "fraction of structures in the validation split",
+    "splits.test": "fraction of structures in the test split",
+    "mask.blur_threshold": "with blur_sigma_A > 0: a pixel is particle where the blurred mask exceeds this",
+    "structure.defects.stacking_fault_ratio": "share of stacking faults among the planar defects of a mixed particle",
+    "structure.defects.min_separation_planes": "least number of atomic planes between two planar defects",
+    "imaging.detector.type": "camera model (see the section's description)",
+    "imaging.detector.gain_counts_per_e": "counts recorded per detected electron",
+    "imaging.detector.read_noise_counts": "Gaussian read noise (standard deviation)",
+    "imaging.detector.dqe0": "detective quantum efficiency at zero frequency",
+    "imaging.detector.mtf_c": "scintillator MTF: the floor c of (1 - c) / (1 + (f / f0)^2) + c",
+    "imaging.detector.mtf_f0": "scintillator MTF: the frequency f0, in cycles per detector pixel",
+    "imaging.detector.counting_sigma_px": "counting detector: localisation error of an electron (standard deviation)",
+    "model.architecture": "unet (temsynth's) or segformer (transformers', trained from scratch)",
+    "optimizer.name": "torch optimizer",
+    "optimizer.weight_decay": "weight decay of the optimizer",
+    "augment.flips": "random horizontal and vertical flips",
+    "augment.rot90": "random quarter turns",
+    "augment.display": "training only: render images as display grey levels (clip, 8 bits), as exported micrographs are",
+    "loss.bce_weight": "weight of the binary cross-entropy term",
+    "loss.dice_weight": "weight of the soft Dice term",
+    "subsets.name": "the subset's name in results and reports",
+    "subsets.sources": "dataset folders (each with an optional query and n_images) pooled into the subset",
+    "subsets.description": "free text, shown in the report",
+    "benchmarks.name": "the benchmark's name in metrics.csv, results and reports",
+    "finetune": "an optional fine-tuning phase after every training job",
+}
+# Fields of every data source (training data, benchmarks, study subsets' sources, fine-tuning data).
+DATA_SOURCE_NOTES = {
+    "path": "dataset folder (generated, subset or imported)",
+    "split": "split of the folder to read",
+    "query": "metadata query narrowing the records (docs/query.md)",
+    "format": "parquet (in memory) or webdataset (streamed tar shards)",
 }
 
 
@@ -222,7 +255,13 @@ def _rows(model: type[BaseModel], prefix: str, sections: list) -> list[str]:
         if nested and not _is_distribution(field.annotation) and "Choice" not in repr(field.annotation):
             listed = "list[" in _type_name(field.annotation)
             sections.append((f"{path}[]" if listed else path, nested[0]))
-        desc = field.description or comments.get(name, "") or NOTES.get(path.replace("[]", ""), "")
+        plain = path.replace("[]", "")
+        parent = plain.rsplit(".", 2)[-2] if "." in plain else ""
+        desc = (field.description or comments.get(name, "") or NOTES.get(plain, "")
+                or (DATA_SOURCE_NOTES.get(name, "") if parent in ("data", "benchmarks", "sources") else "")
+                or (f"the `{path}[]` section below" if nested and "list[" in _type_name(field.annotation)
+                    else f"the `{path}` section below" if nested and not _is_distribution(field.annotation)
+                    and "Choice" not in repr(field.annotation) else ""))
         desc = desc.replace("|", "\\|")
         rows.append(f"| `{path}` | {_type_name(annotation)} | {_range(field, annotation)} | {unit_of(name)} | "
                     f"{_default(field)} | {desc} |")
