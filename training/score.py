@@ -119,9 +119,15 @@ def score(model_dir: str, real_dir: Path | None = None, only: set[str] | None = 
                      "bare_carbon": bool(is_bare)})
     dice = lambda a: float(2 * a[0] / max(a[1] + a[2], 1))
     return {"model": str(model_dir), "real": str(real_dir), "tta": tta, "n_fields": len(rows),
-            "pooled_dice": dice(pool), "dice_by_class": {k: dice(v) for k, v in sorted(classes.items())},
+            "pooled_dice": dice(pool), "dice_by_class": {k: dice(v) for k, v in sorted(classes.items(), key=_class_order)},
             "bare_carbon_false_positive_fraction": (float(np.mean(bare)) if bare else None),
             "bare_carbon_fields": len(bare), "fields": rows}
+
+
+def _class_order(item) -> tuple:
+    """"Au 2.2 nm" before "Au 10 nm": by material, then by size as a number."""
+    material, size, _ = item[0].rsplit(" ", 2)
+    return material, float(size)
 
 
 def table(result: dict) -> str:
