@@ -3,8 +3,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo realistic study test test-slow bench clean tem_np_realistic prismatic prismatic-optional
-REAL ?= ../shared/real/hrtem_generalization
+# Only verbs are phony; folders are made through the file their maker writes last (manifest.json), so an
+# interrupted run is not taken for a finished one.
+.PHONY: demo realistic study test test-slow bench clean prismatic prismatic-optional FORCE
+# The real micrographs bundled with the package (temsynth/data/real/README.md); any folder with the same index.csv.
+REAL ?= temsynth/data/real/hrtem_generalization
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,28 +23,35 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) dataset_scripts/build_tem_au_np.py --preset demo --out tem_au_np
 	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth info tem_au_np
 	# A small U-Net for a few minutes on CPU; prints Dice per benchmark and where the model and metrics are.
-	HF_HUB_OFFLINE=1 $(PY) -m training.train --config training/examples/demo.yaml
+	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth train --config training/examples/demo.yaml
 
 # The real, hand-labelled micrographs at the realistic preset's 0.7 A pixel, split in halves by source panel,
 # every class (material, nominal size) in both halves.
-real_exp: | $(STAMP)
-	$(PY) dataset_scripts/import_experimental.py $(REAL) --pixel-sizes $(REAL)/index.csv --target-pixel-size-A 0.7 \
-		--tile-px 144 --finetune-fraction 0.5 --seed 0 --stratify-by material,nominal_diameter_nm --out real_exp
+REAL_EXP_FLAGS = $(REAL) --pixel-sizes $(REAL)/index.csv --target-pixel-size-A 0.7 --tile-px 144 \
+	--finetune-fraction 0.5 --seed 0 --stratify-by material,nominal_diameter_nm
 
-tem_np_realistic: | $(STAMP)
+# The flags real_exp was made with; rewritten (and so newer than real_exp) only when they change.
+.real_exp.flags: FORCE
+	@echo '$(REAL_EXP_FLAGS)' | cmp -s - $@ || echo '$(REAL_EXP_FLAGS)' > $@
+
+real_exp/manifest.json: .real_exp.flags $(REAL)/index.csv | $(STAMP)
+	rm -rf real_exp
+	$(VENV)/bin/temsynth import $(REAL_EXP_FLAGS) --out real_exp
+
+tem_np_realistic/manifest.json: | $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth generate --preset realistic --out tem_np_realistic
 
 # Simulation only -> real micrographs (README "Simulation to real micrographs"): generate, train, score on the
 # real set; then fine-tune on its finetune half and score the other half.
-realistic: tem_np_realistic real_exp
-	HF_HUB_OFFLINE=1 $(PY) -m training.train --config training/examples/realistic.yaml
-	$(PY) benchmarks/bench_real.py runs/realistic/model --out runs/realistic/real_scores.json
-	HF_HUB_OFFLINE=1 $(PY) -m training.finetune --config training/examples/realistic_finetune.yaml
-	$(PY) benchmarks/bench_real.py runs/realistic_ft/model --fields benchmark --split-from real_exp \
+realistic: tem_np_realistic/manifest.json real_exp/manifest.json
+	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth train --config training/examples/realistic.yaml
+	$(VENV)/bin/temsynth score runs/realistic/model --real $(REAL) --out runs/realistic/real_scores.json
+	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth finetune --config training/examples/realistic_finetune.yaml
+	$(VENV)/bin/temsynth score runs/realistic_ft/model --real $(REAL) --fields benchmark --split-from real_exp \
 		--out runs/realistic_ft/real_scores.json
 
 # The example study (docs in README): 4 data subsets x 3 seeds, fine-tuned and scored on the real micrographs; ~30 min on 2 cores.
-study: tem_np_realistic real_exp
+study: tem_np_realistic/manifest.json real_exp/manifest.json
 	HF_HUB_OFFLINE=1 $(VENV)/bin/temsynth study run training/examples/study_demo.yaml
 	$(VENV)/bin/temsynth study report runs/study_demo
 
@@ -67,4 +77,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_study.py
 
 clean:
-	rm -rf tem_au_np tem_au_shifted tem_np_realistic real_exp runs bench_out
+	rm -rf tem_au_np tem_au_shifted tem_np_realistic real_exp .real_exp.flags runs bench_out

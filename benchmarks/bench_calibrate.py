@@ -1,7 +1,7 @@
 """How well does `temsynth calibrate` recover known imaging conditions, and how fast is it?
 
     python benchmarks/bench_calibrate.py [--fields 24] [--pixel-size-A 0.35] [--detector counting|scintillator]
-    python benchmarks/bench_calibrate.py --real ../shared/real/hrtem_generalization   # time on real fields
+    python benchmarks/bench_calibrate.py --real temsynth/data/real/hrtem_generalization   # time on real fields
 
 Bare amorphous carbon (30 Å) simulated as `generate` does, one exit wave, `--fields` imaging conditions drawn from
 the realistic preset's ranges (defocus -30..30 nm, astigmatism 0-3 nm, focal spread 2-6 nm, dose 100-3000 e/Å²

@@ -23,9 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_real import DEFAULT_REAL, score, split_of  # noqa: E402
+from training.score import default_real_dir, score, split_of  # noqa: E402
 
 HALVES = ("finetune", "benchmark")
 
@@ -54,13 +53,13 @@ def main(argv=None) -> int:
     p.add_argument("--split-from", required=True, help="imported real folder with finetune and benchmark halves")
     p.add_argument("--config", default=str(ROOT / "training/examples/realistic_finetune.yaml"),
                    help="fine-tuning recipe (its init_from, data and benchmarks are replaced)")
-    p.add_argument("--real", default=str(DEFAULT_REAL), help="folder with index.csv and the whole fields")
+    p.add_argument("--real", default=None, help="folder with index.csv and the whole fields (default: the bundled set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=None, help="folder for the fine-tuned runs (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the fine-tuned runs")
     p.add_argument("--out", default=None, help="write the JSON here too")
     args = p.parse_args(argv)
-    imported, real = Path(args.split_from), Path(args.real)
+    imported, real = Path(args.split_from), Path(args.real or default_real_dir())
     splits = split_of(imported)
     halves = {h: {f for f, s in splits.items() if s == h} for h in HALVES}
     if not all(halves.values()):

@@ -1,200 +1,33 @@
-"""Score a model on the real, hand-labelled micrographs (../shared/real): the number this package exists for.
+"""Score a model on the real, hand-labelled micrographs: `temsynth score`, printing its JSON (kept so that
+existing commands and scripts keep working; the logic is `training/score.py`).
 
     python benchmarks/bench_real.py runs/realistic/model
     python benchmarks/bench_real.py runs/realistic_ft/model --fields benchmark --split-from real_exp
     python benchmarks/bench_real.py MODEL --figure docs/real/predictions.png
-
-Each whole field is read at its own pixel size (index.csv), resampled to the model's pixel size, segmented
-(tiled inference, as `temsynth predict`), and its mask resampled back and compared with the hand-drawn one
-at the file's pixels. Reported: pooled Dice over the fields (2 sum TP / (sum predicted + sum labelled)), the
-same per particle size class (2.2 / 5 / 10 nm Au, 5 nm Ag), the false-positive area on the bare-carbon fields
-(labelled particle fraction <= 0.5 %), and Dice per field. `--fields` restricts the fields to one split of an
-imported folder (`--split-from`), so a fine-tuned model is scored only on the half it never saw.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-DEFAULT_REAL = ROOT.parent / "shared" / "real" / "hrtem_generalization"
-BARE_FRACTION = 0.005
-
-
-def fields(real_dir: Path) -> list[dict]:
-    with open(real_dir / "index.csv", newline="") as f:
-        return [dict(r) for r in csv.DictReader(f)]
-
-
-def split_of(imported: Path) -> dict[str, str]:
-    """source file -> split in an imported experimental folder."""
-    import pyarrow.dataset as pads
-
-    t = pads.dataset(imported / "data", format="parquet").to_table(columns=["source_file", "split"])
-    return dict(zip(t["source_file"].to_pylist(), t["split"].to_pylist()))
-
-
-def predict_field(model, config, image: np.ndarray, pixel_size_A: float, tta: bool = False) -> np.ndarray:
-    from generators.micrographs import resample, resample_mask
-    from training.predict import predict_array
-
-    model_px = config.pixel_size_A or pixel_size_A
-    work = resample(image, pixel_size_A, model_px, order=1) if abs(pixel_size_A / model_px - 1) > 0.01 else image
-    mask = predict_array(model, work, config.augment.normalise, tta)
-    if work is not image:
-        mask = resample_mask(mask, model_px, pixel_size_A)
-    h, w = image.shape
-    return np.pad(mask, ((0, max(0, h - mask.shape[0])), (0, max(0, w - mask.shape[1]))))[:h, :w]
-
-
-def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None = None, tta: bool = False) -> dict:
-    from training.models import load_model
-
-    model, config = load_model(model_dir)
-    model.eval()
-    rows, pool, classes, bare = [], np.zeros(3), {}, []
-    for f in fields(real_dir):
-        if only is not None and f["file"] not in only:
-            continue
-        image = np.load(real_dir / f["file"]).astype(np.float32)
-        truth = np.load(real_dir / f["mask"]).astype(bool)
-        pred = predict_field(model, config, image, float(f["pixel_size_A"]), tta).astype(bool)
-        tp, n_pred, n_true = float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
-        pool += (tp, n_pred, n_true)
-        key = f"{f['material']} {float(f['nominal_diameter_nm']):g} nm"
-        classes.setdefault(key, np.zeros(3))
-        classes[key] += (tp, n_pred, n_true)
-        is_bare = truth.mean() <= BARE_FRACTION
-        if is_bare:
-            bare.append(float((pred & ~truth).mean()))
-        rows.append({"file": f["file"], "class": key, "dice": 2 * tp / max(n_pred + n_true, 1),
-                     "pixels": {"both": tp, "predicted": n_pred, "labelled": n_true},  # to pool any subset
-                     "predicted_fraction": float(pred.mean()), "labelled_fraction": float(truth.mean()),
-                     "bare_carbon": bool(is_bare)})
-    dice = lambda a: float(2 * a[0] / max(a[1] + a[2], 1))
-    return {"model": str(model_dir), "tta": tta, "n_fields": len(rows), "pooled_dice": dice(pool),
-            "dice_by_class": {k: dice(v) for k, v in sorted(classes.items())},
-            "bare_carbon_false_positive_fraction": (float(np.mean(bare)) if bare else None),
-            "bare_carbon_fields": len(bare), "fields": rows}
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    return mask & ~ndimage.binary_erosion(mask)
-
-
-def draw(model_dir: str, out: Path, real_dir: Path = DEFAULT_REAL, files: list[str] | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from training.models import load_model
-
-    model, config = load_model(model_dir)
-    model.eval()
-    chosen = [f for f in fields(real_dir) if files is None or f["file"] in files]
-    fig, axes = plt.subplots(1, len(chosen), figsize=(2.6 * len(chosen), 2.9))
-    for ax, f in zip(np.atleast_1d(axes), chosen):
-        image = np.load(real_dir / f["file"]).astype(np.float32)
-        truth = np.load(real_dir / f["mask"]).astype(bool)
-        pred = predict_field(model, config, image, float(f["pixel_size_A"])).astype(bool)
-        rgb = np.repeat(((image - image.min()) / max(np.ptp(image), 1e-6))[..., None], 3, axis=2)
-        rgb[_outline(truth)] = (0.1, 0.9, 0.1)
-        rgb[_outline(pred)] = (1.0, 0.15, 0.15)
-        ax.imshow(rgb)
-        d = 2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1)
-        ax.set_title(f"{f['material']} {float(f['nominal_diameter_nm']):g} nm, Dice {d:.2f}", fontsize=8)
-        ax.axis("off")
-    fig.suptitle("real micrographs: hand-drawn (green) and predicted (red) outlines", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def draw_scenes(dataset: Path, out: Path, real_dir: Path = DEFAULT_REAL, n: int = 4) -> None:
-    """A few simulated fields (with their instance masks) beside real ones, all at the same physical scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pyarrow.dataset as pads
-
-    from generators.micrographs import resample
-
-    t = pads.dataset(dataset / "data", format="parquet").to_table(
-        columns=["record_id", "image", "instance_mask", "n_particles", "pixel_size_A", "image_size_px"])
-    t = t.sort_by("record_id")
-    picks = [i for i, k in enumerate(t["n_particles"].to_pylist()) if k > 0][:: max(1, len(t) // (4 * n))][:n - 1]
-    picks.append(t["n_particles"].to_pylist().index(0) if 0 in t["n_particles"].to_pylist() else n - 1)
-    real = [f for f in fields(real_dir)][:: max(1, 16 // n)][:n]
-    fig, axes = plt.subplots(3, n, figsize=(2.4 * n, 7.4))
-    for j, i in enumerate(picks):
-        size = t["image_size_px"][i].as_py()
-        img = np.asarray(t["image"][i].as_py(), np.float32).reshape(size, size)
-        lab = np.asarray(t["instance_mask"][i].as_py(), np.uint8).reshape(size, size)
-        lo, hi = np.percentile(img, [0.5, 99.5])
-        axes[0, j].imshow(np.clip(img, lo, hi), cmap="gray")
-        axes[0, j].set_title(f"simulated, {t['n_particles'][i].as_py()} particles", fontsize=8)
-        axes[1, j].imshow(lab, cmap="tab20", interpolation="nearest", vmin=0, vmax=20)
-        axes[1, j].set_title("instance mask", fontsize=8)
-    px = t["pixel_size_A"][0].as_py()
-    for j, f in enumerate(real):
-        img = resample(np.load(real_dir / f["file"]).astype(np.float32), float(f["pixel_size_A"]), px)
-        axes[2, j].imshow(img, cmap="gray")
-        axes[2, j].set_title(f"real {f['material']} {float(f['nominal_diameter_nm']):g} nm", fontsize=8)
-    for ax in axes.ravel():
-        ax.axis("off")
-    fig.suptitle(f"simulated scenes (top) and real micrographs (bottom), all at {px} Å/px", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+from temsynth.errors import TemsynthError  # noqa: E402
+from training.score import (BARE_FRACTION, add_arguments, default_real_dir, draw, draw_scenes,  # noqa: E402,F401
+                            fields, predict_field, run, score, split_of)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("model", help="model folder (training's OUTPUT_DIR/model)")
-    p.add_argument("--real", default=str(DEFAULT_REAL), help="folder with index.csv and X.npy / X_mask.npy pairs")
-    p.add_argument("--fields", choices=["all", "finetune", "benchmark"], default="all")
-    p.add_argument("--split-from", default=None, help="imported folder whose split names the fields (--fields)")
-    p.add_argument("--figure", default=None, help="also draw predictions on a few fields into this PNG")
-    p.add_argument("--tta", action="store_true", help="predict with the 8 rotations/mirror images averaged")
-    p.add_argument("--out", default=None, help="write the JSON here too")
-    p.add_argument("--scenes-figure", nargs=2, metavar=("DATASET", "PNG"), default=None,
-                   help="also draw simulated fields of DATASET beside real ones into PNG")
-    args = p.parse_args(argv)
-    real = Path(args.real)
-    if not (real / "index.csv").exists():
-        print(f"bench_real.py: error: {real} has no index.csv; pass --real DIR", file=sys.stderr)
+    add_arguments(p)
+    try:
+        result = run(p.parse_args(argv))
+    except TemsynthError as err:
+        print(f"bench_real.py: error: {err}", file=sys.stderr)
         return 2
-    only = None
-    if args.fields != "all":
-        if not args.split_from:
-            print("bench_real.py: error: --fields needs --split-from IMPORTED_FOLDER", file=sys.stderr)
-            return 2
-        only = {f for f, s in split_of(Path(args.split_from)).items() if s == args.fields}
-    result = score(args.model, real, only, args.tta)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-    if args.figure:
-        picks = ["hparam_cell61_Au2p2nm_row0_unblended.npy", "traintest_cell30_Au2p2nm_row2.npy",
-                 "traintest_cell31_Au5nm_row1.npy", "traintest_cell32_Au10nm_row0.npy",
-                 "traintest_cell32_Au10nm_row2.npy", "dscreate_cell10_Ag5nm_330kx_patch15.npy"]
-        draw(args.model, Path(args.figure), real, [f for f in picks if only is None or f in only] or None)
-    if args.scenes_figure:
-        draw_scenes(Path(args.scenes_figure[0]), Path(args.scenes_figure[1]), real)
+    print(json.dumps(result, indent=2))  # the JSON, whatever --json says: what scripts read from it
     return 0
 
 

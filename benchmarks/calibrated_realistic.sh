@@ -4,14 +4,14 @@
 # number of scenes, a U-Net trained with the same training config as `make realistic` (realistic.yaml), scored on
 # the 16 real fields (benchmarks/bench_real.py). About 25 minutes on 2 free CPU cores.
 #
-#   benchmarks/calibrated_realistic.sh WORK_DIR [REAL_DIR=../shared/real/hrtem_generalization]
+#   benchmarks/calibrated_realistic.sh WORK_DIR [REAL_DIR=temsynth/data/real/hrtem_generalization]
 #
 # WORK_DIR keeps the dataset, the model and the logs (a re-run reuses what is finished).
 set -u
 PY=${PYTHON:-python3}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mkdir -p "${1:?give a work folder}" && cd "$1" && pwd)
-REAL=$(cd "${2:-$REPO/../shared/real/hrtem_generalization}" && pwd) || exit 2
+REAL=$(cd "${2:-$REPO/temsynth/data/real/hrtem_generalization}" && pwd) || exit 2
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 OUT_DIR=$WORK
 cd "$WORK" || exit 3

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from generators.calibration.spectrum import psd_distance  # noqa: E402
 from generators.micrographs.tiles import resample  # noqa: E402
+from temsynth.resources import real_set_dir  # noqa: E402
 
 
 def dataset_fields(folder: Path, n: int) -> tuple[list[np.ndarray], float]:
@@ -42,7 +43,7 @@ def real_fields(real: Path, px: float) -> list[np.ndarray]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("datasets", nargs="+")
-    p.add_argument("--real", default=str(ROOT.parent / "shared" / "real" / "hrtem_generalization"))
+    p.add_argument("--real", default=str(real_set_dir()), help="folder with index.csv (default: the bundled set)")
     p.add_argument("--records", type=int, default=96)
     a = p.parse_args()
     out = {}

@@ -6,7 +6,7 @@
 # (generation on CuPy, training on CUDA: 9 minutes with 256 scenes on an H200); on 2 CPU cores the 256-scene set
 # alone takes about 17 minutes to build (64 scenes: 251 s).
 #
-#   benchmarks/scale_realistic.sh RESULTS_DIR [MAX_SCENES=256] [WORKERS=8] [REAL_DIR=../shared/real/hrtem_generalization]
+#   benchmarks/scale_realistic.sh RESULTS_DIR [MAX_SCENES=256] [WORKERS=8] [REAL_DIR=the bundled temsynth/data/real/hrtem_generalization]
 #
 # Everything it builds goes to a scratch folder, removed at the end; logs and real_*.json to RESULTS_DIR.
 set -u
@@ -18,7 +18,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 if [ $(( MAX % 64 )) -ne 0 ] || [ "$MAX" -lt 128 ]; then
     echo "scale_realistic.sh: MAX_SCENES must be a multiple of 64, at least 128 (got $MAX)" >&2; exit 2
 fi
-REAL=$(cd "${4:-$REPO/../shared/real/hrtem_generalization}" && pwd) || exit 2
+REAL=$(cd "${4:-$REPO/temsynth/data/real/hrtem_generalization}" && pwd) || exit 2
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/temsynth-scale.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"

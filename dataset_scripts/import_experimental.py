@@ -24,8 +24,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="import_experimental.py", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "import_experimental.py", epilog: str | None = None) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=__doc__.split("\n")[0], epilog=epilog,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images_dir", help="folder of micrographs (.tif .png .jpg .npy .dm3 .dm4 .emd .mrc)")
     p.add_argument("--out", required=True, help="new dataset folder")
     p.add_argument("--masks", default=None, help="folder of masks named like the micrographs")
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "import_experimental.py", epilog: str | None = None) -> int:
+    args = build_parser(prog, epilog).parse_args(argv)
     try:
         import_folder(args.images_dir, args.out, masks_dir=args.masks, pixel_size_A=args.pixel_size_A,
                       target_pixel_size_A=args.target_pixel_size_A, tile_px=args.tile_px,
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                       if args.stratify_by else None,
                       log=lambda msg: print(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout))
     except MicrographError as e:
-        print(f"import_experimental.py: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -488,8 +488,8 @@ def cluster_from_args(args, base: dict | None = None, source: str = "command lin
     `cluster:`), then --cluster-config, then the flags."""
     data = {**(fallback or {}), **(base or {})}
     if getattr(args, "cluster_config", None):
-        extra = read_yaml(args.cluster_config)
-        data.update(extra.get("cluster", extra) if isinstance(extra, dict) else {})
+        extra = read_yaml(args.cluster_config, "cluster config")
+        data.update(extra.get("cluster", extra))
         source = f"{args.cluster_config} + command line"
     flags = {"kind": args.cluster, "workers": args.workers, "scheduler": args.scheduler, "queue": args.queue,
              "walltime": args.walltime, "cores": args.cores, "memory": args.memory, "gpus": args.gpus,

@@ -26,10 +26,11 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       model_validator)
 
 from temsynth.errors import TemsynthError
+from temsynth.resources import package_dir
 
 from . import materials as mats
 
-PRESETS_DIR = Path(__file__).parent / "presets"
+PRESETS_DIR = package_dir("generators", "presets")  # package data (setup.cfg), read as a wheel installs it
 
 
 class ConfigError(TemsynthError, ValueError):
@@ -883,25 +884,63 @@ def from_dict(data: dict, source: str = "<dict>", base_dir: str | Path | None = 
         raise ConfigError(format_errors(err, source)) from None
 
 
-def read_yaml(path: str | Path) -> dict:
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error, not "the last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may override on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:map", _StrictLoader.construct_yaml_map)
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    """The one reader of every YAML the project takes (generation, training, study configs and the presets): a
+    mapping, or a one-line ConfigError for a missing, unreadable, empty or non-mapping file or a repeated key."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     if not path.is_file():
-        raise ConfigError(f"config {path} is a folder, not a YAML file; name the .yaml file")
+        raise ConfigError(f"{what} {path} is a folder, not a YAML file; name the .yaml file")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        data = yaml.load(path.read_bytes().decode("utf-8"), Loader=_StrictLoader)
     except UnicodeDecodeError as err:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML") from None
+        raise ConfigError(f"{what} file {path} is not UTF-8 text (byte {err.start}); save it as UTF-8 YAML") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"{what} file {path}: key {err.key!r} is given twice (lines {err.first} and {err.second}); "
+                          "keep one") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        raise ConfigError(f"{what} file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     except OSError as err:
-        raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
-    return data or {}
+        raise ConfigError(f"{what} file {path} cannot be read: {err.strerror}") from None
+    if data is None:
+        raise ConfigError(f"{what} file {path} is empty (or only comments); give its fields as `name: value` lines")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} file {path} must be a mapping of `name: value` lines at the top level, "
+                          f"not a {type(data).__name__}")
+    return data
 
 
 def load_config(path: str | Path) -> GenerationConfig:
-    return from_dict(read_yaml(path), str(path), Path(path).parent)
+    return from_dict(read_yaml(path, "generation config"), str(path), Path(path).parent)
 
 
 def default_config() -> GenerationConfig:
@@ -916,7 +955,7 @@ def load_preset(name: str, **overrides: Any) -> GenerationConfig:
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown preset {name!r}; available: {preset_names()}")
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path, "preset")
     for dotted, value in overrides.items():
         node = data
         *parents, leaf = dotted.split(".")

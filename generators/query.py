@@ -25,7 +25,7 @@ import pyarrow.dataset as pads
 from temsynth.errors import TemsynthError
 
 
-PIXEL_COLUMNS = ("image", "mask", "instance_mask")
+PIXEL_COLUMNS = ("image", "mask", "instance_mask", "preview")  # records.PIXEL_COLUMNS (query imports no records)
 
 
 class QueryError(TemsynthError, ValueError):

@@ -11,6 +11,7 @@ import typing
 import numpy as np
 import pyarrow as pa
 
+from .preview import preview_png
 from .structures import Particle, particle_columns
 
 
@@ -106,6 +107,10 @@ METADATA_NAMES = tuple(c.name for c in METADATA_COLUMNS)
 # Pixel columns and their types; `instance_mask` (0 = background, k = particle k, 1-based) only in simulated records.
 ARRAY_TYPES = {"image": pa.float32(), "mask": pa.uint8(), "instance_mask": pa.uint8()}
 ARRAY_COLUMNS = tuple(ARRAY_TYPES)
+# `preview` (simulated records): an 8-bit PNG of the image with the mask's outline (generators/preview.py), stored
+# as the Hugging Face `Image` feature's struct so the dataset viewer shows it. Pixels, not metadata.
+PREVIEW_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+PIXEL_COLUMNS = (*ARRAY_COLUMNS, "preview")
 
 
 def _arrays(columns) -> tuple[str, ...]:
@@ -116,16 +121,19 @@ def arrow_schema(columns: tuple[Column, ...] = METADATA_COLUMNS) -> pa.Schema:
     """Parquet schema: images as nested lists (datasets casts them to Array2D from the card's features).
 
     `columns`: the metadata of simulated records by default; experimental imports pass their own."""
-    return pa.schema([pa.field(a, pa.list_(pa.list_(ARRAY_TYPES[a]))) for a in _arrays(columns)]
+    preview = [pa.field("preview", PREVIEW_TYPE)] if columns is METADATA_COLUMNS else []
+    return pa.schema([pa.field(a, pa.list_(pa.list_(ARRAY_TYPES[a]))) for a in _arrays(columns)] + preview
                      + [pa.field(c.name, c.arrow) for c in columns])
 
 
 def hf_features(image_size_px: int, columns: tuple[Column, ...] = METADATA_COLUMNS):
-    from datasets import Array2D, Features
+    from datasets import Array2D, Features, Image
 
     feats = Features.from_arrow_schema(pa.schema([pa.field(c.name, c.arrow) for c in columns]))
     out = {a: Array2D((image_size_px, image_size_px), ARRAY_TYPES[a].to_pandas_dtype().__name__)
            for a in _arrays(columns)}
+    if columns is METADATA_COLUMNS:
+        out["preview"] = Image()
     out.update(feats)
     return Features(out)
 
@@ -149,7 +157,9 @@ def to_table(images: np.ndarray, masks: np.ndarray, metadata: list[dict], image_
     if instance_masks is None:
         instance_masks = masks
     cols = {"image": nested_list_array(images.astype(np.float32)), "mask": nested_list_array(masks.astype(np.uint8)),
-            "instance_mask": nested_list_array(instance_masks.astype(np.uint8))}
+            "instance_mask": nested_list_array(instance_masks.astype(np.uint8)),
+            "preview": pa.array([{"bytes": preview_png(i, m), "path": None} for i, m in zip(images, masks)],
+                                type=PREVIEW_TYPE)}
     for c in METADATA_COLUMNS:
         cols[c.name] = pa.array([m[c.name] for m in metadata], type=c.arrow)
     return pa.table(cols, schema=schema)

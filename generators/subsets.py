@@ -15,7 +15,7 @@ from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS
 from .folder import config_of, load_manifest, new_manifest, parse_record_id
 from .info import reading, require_intact
 from .query import Query, QueryError
-from .records import ARRAY_COLUMNS
+from .records import PIXEL_COLUMNS
 from .run import read_record
 from .files import versions
 from .writers import SPLITS, card_data_files, file_entries, write_card, write_manifest, write_split
@@ -47,7 +47,7 @@ def metadata(dataset_dir: str | Path, columns=None, query: Query | None = None) 
     files = require_intact(dataset_dir, "parquet")
     with reading(dataset_dir):
         ds = pads.dataset(files, format="parquet")
-        cols = columns or [n for n in ds.schema.names if n not in ARRAY_COLUMNS]
+        cols = columns or [n for n in ds.schema.names if n not in PIXEL_COLUMNS]
         return query.table(ds, cols) if query is not None else ds.to_table(columns=cols)
 
 
@@ -168,7 +168,7 @@ def trace(dataset_dir: str | Path, record_id: str) -> dict:
     row = read_record(dataset_dir, record_id)
     s_idx, c_idx = parse_record_id(record_id)
     root = manifest["config"]["seed"]
-    meta = {k: v for k, v in row.items() if k not in ARRAY_COLUMNS and not k.startswith("particle_")}
+    meta = {k: v for k, v in row.items() if k not in PIXEL_COLUMNS and not k.startswith("particle_")}
     per_particle = [k for k in row if k.startswith("particle_")]
     particles = [{k.removeprefix("particle_"): row[k][i] for k in per_particle}
                  for i in range(row.get("n_particles") or 0)]

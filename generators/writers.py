@@ -14,11 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from temsynth.resources import cards_dir
+
 from .config import GenerationConfig
 from .files import atomic_path, sha256_file, versions  # noqa: F401  (re-exported: the writers' own helpers)
 from .records import METADATA_COLUMNS, hf_features
 
-CARDS_DIR = Path(__file__).resolve().parents[1] / "cards"
+CARDS_DIR = cards_dir()  # package data: an installed wheel has it too
 SPLITS = ("train", "validation", "test")
 
 
@@ -45,7 +47,8 @@ def write_wds(table: pa.Table, path: Path) -> None:
     arrays = [a for a in ("image", "mask", "instance_mask") if a in table.column_names]
     pixels = {a: table.column(a).combine_chunks().flatten().flatten().to_numpy(zero_copy_only=False)
               .reshape(len(table), size, size) for a in arrays}
-    meta = table.drop_columns(arrays).to_pylist()
+    previews = table.column("preview").to_pylist() if "preview" in table.column_names else None
+    meta = table.drop_columns(arrays + (["preview"] if previews else [])).to_pylist()
     with atomic_path(path) as tmp:
         # A fixed member mtime: the same records give the same bytes, so fingerprints compare content.
         with wds.TarWriter(str(tmp), mtime=0) as sink:
@@ -57,6 +60,8 @@ def write_wds(table: pa.Table, path: Path) -> None:
                     png = io.BytesIO()
                     Image.fromarray(np.ascontiguousarray(pixels[a][i], dtype=np.uint8), mode="L").save(png, format="PNG")
                     sample[f"{a}.png"] = png.getvalue()
+                if previews:  # already a PNG (generators/preview.py): stored as it is
+                    sample["preview.png"] = previews[i]["bytes"]
                 # Keys are record ids: no dots, as WebDataset splits the key at the first dot.
                 sink.write(sample)
 

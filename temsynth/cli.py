@@ -6,8 +6,11 @@ derives from `temsynth.errors.TemsynthError`, the one class caught here.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 from generators.cluster import add_cluster_arguments, cluster_from_args, job_script
 from generators.config import default_config, from_dict, load_config, load_preset, preset_names
@@ -101,6 +104,14 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_gallery(args) -> int:
+    from generators.gallery import write_gallery
+
+    r = write_gallery(args.dataset, args.out, args.query, args.limit)
+    print(f"wrote {r['records']} of the {r['selected']} selected records to {r['out']} (open it in a browser)")
+    return 0
+
+
 def cmd_materials(args) -> int:
     """Every material a config can draw: the built-in ones and, with --config, the config's own."""
     cfg = load_config(args.config) if args.config else default_config()
@@ -147,58 +158,12 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="temsynth", description="Synthetic HRTEM nanoparticle datasets")
-    sub = p.add_subparsers(dest="verb", required=True)
-    g = sub.add_parser("generate", help="build a dataset folder from a preset or a YAML config")
-    g.add_argument("--preset", help="built-in config: see `temsynth presets`")
-    g.add_argument("--config", help="YAML generation config")
-    g.add_argument("--out", required=True, help="output dataset folder (re-running the same command resumes)")
-    g.add_argument("--structures", type=int, help="override n_structures")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_cluster_arguments(g, "2")
-    g.set_defaults(func=cmd_generate)
-    i = sub.add_parser("info", help="summary of a dataset folder")
-    i.add_argument("dataset")
-    i.add_argument("--verify", action="store_true", help="check every shard's SHA-256 against the manifest")
-    i.set_defaults(func=cmd_info)
-    sub.add_parser("presets", help="list built-in configs").set_defaults(func=cmd_presets)
-    ma = sub.add_parser("materials", help="list the materials (lattice, planar defects, faceted shapes) a config "
-                        "can draw: the built-in ones and, with --config, the config's own")
+def _materials_args(ma):
     ma.add_argument("--config", help="YAML generation config whose materials: section is listed too")
     ma.add_argument("--json", action="store_true", help="one JSON list instead of text")
-    ma.set_defaults(func=cmd_materials)
-    q = sub.add_parser("query", help="count and describe the records a metadata query selects")
-    q.add_argument("dataset")
-    q.add_argument("expr", help="e.g. \"defect_type in ('twin', 'mixed') and -20 <= defocus_nm <= 20\"")
-    q.add_argument("--out", help="write the subset as its own dataset folder")
-    q.add_argument("--save-as", help="store the query as a named config of the dataset card")
-    q.set_defaults(func=cmd_query)
-    t = sub.add_parser("trace", help="full provenance of one record")
-    t.add_argument("dataset")
-    t.add_argument("record_id")
-    t.set_defaults(func=cmd_trace)
-    r = sub.add_parser("regenerate", help="rebuild records and compare them with the stored ones, bit for bit")
-    r.add_argument("dataset")
-    r.add_argument("record_ids", nargs="*", metavar="record_id")
-    r.add_argument("--all", action="store_true", help="every record of the folder")
-    r.set_defaults(func=cmd_regenerate)
-    pr = sub.add_parser("predict", help="segment one micrograph (TIFF, PNG, NumPy, DM3/DM4, EMD, MRC) with a model")
-    pr.add_argument("model", help="model folder, e.g. runs/demo/model")
-    pr.add_argument("image")
-    pr.add_argument("--out", help="mask file: .png or .tif (0/255) or .npy (0/1)")
-    pr.add_argument("--pixel-size-A", type=float, help="pixel size of the image if the file carries none "
-                    "(it is resampled to the model's)")
-    pr.add_argument("--tta", action="store_true", help="average over the field's 8 rotations and mirror images "
-                    "(8x slower; about +0.01 Dice on the real set)")
-    pr.set_defaults(func=cmd_predict)
-    c = sub.add_parser(
-        "calibrate", help="measure defocus, astigmatism, information limit, noise from your micrographs and "
-        "write a generation config that spans them",
-        description="Fit the Thon rings of the carbon in each micrograph (abTEM's CTF as the model) and propose "
-        "a generation config: measured values replace the base preset's ranges, the rest is kept and named.",
-        epilog="example: temsynth calibrate my_micrographs/ --pixel-sizes my_micrographs/index.csv "
-               "--out my.yaml --report my_report/")
+
+
+def _calibrate_args(c):
     c.add_argument("micrographs", nargs="+", help="micrograph files or folders (masks *_mask.* are skipped)")
     px = c.add_mutually_exclusive_group(required=True)
     px.add_argument("--pixel-size-A", type=float, help="one pixel size for every micrograph")
@@ -214,26 +179,154 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--energy-keV", type=float, help="beam energy (default: the base config's)")
     c.add_argument("--strict", action="store_true", help="stop at a micrograph that cannot be fitted instead "
                    "of leaving it out")
-    c.set_defaults(func=cmd_calibrate)
-    ev = sub.add_parser("evaluate", help="Dice/IoU of a model on a dataset folder, as JSON")
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One verb of the command line. Either `add` (its arguments) and `run` (called with the parsed arguments),
+    or `delegate`, "module:function": a verb with its own parser in its module, called with the remaining argv,
+    `prog` and `epilog` (the example), imported only when run (the training modules load torch). To add a verb,
+    add a row to VERBS."""
+    name: str
+    help: str
+    example: str
+    add: Callable[[argparse.ArgumentParser], None] | None = None
+    run: Callable[[argparse.Namespace], int] | None = None
+    delegate: str | None = None
+
+
+def _generate_args(g):
+    g.add_argument("--preset", help="built-in config: see `temsynth presets`")
+    g.add_argument("--config", help="YAML generation config")
+    g.add_argument("--out", required=True, help="output dataset folder (re-running the same command resumes)")
+    g.add_argument("--structures", type=int, help="override n_structures")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_cluster_arguments(g, "2")
+
+
+def _info_args(i):
+    i.add_argument("dataset")
+    i.add_argument("--verify", action="store_true", help="check every shard's SHA-256 against the manifest")
+
+
+def _query_args(q):
+    q.add_argument("dataset")
+    q.add_argument("expr", help="e.g. \"defect_type in ('twin', 'mixed') and -20 <= defocus_nm <= 20\"")
+    q.add_argument("--out", help="write the subset as its own dataset folder")
+    q.add_argument("--save-as", help="store the query as a named config of the dataset card")
+
+
+def _trace_args(t):
+    t.add_argument("dataset")
+    t.add_argument("record_id")
+
+
+def _regenerate_args(r):
+    r.add_argument("dataset")
+    r.add_argument("record_ids", nargs="*", metavar="record_id")
+    r.add_argument("--all", action="store_true", help="every record of the folder")
+
+
+def _gallery_args(g):
+    g.add_argument("dataset")
+    g.add_argument("query", nargs="?", help="metadata query narrowing the records, as `temsynth query`")
+    g.add_argument("--out", required=True, help="folder for index.html and img/ (open index.html in a browser)")
+    g.add_argument("--limit", type=_positive_int, default=500, help="at most this many records (default 500)")
+
+
+def _predict_args(pr):
+    pr.add_argument("model", help="model folder, e.g. runs/demo/model")
+    pr.add_argument("image")
+    pr.add_argument("--out", help="mask file: .png or .tif (0/255) or .npy (0/1)")
+    pr.add_argument("--pixel-size-A", type=float, help="pixel size of the image if the file carries none "
+                    "(it is resampled to the model's)")
+    pr.add_argument("--tta", action="store_true", help="average over the field's 8 rotations and mirror images "
+                    "(8x slower; about +0.01 Dice on the real set)")
+
+
+def _evaluate_args(ev):
     ev.add_argument("model")
     ev.add_argument("dataset")
     ev.add_argument("query", nargs="?", help="metadata query narrowing the records")
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=_positive_int, default=16)
-    ev.set_defaults(func=cmd_evaluate)
-    st = sub.add_parser("study", help="`study run STUDY.yaml` (subsets x seeds x fine-tuning on Dask), "
-                        "`study report STUDY_DIR`", add_help=False)
-    st.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+# Workflow order: what `temsynth --help` lists. Make data, look at it, select from it, bring in real micrographs,
+# train, score on real data, use the model, run studies.
+VERBS = [
+    Verb("presets", "list the built-in generation configs", "temsynth presets", run=cmd_presets),
+    Verb("materials", "list the materials (lattice, planar defects, faceted shapes) a config can draw: the "
+         "built-in ones and, with --config, the config's own", "temsynth materials --config my.yaml",
+         _materials_args, cmd_materials),
+    Verb("calibrate", "measure defocus, astigmatism, information limit and noise on your micrographs and write "
+         "a generation config that spans them (docs/calibration.md)",
+         "temsynth calibrate my_micrographs/ --pixel-sizes my_micrographs/index.csv --out my.yaml "
+         "--report my_report/", _calibrate_args, cmd_calibrate),
+    Verb("generate", "build a dataset folder from a preset or a YAML config",
+         "temsynth generate --preset demo --out tem_au_np", _generate_args, cmd_generate),
+    Verb("info", "summary of a dataset folder", "temsynth info tem_au_np --verify", _info_args, cmd_info),
+    Verb("gallery", "a static HTML page of thumbnails with mask outlines and metadata, filterable in the browser",
+         "temsynth gallery tem_au_np \"n_particles >= 2\" --out gallery/", _gallery_args, cmd_gallery),
+    Verb("query", "count and describe the records a metadata query selects",
+         "temsynth query tem_au_np \"n_particles >= 2 and defocus_nm < 0\" --out tem_au_np_underfocus",
+         _query_args, cmd_query),
+    Verb("trace", "full provenance of one record", "temsynth trace tem_au_np s000003-c001", _trace_args, cmd_trace),
+    Verb("regenerate", "rebuild records and compare them with the stored ones, bit for bit",
+         "temsynth regenerate tem_au_np s000003-c001", _regenerate_args, cmd_regenerate),
+    Verb("import", "import real micrographs with hand-drawn masks as a dataset folder (finetune/benchmark halves)",
+         "temsynth import temsynth/data/real/hrtem_generalization --pixel-sizes "
+         "temsynth/data/real/hrtem_generalization/index.csv --target-pixel-size-A 0.7 --tile-px 144 --out real_exp",
+         delegate="dataset_scripts.import_experimental:main"),
+    Verb("train", "train a segmentation network on dataset folders (a training YAML)",
+         "temsynth train --config training/examples/demo.yaml --set epochs=3", delegate="training.train:main"),
+    Verb("finetune", "fine-tune a trained model (a training YAML with init_from)",
+         "temsynth finetune --config training/examples/realistic_finetune.yaml",
+         delegate="training.finetune:main"),
+    Verb("evaluate", "Dice/IoU of a model on a dataset folder, as JSON",
+         "temsynth evaluate runs/demo/model tem_au_np \"n_particles >= 2\" --split test", _evaluate_args,
+         cmd_evaluate),
+    Verb("score", "score a model on real micrographs: pooled and per-class Dice, bare-carbon false positives",
+         "temsynth score runs/realistic/model", delegate="training.score:main"),
+    Verb("predict", "segment one micrograph (TIFF, PNG, NumPy, DM3/DM4, EMD, MRC) with a model",
+         "temsynth predict runs/demo/model micrograph.dm4 --out mask.png", _predict_args, cmd_predict),
+    Verb("study", "`study run STUDY.yaml` (subsets x seeds x fine-tuning on Dask), `study report STUDY_DIR`",
+         "temsynth study run training/examples/study_demo.yaml", delegate="training.study:main"),
+]
+
+
+def _example(verb: Verb) -> str:
+    return f"example:\n  {verb.example}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="temsynth", description="Synthetic HRTEM nanoparticle datasets, segmentation "
+                                "models trained on them, and their scores on real micrographs.",
+                                epilog="Each verb has its own --help with an example. See README.md and docs/.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb in VERBS:
+        if verb.delegate:  # its own parser answers `temsynth VERB --help` (see main)
+            sub.add_parser(verb.name, help=verb.help, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+            continue
+        v = sub.add_parser(verb.name, help=verb.help, description=verb.help, epilog=_example(verb),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if verb.add:
+            verb.add(v)
+        v.set_defaults(func=verb.run)
     return p
+
+
+def _run_delegate(verb: Verb, argv: list[str]) -> int:
+    module, func = verb.delegate.split(":")
+    return getattr(importlib.import_module(module), func)(argv, prog=f"temsynth {verb.name}", epilog=_example(verb))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["study"]:  # its own parser, so that `temsynth study run --help` reaches it
-        from training.study import main as study_main  # torch: see cmd_predict
-
-        return study_main(argv[1:])
+    delegated = {v.name: v for v in VERBS if v.delegate}
+    if argv[:1] and argv[0] in delegated:  # its own parser, so that `temsynth study run --help` reaches it
+        return _run_delegate(delegated[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

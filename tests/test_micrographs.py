@@ -471,20 +471,26 @@ def test_rerun_into_the_same_folder_refuses(imported, folder):
         import_folder(folder, out, target_pixel_size_A=TARGET_A, tile_px=TILE, log=lambda *_: None)
 
 
-def test_small_micrograph_is_padded_and_masks_in_their_own_folder(tmp_path):
+def test_masks_in_their_own_folder_and_a_micrograph_smaller_than_a_tile_refused(tmp_path):
     from PIL import Image
 
     imgs, masks = tmp_path / "img", tmp_path / "lbl"
     imgs.mkdir(), masks.mkdir()
     for i in range(3):
-        img, m = _micrograph(0.5, i)  # 96 px -> 48 px at 1 Å/px: smaller than a 64 px tile
+        img, m = _micrograph(0.5, i)  # 96 px -> 48 px at 1 Å/px
         np.save(imgs / f"s{i}.npy", img)
         Image.fromarray(m * 255).save(masks / f"s{i}.png")
-    m = import_folder(imgs, tmp_path / "out", masks_dir=masks, pixel_size_A=0.5, target_pixel_size_A=1.0,
+    # Smaller than a 64 px tile: refused (padding it up would make a record of mostly invented pixels).
+    with pytest.raises(MicrographError, match=r"s0.npy: 96 x 96 px \(48 x 48 px at the target 1 Å/px\) is smaller "
+                       "than one 64-px tile"):
+        import_folder(imgs, tmp_path / "small", masks_dir=masks, pixel_size_A=0.5, target_pixel_size_A=1.0,
                       tile_px=TILE, finetune_fraction=0.34, log=lambda *_: None)
+    assert not (tmp_path / "small").exists()
+    m = import_folder(imgs, tmp_path / "out", masks_dir=masks, pixel_size_A=0.5, target_pixel_size_A=1.0,
+                      tile_px=48, finetune_fraction=0.34, log=lambda *_: None)
     assert m["n_records"] == 3 and m["splits"] == {"finetune": 1, "benchmark": 2}
     rows = _tiles(tmp_path / "out")
-    assert all(r["padded"] and r["tile_valid_size_px"] == [48, 48] for r in rows)
+    assert all(not r["padded"] and r["tile_valid_size_px"] == [48, 48] for r in rows)
     assert all(r["pixel_size_source"] == "command line" and r["source_format"] == "npy" for r in rows)
 
 

@@ -63,6 +63,37 @@ def test_a_range_error_in_a_distribution_is_reported_once():
     assert len(str(err.value).splitlines()) == 2 and "uniform: [low, high]" in str(err.value)
 
 
+@pytest.mark.parametrize("text,needle", [
+    ("", "is empty"), ("# only a comment\n", "is empty"), ("- a\n- b\n", "must be a mapping"),
+    ("just words\n", "must be a mapping"),
+    ("name: a\nseed: 1\nname: b\n", "key 'name' is given twice (lines 1 and 3)"),
+    ("imaging:\n  cs_mm: 0.001\n  defocus_nm: 0\n  cs_mm: 1.2\n", "key 'cs_mm' is given twice (lines 2 and 4)")])
+@pytest.mark.parametrize("reader", ["generation", "training", "study"])
+def test_every_yaml_reader_refuses_empty_repeated_and_non_mapping_files(tmp_path, capsys, text, needle, reader):
+    """The three kinds of config the project reads, each through its own front door; one line, the key and lines."""
+    from training.config import load_train_config
+    from training.study import load_study
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    load = {"generation": load_config, "training": load_train_config, "study": lambda p: load_study(p)}[reader]
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert needle in str(err.value) and str(path) in str(err.value) and len(str(err.value).splitlines()) == 1
+    if reader == "generation":  # and on the command line: exit 2, one line, nothing generated
+        assert main(["generate", "--config", str(path), "--out", str(tmp_path / "out")]) == 2
+        assert needle in one_line_error(capsys) and not (tmp_path / "out").exists()
+
+
+def test_yaml_merge_keys_may_still_override(tmp_path):
+    """`<<: *anchor` then a key is YAML's way to override on purpose: not a repeated key."""
+    from generators.config import read_yaml
+
+    path = tmp_path / "m.yaml"
+    path.write_text("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n")
+    assert read_yaml(path)["other"] == {"x": 1, "y": 3}
+
+
 def test_zone_axis_zero_and_bad_config_files(tmp_path):
     with pytest.raises(ConfigError, match="zone_axis"):
         from_dict(tiny_dict(**{"structure.orientation": {"mode": "zone_axis", "zone_axis": [0, 0, 0]}}))
@@ -355,7 +386,7 @@ def test_broken_model_folders_are_one_line(tmp_path, capsys):
         assert needle in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("kind,needle", [("constant", "constant image"), ("one_px", "constant image"),
+@pytest.mark.parametrize("kind,needle", [("constant", "constant image"), ("one_px", "one_px.npy: 1 x 1 px is smaller than 32 px"),
                                          ("tiny", "smaller than"), ("nan", "NaN"), ("shrinks", "smaller than")])
 def test_predict_refuses_what_no_model_can_answer(tmp_path, capsys, kind, needle):
     img = tmp_path / f"{kind}.npy"
@@ -514,11 +545,28 @@ def test_pixel_size_csv_sets_each_micrographs_size(tmp_path):
     assert set(t["pixel_size_source"].to_pylist()) == {"csv"}
 
 
+@pytest.mark.parametrize("size,tile,needle", [
+    (1, "8", "m0.npy: 1 x 1 px is smaller than 32 px"),
+    (20, "8", "m0.npy: 20 x 20 px is smaller than 32 px"),
+    (48, "64", "m0.npy: 48 x 48 px (48 x 48 px at the target 1 Å/px) is smaller than one 64-px tile")])
+def test_import_refuses_micrographs_smaller_than_a_tile_or_32_px(tmp_path, capsys, size, tile, needle):
+    d = tmp_path / "in"
+    d.mkdir()
+    img = np.random.default_rng(0).random((size, size)).astype(np.float32)
+    np.save(d / "m0.npy", img)
+    np.save(d / "m0_mask.npy", (img > 0.5).astype(np.uint8))
+    assert _import([str(d), "--out", str(tmp_path / "out"), "--pixel-size-A", "1", "--target-pixel-size-A", "1",
+                    "--tile-px", tile]) == 2
+    err = one_line_error(capsys)
+    assert needle in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_the_real_set_imports_with_its_index(tmp_path):
-    real = Path("/work/shared/real/hrtem_generalization")
-    if not (real / "index.csv").exists():
-        pytest.skip("the real micrographs are not on this machine")
     from datasets import load_dataset
+
+    from temsynth.resources import real_set_dir
+
+    real = real_set_dir()  # bundled with the package: present on every checkout and install
 
     assert _import([str(real), "--out", str(tmp_path / "exp"), "--pixel-sizes", str(real / "index.csv"),
                     "--target-pixel-size-A", "0.5", "--tile-px", "128"]) == 0

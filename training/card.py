@@ -1,4 +1,4 @@
-"""The model card: README.md of a model folder, rendered from cards/model_card.md."""
+"""The model card: README.md of a model folder, rendered from temsynth/cards/model_card.md."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -170,7 +170,7 @@ def train_config(data: dict, source: str = "<dict>") -> TrainConfig:
 
 def read_with_overrides(path: str | Path, overrides: dict | None = None) -> dict:
     """The YAML mapping with dotted `key.sub=value` overrides applied (the command line's --set)."""
-    data = read_yaml(path)
+    data = read_yaml(path, "training config")
     for key, value in (overrides or {}).items():
         node = data
         *parents, leaf = key.split(".")

@@ -46,8 +46,8 @@ def finetune_config(path: str | Path, overrides: dict | None = None) -> TrainCon
     return train_config(data, str(path))
 
 
-def main(argv=None) -> int:
-    return cli(argv, "training.finetune", prepare=finetune_config)
+def main(argv=None, prog: str = "training.finetune", epilog: str | None = None) -> int:
+    return cli(argv, prog, prepare=finetune_config, epilog=epilog)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generators.micrographs import MicrographError, read_micrograph, resample, resample_mask
+from generators.micrographs import MicrographError, check_min_side, read_micrograph, resample, resample_mask
 from generators.files import atomic_path
 
 from .config import Benchmark
@@ -133,6 +133,7 @@ def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | 
         raise MicrographError(f"--pixel-size-A must be a positive number, got {pixel_size_A}")
     image, file_px, fmt = read_micrograph(image_path)
     name = Path(image_path).name
+    check_min_side(image.shape, name)
     check_field(image, name, model, MicrographError, size=False)
     px = pixel_size_A or file_px
     model_px = config.pixel_size_A

@@ -166,7 +166,7 @@ def _validated(d: dict, where: str) -> dict:
 
 
 def load_study(path: str | Path) -> tuple[StudyConfig, list[dict]]:
-    data = read_yaml(path)
+    data = read_yaml(path, "study config")
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as err:
@@ -423,15 +423,20 @@ def _worker_lost(job: dict, err: Exception) -> dict:
 
 
 # ---------------------------------------------------------------- command line
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="temsynth study", description=__doc__.split("\n\n")[0])
+def main(argv=None, prog: str = "temsynth study", epilog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
-    r = sub.add_parser("run", help="run (or resume) every job of a study file")
+    r = sub.add_parser("run", help="run (or resume) every job of a study file",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="example:\n  temsynth study run training/examples/study_demo.yaml --workers 2")
     r.add_argument("study")
     add_cluster_arguments(r)
     r.add_argument("--retry-failed", action="store_true", help="run failed jobs again")
     r.add_argument("--quiet", action="store_true")
-    rep = sub.add_parser("report", help="figures, statistics and tests of a study folder")
+    rep = sub.add_parser("report", help="figures, statistics and tests of a study folder",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog="example:\n  temsynth study report runs/study_demo")
     rep.add_argument("study_dir")
     rep.add_argument("--out", help="report folder (default: STUDY_DIR/report)")
     args = p.parse_args(argv)

@@ -319,8 +319,9 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+def build_parser(prog: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0], epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="training YAML (see training/examples/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set epochs=3 --set output_dir=runs/x")
@@ -328,8 +329,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def cli(argv, prog: str, prepare=lambda cfg_path, overrides: load_train_config(cfg_path, overrides)) -> int:
-    args = build_parser(prog).parse_args(argv)
+def cli(argv, prog: str, prepare=lambda cfg_path, overrides: load_train_config(cfg_path, overrides),
+        epilog: str | None = None) -> int:
+    args = build_parser(prog, epilog).parse_args(argv)
     try:
         cfg = prepare(args.config, parse_overrides(args.set))
         run(cfg, progress=not args.quiet)
@@ -339,8 +341,8 @@ def cli(argv, prog: str, prepare=lambda cfg_path, overrides: load_train_config(c
     return 0
 
 
-def main(argv=None) -> int:
-    return cli(argv, "training.train")
+def main(argv=None, prog: str = "training.train", epilog: str | None = None) -> int:
+    return cli(argv, prog, epilog=epilog)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from ..records import Column, fixed_list, nested_list_array
 from ..files import sha256_file, versions
 from ..writers import write_dataset_card, write_manifest, write_split
 from .readers import (EXTENSIONS, MASK_SUFFIX, READER_PACKAGES, SPLITS, MicrographError, _supported,
-                      parse_mask_values, read_mask, read_micrograph)
+                      check_min_side, parse_mask_values, read_mask, read_micrograph)
 from .tiles import resample, resample_mask, resampled_shape, tile, tile_count
 
 # ---------------------------------------------------------------- schema
@@ -143,6 +143,7 @@ def plan_source(image_path: Path, mask_path: Path, pixel_size_A: float | None, t
                 mask_values: dict[float, int] | None = None, pixel_size_source: str = "command line") -> Source:
     """Read and check one pair (calibration, mask values and shape) without keeping the pixels."""
     image, file_px, fmt = read_micrograph(image_path)
+    check_min_side(image.shape, image_path.name)
     read_mask(mask_path, image.shape, image_path, mask_values)
     px = pixel_size_A if pixel_size_A is not None else file_px
     if px is None:
@@ -153,6 +154,10 @@ def plan_source(image_path: Path, mask_path: Path, pixel_size_A: float | None, t
     if pixel_size_A is not None and file_px is not None and not math.isclose(file_px, pixel_size_A, rel_tol=0.01):
         log(f"warning: {image_path.name}: {flag} overrides the file's {file_px:.4g} Å")
     shape = resampled_shape(image.shape, px, target_pixel_size_A)
+    if min(shape) < tile_px:  # padding it up to a tile would make a record that is mostly invented pixels
+        raise MicrographError(f"{image_path.name}: {image.shape[1]} x {image.shape[0]} px ({shape[1]} x {shape[0]} px at "
+                              f"the target {target_pixel_size_A:g} Å/px) is smaller than one {tile_px}-px tile; "
+                              "choose a smaller --tile-px or a larger --target-pixel-size-A, or leave the file out")
     return Source(image_path, mask_path, fmt, file_px, float(px),
                   pixel_size_source if pixel_size_A is not None else "file", tuple(image.shape), shape,
                   tile_count(shape, tile_px, overlap_px), record_stem=_safe_stem(image_path))

@@ -26,10 +26,20 @@ _MAX_TIFF_TAG_PIXEL_A = 1e4
 
 
 READER_PACKAGES = ("rosettasciio", "ncempy", "tifffile", "pillow", "h5py")
+# The least side a micrograph can have: below it there is no field of view to segment, only a few pixels (a 1 x 1
+# "micrograph" is a wrong file, not a small image).
+MIN_SIDE_PX = 32
 
 
 class MicrographError(TemsynthError, ValueError):
     """A micrograph or mask that cannot be used, with a one-line message naming the file and the fix."""
+
+
+def check_min_side(shape: tuple[int, ...], name: str) -> None:
+    """Refuse a micrograph smaller than MIN_SIDE_PX on a side, naming the file and its size."""
+    if min(shape) < MIN_SIDE_PX:
+        raise MicrographError(f"{name}: {shape[1]} x {shape[0]} px is smaller than {MIN_SIDE_PX} px on a side, too "
+                              "small to hold a field of view; give the full micrograph")
 
 
 def _supported() -> str:
