@@ -24,7 +24,7 @@ from pydantic import BaseModel
 OUT = Path("docs") / "configuration.md"
 
 # Name suffix -> unit, longest first (units are in the field names).
-UNITS = [("_e_per_A2", "e⁻/Å²"), ("_atoms_per_A3", "atoms/Å³"), ("_counts_per_e", "counts/e⁻"), ("_counts", "counts"),
+UNITS = [("_e_per_A2", "e⁻/Å²"), ("_atoms_per_A3", "atoms/Å³"), ("_g_per_cm3", "g/cm³"), ("_counts_per_e", "counts/e⁻"), ("_counts", "counts"),
          ("_keV", "keV"), ("_mrad", "mrad"), ("_rad", "rad"), ("_deg", "°"), ("_mm", "mm"), ("_nm", "nm"),
          ("_px", "px"), ("_A", "Å")]
 
@@ -56,9 +56,11 @@ NOTES = {
     "structure.n_particles": "particles per scene (with area_fraction: the most there may be)",
     "structure.material": "the particle's material (generators/materials.py)",
     "structure.edge_margin_A": "least distance of a whole particle from the image border",
-    "structure.substrate.thickness_A": "amorphous carbon thickness",
-    "structure.substrate.density_atoms_per_A3": "carbon number density (0.11 atoms/Å³ is about 2.2 g/cm³)",
-    "structure.substrate.min_dist_A": "least distance between two carbon atoms",
+    "structure.substrate.kind": "amorphous (a film of any composition) or graphene sheets",
+    "structure.substrate.thickness_A": "support film thickness (amorphous films; graphene draws its layers)",
+    "structure.substrate.density_atoms_per_A3": "amorphous film's number density (0.11 atoms/Å³: carbon at about "
+                                                "2.2 g/cm³)",
+    "structure.substrate.min_dist_A": "least distance between two atoms of the amorphous film (C 1.4, Si3N4 1.6)",
     "structure.orientation.mode": "random orientations, or a zone axis along the beam",
     "structure.orientation.zone_axis": "crystal direction along the beam (mode: zone_axis)",
     "structure.orientation.tilt_deg": "tilt away from the zone axis",
@@ -185,6 +187,10 @@ def _range(field, annotation) -> str:
             return f"[{_num(env['lo'])}, {_num(env['hi'])}]"
         if "allowed" in env:  # generators.config.choice_of
             return ", ".join(f"`{a}`" for a in env["allowed"])
+        if "what" in env and env["what"].endswith("material"):  # generators.config.names_of: materials
+            from generators.materials import BUILT_IN
+
+            return ", ".join(f"`{a}`" for a in BUILT_IN) + ", or the config's own `materials:`"
     if lo is None and hi is None:
         return ""
     if lo is not None and hi is not None:
