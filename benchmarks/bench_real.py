@@ -8,7 +8,9 @@ Each whole field is read at its own pixel size (index.csv), resampled to the mod
 (tiled inference, as `temsynth predict`), and its mask resampled back and compared with the hand-drawn one
 at the file's pixels. Reported: pooled Dice over the fields (2 sum TP / (sum predicted + sum labelled)), the
 same per particle size class (2.2 / 5 / 10 nm Au, 5 nm Ag), the false-positive area on the bare-carbon fields
-(labelled particle fraction <= 0.5 %), and Dice per field. `--fields` restricts the fields to one split of an
+(labelled particle fraction <= 0.5 %), and Dice per field; and the particle scores (training/real_particles.py:
+the labels' connected components are the particles, touching labelled particles count as one): F1 at
+IoU >= 0.5, count error, median diameter error and Wasserstein distance, over all fields and per nominal size. `--fields` restricts the fields to one split of an
 imported folder (`--split-from`), so a fine-tuned model is scored only on the half it never saw.
 """
 from __future__ import annotations
@@ -56,16 +58,20 @@ def predict_field(model, config, image: np.ndarray, pixel_size_A: float, tta: bo
 
 def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None = None, tta: bool = False) -> dict:
     from training.models import load_model
+    from training.real_particles import field_row, predict_particles, score_field, summarise
 
     model, config = load_model(model_dir)
     model.eval()
-    rows, pool, classes, bare = [], np.zeros(3), {}, []
+    rows, pool, classes, bare, particles = [], np.zeros(3), {}, [], []
     for f in fields(real_dir):
         if only is not None and f["file"] not in only:
             continue
         image = np.load(real_dir / f["file"]).astype(np.float32)
         truth = np.load(real_dir / f["mask"]).astype(bool)
-        pred = predict_field(model, config, image, float(f["pixel_size_A"]), tta).astype(bool)
+        pred, labels = predict_particles(model, config, image, float(f["pixel_size_A"]), tta)
+        pred = pred.astype(bool)
+        particles.append((f"{float(f['nominal_diameter_nm']):g} nm",
+                          score_field(labels, truth, float(f["pixel_size_A"]))))
         tp, n_pred, n_true = float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
         pool += (tp, n_pred, n_true)
         key = f"{f['material']} {float(f['nominal_diameter_nm']):g} nm"
@@ -77,12 +83,12 @@ def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None =
         rows.append({"file": f["file"], "class": key, "dice": 2 * tp / max(n_pred + n_true, 1),
                      "pixels": {"both": tp, "predicted": n_pred, "labelled": n_true},  # to pool any subset
                      "predicted_fraction": float(pred.mean()), "labelled_fraction": float(truth.mean()),
-                     "bare_carbon": bool(is_bare)})
+                     "bare_carbon": bool(is_bare), **field_row(particles[-1][1])})
     dice = lambda a: float(2 * a[0] / max(a[1] + a[2], 1))
     return {"model": str(model_dir), "tta": tta, "n_fields": len(rows), "pooled_dice": dice(pool),
             "dice_by_class": {k: dice(v) for k, v in sorted(classes.items())},
             "bare_carbon_false_positive_fraction": (float(np.mean(bare)) if bare else None),
-            "bare_carbon_fields": len(bare), "fields": rows}
+            "bare_carbon_fields": len(bare), "particles": summarise(particles), "fields": rows}
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

@@ -137,3 +137,44 @@ def test_evaluate_scores_particles_and_writes_tables_beside_the_truth(instance_m
     assert r["tables"]["n_records"] == len(summ) == r["n_images"]
     assert {"predicted_n_particles", "true_n_particles", "true_median_diameter_nm"} <= set(summ.columns)
     json.dumps(r, default=str)
+
+
+def test_real_set_particles_follow_the_mask_at_the_files_pixels(instance_model, built):
+    from generators.run import read_record
+    from training.real_particles import predict_particles, score_field, summarise
+
+    model, config = load_model(instance_model["model_dir"])
+    rec = read_record(built, "s000000-c000")
+    big = np.kron(rec["image"], np.ones((2, 2), np.float32))       # the same field at half the pixel size
+    mask, labels = predict_particles(model, config, big, 0.125)
+    assert mask.shape == labels.shape == big.shape
+    assert np.array_equal(labels > 0, mask > 0)
+    # scored against itself as a hand-drawn mask: every non-border component found
+    m = score_field(labels, mask, 0.125)
+    assert m["counts"]["fn"] == 0 or m["counts"]["n_true"] == 0
+    s = summarise([("2.2 nm", m), ("10 nm", m), ("5 nm", m)])
+    assert list(s["by_size"]) == ["2.2 nm", "5 nm", "10 nm"]
+    assert s["all"]["count_true"] == 3 * m["counts"]["n_true"]
+
+
+def test_touching_labelled_particles_count_as_one():
+    from training.real_particles import score_field
+
+    def disc(cx, r):
+        y, x = np.mgrid[:60, :100]
+        return (x - cx) ** 2 + (y - 30) ** 2 <= r * r
+
+    parts = [disc(20, 12), disc(44, 12), disc(68, 12)]   # three touching discs in a row
+    truth = parts[0] | parts[1] | parts[2]              # drawn by hand as one outline
+    split = np.zeros(truth.shape, np.int32)
+    for k, p in enumerate(parts, start=1):
+        split[p & (split == 0)] = k
+    got = score_field(split, truth, 1.0)["counts"]      # three right particles, each a third of the label
+    assert (got["n_true"], got["n_pred"], got["tp"], got["fp"], got["fn"]) == (1, 3, 0, 3, 1)
+    merged = score_field(truth.astype(np.int32), truth, 1.0)["counts"]
+    assert (merged["tp"], merged["fp"]) == (1, 0)
+    # a large and a small touching particle: the large one covers the merged label at IoU > 0.5 and matches it
+    big, small = disc(30, 15), disc(53, 8)
+    split = np.where(big, 1, np.where(small, 2, 0)).astype(np.int32)
+    got = score_field(split, big | small, 1.0)["counts"]
+    assert (got["tp"], got["fp"], got["fn"]) == (1, 1, 0)
