@@ -178,3 +178,22 @@ def test_touching_labelled_particles_count_as_one():
     split = np.where(big, 1, np.where(small, 2, 0)).astype(np.int32)
     got = score_field(split, big | small, 1.0)["counts"]
     assert (got["tp"], got["fp"], got["fn"]) == (1, 1, 0)
+
+
+def test_an_instance_model_fine_tunes_as_one(instance_model, built, tmp_path):
+    """Fine-tuning keeps the parent's distance channel (the config's `model:` left out takes the parent's)."""
+    import yaml
+
+    from training.finetune import finetune_config
+
+    f = tmp_path / "ft.yaml"
+    f.write_text(yaml.safe_dump({"name": "ft", "output_dir": str(tmp_path / "ft"), "init_from":
+                                 instance_model["model_dir"], "epochs": 1, "batch_size": 4,
+                                 "data": {"path": str(built), "split": "test"},
+                                 "benchmarks": [{"name": "validation", "path": str(built)}]}))
+    cfg = finetune_config(f)
+    assert cfg.model.instances
+    s = run(cfg, progress=False, echo=False)
+    rows = [r for r in read_metrics(Path(s["model_dir"]) / "metrics.csv") if r["phase"] == "finetune"]
+    assert len(rows) == 1 and rows[0]["particle_f1"] != ""
+    assert load_model(s["model_dir"])[1].model.instances

@@ -103,19 +103,18 @@ def read_arrays(src: DataSource, seed: int = 0, field: str = "data", instances: 
     """(images (n, h, w) float32, masks (n, h, w) uint8, record ids) of one split, query pushed into the scan.
 
     instances: a fourth item, {"instance_mask": (n, h, w) uint8, "pixel_size_A": (n,) float64 or None}: the
-    particles the instance scores and instance training need (experimental records carry their binary mask as
-    instance_mask: its connected components are their particles)."""
+    particles the instance scores and instance training need (imported experimental records have no instance
+    labels: their binary mask stands in, and its connected components are their particles)."""
     ds = pads.dataset(_split_files(src, field), format="parquet")
     try:
         q = Query(src.query, ds.schema) if src.query else None
     except QueryError as err:
         raise QueryError(f"{field}.query: {err}") from None
     columns = ["record_id", "image", "mask"]
+    labelled = "instance_mask" in ds.schema.names
     if instances:
-        if "instance_mask" not in ds.schema.names:
-            raise DataError(f"{field}.path: {src.path} has no instance_mask column; instance models and particle "
-                            "scores need records made by `temsynth generate` or the experimental importer")
-        columns += ["instance_mask"] + (["pixel_size_A"] if "pixel_size_A" in ds.schema.names else [])
+        columns += (["instance_mask"] if labelled else []) + \
+            (["pixel_size_A"] if "pixel_size_A" in ds.schema.names else [])
     table = _read(ds, src, field, q, columns=columns).sort_by("record_id")
     if len(table) == 0:
         raise DataError(f"{field}.query selects no records of {src.label}")
@@ -130,7 +129,10 @@ def read_arrays(src: DataSource, seed: int = 0, field: str = "data", instances: 
         return out
     px = (np.asarray(table["pixel_size_A"].to_pylist(), np.float64) if "pixel_size_A" in table.column_names
           else None)
-    return (*out, {"instance_mask": _stack(table, "instance_mask", np.uint8, field), "pixel_size_A": px})
+    # Records without instance labels (imported micrographs: hand-drawn binary masks) have the mask's connected
+    # components as their particles: the mask itself stands for the labels.
+    inst = _stack(table, "instance_mask", np.uint8, field) if labelled else out[1]
+    return (*out, {"instance_mask": inst, "pixel_size_A": px})
 
 
 def _read(ds, src: DataSource, field: str, query: Query | None, columns: list[str]) -> pa.Table:
