@@ -166,3 +166,17 @@ def test_touching_pairs_and_logits():
     logits = np.full((1, 6, 9), -5.0, np.float32)
     logits[0][lab > 0] = 5
     assert particles_from_logits(logits).max() == 2     # binary: components (1 and 2 merge)
+
+
+def test_small_particles_join_their_neighbour_or_go():
+    from training.instances import merge_small
+
+    lab = np.zeros((40, 40), np.int32)
+    lab[5:25, 5:25] = 1          # 400 px
+    lab[5:25, 25:27] = 2         # a 40 px sliver touching 1
+    lab[32:34, 32:34] = 3        # a 4 px speck alone
+    lab[30:40, 0:10] = 4         # 100 px, kept
+    out = merge_small(lab, 50)
+    assert out.max() == 2
+    assert (out == out[10, 10]).sum() == 440 and out[33, 33] == 0 and (out == out[35, 5]).sum() == 100
+    assert np.array_equal(merge_small(lab, 0), lab)

@@ -326,10 +326,47 @@ def aggregate(results: list[dict]) -> dict:
     }
 
 
-def particles_from_logits(logits: np.ndarray) -> np.ndarray:
+def merge_small(labels: np.ndarray, min_px: int) -> np.ndarray:
+    """Particles of fewer than `min_px` pixels joined to the particle they touch (within 1.5 px; the nearest), or
+    dropped when they touch none: slivers of a split and specks of the mask are no particles."""
+    if min_px <= 1 or not labels.any():
+        return labels
+    n = int(labels.max())
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    small = (sizes < min_px) & (sizes > 0)
+    small[0] = False
+    if not small.any():
+        return labels
+    big = np.where(small[labels], 0, labels)
+    if big.any():
+        dist, (iy, ix) = ndimage.distance_transform_edt(big == 0, return_indices=True)
+    else:
+        dist, iy, ix = np.full(labels.shape, np.inf), None, None
+    out = big.copy()
+    pix = small[labels]
+    ids = labels[pix]
+    d = dist[pix]
+    # each small particle goes whole to the big one nearest to it, if that is within 1.5 px
+    order = np.lexsort((d, ids))
+    first = np.r_[True, ids[order][1:] != ids[order][:-1]]
+    near_d = np.full(n + 1, np.inf)
+    near_label = np.zeros(n + 1, labels.dtype)
+    near_d[ids[order][first]] = d[order][first]
+    if iy is not None:
+        yy, xx = np.nonzero(pix)
+        near_label[ids[order][first]] = big[iy[yy[order][first], xx[order][first]], ix[yy[order][first], xx[order][first]]]
+    target = np.where(near_d <= 1.5, near_label, 0)
+    out[pix] = target[ids]
+    return relabel(out)
+
+
+def particles_from_logits(logits: np.ndarray, min_px: int = 0, seed_threshold: float = SEED_THRESHOLD) -> np.ndarray:
     """A model's particles from its (C, H, W) logits: connected components of channel 0 > 0 for binary models;
-    for instance models (C = 2) the mask split by the watershed seeded from the distance channel."""
+    for instance models (C = 2) the mask split by the watershed seeded from the distance channel.
+    min_px: smaller particles are merged into a touching one or dropped (`merge_small`)."""
     mask = logits[0] > 0
     if logits.shape[0] > 1:
-        return split_touching(mask, 1.0 / (1.0 + np.exp(-logits[1].astype(np.float32))))
-    return connected_components(mask)
+        labels = split_touching(mask, 1.0 / (1.0 + np.exp(-logits[1].astype(np.float32))), seed_threshold)
+    else:
+        labels = connected_components(mask)
+    return merge_small(labels, min_px)

@@ -121,19 +121,6 @@ def _save_checkpoint(accelerator, out: Path, epoch: int, keep: int) -> None:
 
 
 # ---------------------------------------------------------------- evaluation
-@torch.no_grad()
-def evaluate_counts(model, loader, accelerator=None) -> np.ndarray:
-    """Per-image (intersection, predicted, true) counts over a loader, from every process, padding removed."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for batch in loader:
-        c = counts(model(batch["image"]), batch["mask"])
-        out.append((accelerator.gather_for_metrics(c) if accelerator else c).cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 3))
-
-
 def match_batch(logits: torch.Tensor, batch: dict) -> list[dict]:
     """Particle matches (training/instances.py `match`) of each image of a benchmark batch."""
     lg = logits.detach().float().cpu().numpy()
