@@ -81,6 +81,9 @@ def test_touching_discs_merge_in_components_and_the_watershed_separates_them():
         assert connected_components(mask).max() == 1           # one blob for a binary model
         split = split_touching(mask, distance_target(truth))
         assert split.max() == 2
+        # a network that has not learnt the full amplitude (cores at 0.4) splits them the same way
+        assert np.array_equal(split_touching(mask, 0.4 * distance_target(truth)), split)
+        assert split_touching(mask, 0.05 * distance_target(truth)).max() == 1   # no core at all: one piece
         got = match(split, truth, 1.0)["counts"]
         assert got["tp"] == 2 and got["touching_pairs"] == 1 and got["pairs_separated"] == 1
         # the boundary lies where the discs meet: areas within 2 % of the true ones

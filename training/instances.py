@@ -22,6 +22,8 @@ from scipy import ndimage
 SEED_THRESHOLD = 0.5
 # A seed smaller than this many pixels is noise in the distance channel, not a particle's core.
 MIN_SEED_PX = 4
+# A piece of mask whose predicted distance never reaches this holds no core to split by.
+MIN_PEAK = 0.1
 # Matching: a predicted and a true particle are the same particle when their IoU reaches this (the usual 0.5,
 # at which a match is unique: two predictions cannot both overlap one particle by more than half their union).
 IOU_MATCH = 0.5
@@ -54,14 +56,24 @@ def connected_components(mask: np.ndarray) -> np.ndarray:
 
 def split_touching(mask: np.ndarray, distance: np.ndarray, seed_threshold: float = SEED_THRESHOLD,
                    min_seed_px: int = MIN_SEED_PX) -> np.ndarray:
-    """Instances of a mask from a predicted distance-to-edge map in [0, 1] (1 at each particle's core): seeds are
-    the connected regions where `distance` > seed_threshold inside the mask; a watershed on the inverted distance
-    grows them to fill the mask (`_flood`). A component of the mask holding no seed stays one particle (the distance channel
-    may miss a small particle the mask holds)."""
+    """Instances of a mask from a predicted distance-to-edge map in [0, 1] (1 at each particle's core).
+
+    The map is first divided by its largest value in each connected piece of the mask: the target is 1 at every
+    particle's core, so a network that has not yet learnt its full amplitude (cores at 0.4, not 1) still marks
+    them, and touching particles of one piece keep their relative heights. Seeds are the connected regions where
+    that passes seed_threshold; a watershed on the inverted map grows them to fill the mask (`_flood`). A piece of
+    mask holding one seed or none stays one particle (the distance channel may miss a small particle the mask
+    holds), as does one whose map peaks below MIN_PEAK (no core at all: nothing to split by)."""
     mask = np.asarray(mask) > 0
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    seeds, n = ndimage.label(mask & (np.asarray(distance) > seed_threshold))
+    comps, n_comp = ndimage.label(mask)
+    distance = np.clip(np.asarray(distance, np.float32), 0, None)
+    peak = np.asarray(ndimage.maximum(distance, comps, np.arange(n_comp + 1)), np.float32)
+    peak[0] = 1.0
+    scale = np.where(peak >= MIN_PEAK, 1.0 / np.maximum(peak, 1e-6), 0.0).astype(np.float32)
+    distance = distance * scale[comps]
+    seeds, n = ndimage.label(mask & (distance > seed_threshold))
     if n and min_seed_px > 1:
         sizes = np.bincount(seeds.ravel(), minlength=n + 1)
         small = sizes < min_seed_px
@@ -71,8 +83,6 @@ def split_touching(mask: np.ndarray, distance: np.ndarray, seed_threshold: float
     # Each connected piece of the mask on its own: a piece with one seed or none is one particle (the distance
     # channel may miss a small particle the mask holds); one with several is flooded from them, never taking
     # labels from a neighbouring piece.
-    comps, _ = ndimage.label(mask)
-    distance = np.asarray(distance, np.float32)
     out = np.zeros(mask.shape, np.int32)
     n = 0
     for c, sl in enumerate(ndimage.find_objects(comps), start=1):
