@@ -58,7 +58,7 @@ def predict_field(model, config, image: np.ndarray, pixel_size_A: float, tta: bo
 
 def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None = None, tta: bool = False) -> dict:
     from training.models import load_model
-    from training.real_particles import field_row, predict_particles, score_field, summarise
+    from training.real_particles import field_row, predict_particles, score_field, summarise_both
 
     model, config = load_model(model_dir)
     model.eval()
@@ -71,7 +71,7 @@ def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None =
         pred, labels = predict_particles(model, config, image, float(f["pixel_size_A"]), tta)
         pred = pred.astype(bool)
         particles.append((f"{float(f['nominal_diameter_nm']):g} nm",
-                          score_field(labels, truth, float(f["pixel_size_A"]))))
+                          *(score_field(labels, truth, float(f["pixel_size_A"]), b) for b in (True, False))))
         tp, n_pred, n_true = float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
         pool += (tp, n_pred, n_true)
         key = f"{f['material']} {float(f['nominal_diameter_nm']):g} nm"
@@ -83,12 +83,12 @@ def score(model_dir: str, real_dir: Path = DEFAULT_REAL, only: set[str] | None =
         rows.append({"file": f["file"], "class": key, "dice": 2 * tp / max(n_pred + n_true, 1),
                      "pixels": {"both": tp, "predicted": n_pred, "labelled": n_true},  # to pool any subset
                      "predicted_fraction": float(pred.mean()), "labelled_fraction": float(truth.mean()),
-                     "bare_carbon": bool(is_bare), **field_row(particles[-1][1])})
+                     "bare_carbon": bool(is_bare), **field_row(*particles[-1][1:])})
     dice = lambda a: float(2 * a[0] / max(a[1] + a[2], 1))
     return {"model": str(model_dir), "tta": tta, "n_fields": len(rows), "pooled_dice": dice(pool),
             "dice_by_class": {k: dice(v) for k, v in sorted(classes.items())},
             "bare_carbon_false_positive_fraction": (float(np.mean(bare)) if bare else None),
-            "bare_carbon_fields": len(bare), "particles": summarise(particles), "fields": rows}
+            "bare_carbon_fields": len(bare), "particles": summarise_both(particles), "fields": rows}
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

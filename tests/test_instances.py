@@ -149,6 +149,9 @@ def test_match_counts_hand_worked():
     assert agg["median_diameter_error"] == pytest.approx(0.0)
     # earth mover's distance: a third of the predicted mass moves from d16 to d36
     assert agg["wasserstein_nm"] == pytest.approx((d36 - d16) / 3)
+    # every particle counted, border ones too: C matched by C', E false
+    c = match(pred, truth, pixel_size_A=10.0, ignore_border=False)["counts"]
+    assert (c["tp"], c["fp"], c["fn"], c["n_pred"], c["n_true"]) == (2, 3, 1, 5, 3)
 
 
 def test_aggregate_sums_fields_and_handles_empty_ones():

@@ -141,7 +141,7 @@ def test_evaluate_scores_particles_and_writes_tables_beside_the_truth(instance_m
 
 def test_real_set_particles_follow_the_mask_at_the_files_pixels(instance_model, built):
     from generators.run import read_record
-    from training.real_particles import predict_particles, score_field, summarise
+    from training.real_particles import predict_particles, score_field, summarise, summarise_both
 
     model, config = load_model(instance_model["model_dir"])
     rec = read_record(built, "s000000-c000")
@@ -155,6 +155,10 @@ def test_real_set_particles_follow_the_mask_at_the_files_pixels(instance_model, 
     s = summarise([("2.2 nm", m), ("10 nm", m), ("5 nm", m)])
     assert list(s["by_size"]) == ["2.2 nm", "5 nm", "10 nm"]
     assert s["all"]["count_true"] == 3 * m["counts"]["n_true"]
+    every = score_field(labels, mask, 0.125, ignore_border=False)
+    both = summarise_both([("2.2 nm", m, every)])
+    assert both["with_border"]["all"]["count_true"] == int(labels.max()) >= both["all"]["count_true"]
+    assert both["with_border"]["all"]["particle_f1"] == 1.0
 
 
 def test_touching_labelled_particles_count_as_one():

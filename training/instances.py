@@ -269,7 +269,7 @@ def touching_pairs(labels: np.ndarray) -> np.ndarray:
     return np.unique(allp, axis=0) if len(allp) else np.zeros((0, 2), np.int32)
 
 
-def match(pred: np.ndarray, true: np.ndarray, pixel_size_A: float = 1.0) -> dict:
+def match(pred: np.ndarray, true: np.ndarray, pixel_size_A: float = 1.0, ignore_border: bool = True) -> dict:
     """Particle-level comparison of two label images of one field.
 
     Matched: IoU >= 0.5 (unique). Particles touching the border are ignored on both sides: a true one (matched or
@@ -278,10 +278,14 @@ def match(pred: np.ndarray, true: np.ndarray, pixel_size_A: float = 1.0) -> dict
     tp + fn = true particles away from the border, tp + fp = predictions away from it or matched to one away
     from it. Touching pairs: true particles that share an edge, away from the border; separated when both are
     matched (each then to its own prediction). Diameters: the non-border particles of each side.
-    Both label images are renumbered by `relabel` (pass relabelled ones to keep their numbers)."""
+    Both label images are renumbered by `relabel` (pass relabelled ones to keep their numbers).
+    ignore_border=False: every particle counts, border ones with their cut sizes (fields whose particles all
+    touch the border have nothing else to compare)."""
     pred, true = relabel(pred), relabel(true)
     n_p, n_t = int(pred.max(initial=0)), int(true.max(initial=0))
     b_p, b_t = touching_border(pred), touching_border(true)
+    if not ignore_border:
+        b_p[:], b_t[:] = False, False
     t, p, iou = _overlaps(pred, true)
     ok = iou >= IOU_MATCH
     mt, mp = t[ok], p[ok]
@@ -298,8 +302,8 @@ def match(pred: np.ndarray, true: np.ndarray, pixel_size_A: float = 1.0) -> dict
     separated = int(((t_match[pairs[:, 0]] > 0) & (t_match[pairs[:, 1]] > 0)).sum()) if len(pairs) else 0
     counts = {"tp": tp, "fp": fp, "fn": fn, "n_pred": int((~b_p).sum()), "n_true": int((~b_t).sum()),
               "touching_pairs": int(len(pairs)), "pairs_separated": separated}
-    return {"counts": counts, "pred_diameters_nm": diameters_nm(pred, pixel_size_A),
-            "true_diameters_nm": diameters_nm(true, pixel_size_A),
+    return {"counts": counts, "pred_diameters_nm": diameters_nm(pred, pixel_size_A, not ignore_border),
+            "true_diameters_nm": diameters_nm(true, pixel_size_A, not ignore_border),
             # per particle 1..n of each side (as `relabel` numbers them): its match's label on the other, 0: none
             "pred_match": p_match[1:], "true_match": t_match[1:]}
 
