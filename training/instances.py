@@ -24,6 +24,13 @@ SEED_THRESHOLD = 0.5
 MIN_SEED_PX = 4
 # A piece of mask whose predicted distance never reaches this holds no core to split by.
 MIN_PEAK = 0.1
+# For a model's predicted distance map (`particles_from_logits`): the seed threshold and the smallest particle
+# (pixels at the model's pixel size; smaller ones join a touching particle or go, `merge_small`), chosen on the
+# simulated VALIDATION split of tem_np_realistic_small with benchmarks/tune_instances.py (grid 0.3-0.9 x
+# 0-300 px; best particle F1 0.41 at 0.9 / 200 px, 2026-12-03). The learnt map is flatter than the exact one, so
+# its cores are found near its peaks; 200 px at 0.7 Å is a particle of 1.1 nm (the presets' smallest: 1.6 nm).
+MODEL_SEED_THRESHOLD = 0.9
+MIN_PARTICLE_PX = 200
 # Matching: a predicted and a true particle are the same particle when their IoU reaches this (the usual 0.5,
 # at which a match is unique: two predictions cannot both overlap one particle by more than half their union).
 IOU_MATCH = 0.5
@@ -374,7 +381,8 @@ def merge_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     return relabel(out)
 
 
-def particles_from_logits(logits: np.ndarray, min_px: int = 0, seed_threshold: float = SEED_THRESHOLD) -> np.ndarray:
+def particles_from_logits(logits: np.ndarray, min_px: int | None = None,
+                          seed_threshold: float = MODEL_SEED_THRESHOLD) -> np.ndarray:
     """A model's particles from its (C, H, W) logits: connected components of channel 0 > 0 for binary models;
     for instance models (C = 2) the mask split by the watershed seeded from the distance channel.
     min_px: smaller particles are merged into a touching one or dropped (`merge_small`)."""
@@ -383,4 +391,4 @@ def particles_from_logits(logits: np.ndarray, min_px: int = 0, seed_threshold: f
         labels = split_touching(mask, 1.0 / (1.0 + np.exp(-logits[1].astype(np.float32))), seed_threshold)
     else:
         labels = connected_components(mask)
-    return merge_small(labels, min_px)
+    return merge_small(labels, MIN_PARTICLE_PX if min_px is None else min_px)
