@@ -171,7 +171,8 @@ def test_touching_pairs_and_logits():
     assert touching_pairs(lab).tolist() == [[1, 2]]
     logits = np.full((1, 6, 9), -5.0, np.float32)
     logits[0][lab > 0] = 5
-    assert particles_from_logits(logits).max() == 2     # binary: components (1 and 2 merge)
+    assert particles_from_logits(logits, min_px=0).max() == 2     # binary: components (1 and 2 merge)
+    assert particles_from_logits(logits).max() == 0               # all under MIN_PARTICLE_PX
 
 
 def test_small_particles_join_their_neighbour_or_go():
