@@ -141,6 +141,7 @@ def test_evaluate_scores_particles_and_writes_tables_beside_the_truth(instance_m
 
 def test_real_set_particles_follow_the_mask_at_the_files_pixels(instance_model, built):
     from generators.run import read_record
+    from training.instances import connected_components
     from training.real_particles import predict_particles, score_field, summarise, summarise_both
 
     model, config = load_model(instance_model["model_dir"])
@@ -148,16 +149,18 @@ def test_real_set_particles_follow_the_mask_at_the_files_pixels(instance_model, 
     big = np.kron(rec["image"], np.ones((2, 2), np.float32))       # the same field at half the pixel size
     mask, labels = predict_particles(model, config, big, 0.125)
     assert mask.shape == labels.shape == big.shape
-    assert np.array_equal(labels > 0, mask > 0)
-    # scored against itself as a hand-drawn mask: every non-border component found
-    m = score_field(labels, mask, 0.125)
-    assert m["counts"]["fn"] == 0 or m["counts"]["n_true"] == 0
+    assert not (labels > 0)[mask == 0].any()                      # particles lie in the mask
+    assert ((mask > 0) & (labels == 0)).sum() <= 0.02 * max(int(mask.sum()), 1)   # only dropped specks
+    # the mask's components scored against the mask as a hand-drawn one: every non-border one found
+    m = score_field(connected_components(mask), mask, 0.125)
+    assert m["counts"]["fn"] == 0 and m["counts"]["fp"] == 0
     s = summarise([("2.2 nm", m), ("10 nm", m), ("5 nm", m)])
     assert list(s["by_size"]) == ["2.2 nm", "5 nm", "10 nm"]
     assert s["all"]["count_true"] == 3 * m["counts"]["n_true"]
-    every = score_field(labels, mask, 0.125, ignore_border=False)
+    every = score_field(connected_components(mask), mask, 0.125, ignore_border=False)
     both = summarise_both([("2.2 nm", m, every)])
-    assert both["with_border"]["all"]["count_true"] == int(labels.max()) >= both["all"]["count_true"]
+    n_all = int(connected_components(mask).max())
+    assert both["with_border"]["all"]["count_true"] == n_all >= both["all"]["count_true"]
     assert both["with_border"]["all"]["particle_f1"] == 1.0
 
 

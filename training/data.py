@@ -297,7 +297,8 @@ def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: in
             raise DataError("data.format: instance models (model.instances) train from Parquet records; "
                             "use format: parquet")
         return WdsSet(sources[0], augment_cfg, seed)
-    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data", instances=instances)
+    more = {"instances": True} if instances else {}
+    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data", **more)
              for i, s in enumerate(sources)]
     if instances:
         parts = [(p[0], with_distance(p[1], p[3]["instance_mask"]), p[2]) for p in parts]

@@ -18,7 +18,8 @@ from .instances import aggregate, connected_components, match, particles_from_lo
 def predict_particles(model, config, image: np.ndarray, pixel_size_A: float, tta: bool = False):
     """(mask, labels) of a field at the file's pixels: the model's logits at its pixel size (`field_logits`),
     the mask resampled back as `predict` does, the particles' labels carried back by nearest neighbour and
-    fitted to that mask (a mask pixel the labels miss takes its nearest particle's label)."""
+    fitted to that mask (a mask pixel the labels miss by resampling, within one model pixel of a particle, takes
+    its label; specks the size floor dropped stay out)."""
     from generators.micrographs import resample, resample_mask
 
     from .predict import field_logits
@@ -33,7 +34,8 @@ def predict_particles(model, config, image: np.ndarray, pixel_size_A: float, tta
         labels = _fit(resample(labels, model_px, pixel_size_A, order=0), h, w)
         missing = (mask > 0) & (labels == 0)
         if missing.any() and labels.any():
-            _, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+            dist, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+            missing &= dist <= model_px / pixel_size_A + 1
             labels[missing] = labels[iy[missing], ix[missing]]
         labels[mask == 0] = 0
         labels = relabel(labels)
