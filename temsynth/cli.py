@@ -100,7 +100,17 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from training.predict import evaluate
 
-    print(json.dumps(evaluate(args.model, args.dataset, args.query, args.split, args.batch_size), indent=2))
+    print(json.dumps(evaluate(args.model, args.dataset, args.query, args.split, args.batch_size, args.tables),
+                     indent=2))
+    return 0
+
+
+def cmd_measure(args) -> int:
+    from training.measure import run
+
+    result = run(args.model, args.images, args.out, args.pixel_size_A, args.pixel_sizes, args.include_border,
+                 args.tta)
+    print(json.dumps({"out": result["out"], "overall": result["overall"]}, indent=2, default=str))
     return 0
 
 
@@ -244,12 +254,26 @@ def _predict_args(pr):
                     "(8x slower; about +0.01 Dice on the real set)")
 
 
+def _measure_args(me):
+    me.add_argument("model", help="model folder (an instance model separates touching particles)")
+    me.add_argument("images", nargs="+", metavar="MICROGRAPH")
+    px = me.add_mutually_exclusive_group()
+    px.add_argument("--pixel-size-A", type=float, help="one pixel size for every micrograph (else the files' own)")
+    px.add_argument("--pixel-sizes", help="CSV with columns file,pixel_size_A: one row per micrograph")
+    me.add_argument("--out", required=True, help="new folder for the tables and figures")
+    me.add_argument("--include-border", action="store_true", help="count particles touching the field's border "
+                    "in the size statistics")
+    me.add_argument("--tta", action="store_true", help="average over the field's 8 rotations and mirror images")
+
+
 def _evaluate_args(ev):
     ev.add_argument("model")
     ev.add_argument("dataset")
     ev.add_argument("query", nargs="?", help="metadata query narrowing the records")
     ev.add_argument("--split", default="test")
     ev.add_argument("--batch-size", type=_positive_int, default=16)
+    ev.add_argument("--tables", metavar="DIR", help="also write the per-particle and per-record tables of "
+                    "`measure` into this new folder, the predicted particles beside the true ones")
 
 
 # Workflow order: what `temsynth --help` lists. Make data, look at it, select from it, bring in real micrographs,
@@ -290,6 +314,9 @@ VERBS = [
          "temsynth score runs/realistic/model", delegate="training.score:main"),
     Verb("predict", "segment one micrograph (TIFF, PNG, NumPy, DM3/DM4, EMD, MRC) with a model",
          "temsynth predict runs/demo/model micrograph.dm4 --out mask.png", _predict_args, cmd_predict),
+    Verb("measure", "particle sizes, counts and coverage of micrographs: tables, summary, histogram, outlined "
+         "overlays (docs/particles.md)", "temsynth measure runs/realistic_instances/model my.dm4 --out sizes/",
+         _measure_args, cmd_measure),
     Verb("study", "`study run STUDY.yaml` (subsets x seeds x fine-tuning on Dask), `study report STUDY_DIR`",
          "temsynth study run training/examples/study_demo.yaml", delegate="training.study:main"),
 ]

@@ -194,3 +194,25 @@ def test_curves_align_finetuning_after_early_stopping():
     tuned = agg[agg["phase"] == "finetune"]
     assert sorted(tuned["epoch"].unique()) == [5, 6] and (tuned["count"] == 3).all()
     assert agg.loc[(agg["phase"] == "train") & (agg["epoch"] == 4), "count"].unique().tolist() == [2]
+
+
+def test_report_tables_the_particle_scores_when_kept(tmp_path):
+    rows = results_rows(seeds=3, amounts=(5,))
+    # particle F1 is the Dice less 0.1; count error a constant per subset
+    rows = [{**r, "particle_f1": r["dice"] - 0.1, "count_error": 0.05 if r["subset"] == "A" else -0.2,
+             "median_diameter_error": 0.01, "wasserstein_nm": 0.3} for r in rows]
+    out = write_report(write_study(tmp_path / "study", rows)).parent
+    parts = pd.read_csv(out / "particles.csv")
+    assert len(parts) == 2 * 2 * 2                # subset × benchmark × (train, ft 5)
+    final = final_scores(pd.DataFrame(rows))
+    for _, r in parts.iterrows():
+        phase, amount = ("train", 0) if r["stage"] == "train" else ("finetune", 5)
+        sel = final[(final["subset"] == r["subset"]) & (final["benchmark"] == r["benchmark"])
+                    & (final["phase"] == phase) & (final["finetune_images"] == amount)]
+        assert r["median particle_f1"] == pytest.approx(round(sel["particle_f1"].median(), 3))
+        assert r["median count_error"] == (0.05 if r["subset"] == "A" else -0.2)
+    md = (out / "report.md").read_text()
+    assert "## Particle scores" in md and "Particle scores" in (out / "report.html").read_text()
+    # results from before particle scores were kept: no such section
+    old = write_report(write_study(tmp_path / "old", results_rows(seeds=2, amounts=(5,)))).parent
+    assert "## Particle scores" not in (old / "report.md").read_text()

@@ -59,6 +59,11 @@ class SegformerConfigSpec(Strict):
 
 class ModelConfig(Strict):
     architecture: Literal["unet", "segformer"] = "unet"
+    # Instance models: a second output channel, each particle's distance to its own edge (scaled to 1 at its
+    # core), learnt from the records' instance_mask; touching particles are then separated by a seeded watershed
+    # (training/instances.py). Binary models (false) take connected components of the mask as particles.
+    instances: bool = Field(False, description="also predict a distance-to-edge channel and separate touching "
+                            "particles (needs records with instance_mask)")
     unet: UNetConfig = UNetConfig()
     segformer: SegformerConfigSpec = SegformerConfigSpec()
 
@@ -87,6 +92,8 @@ class AugmentConfig(Strict):
 class LossConfig(Strict):
     bce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
+    distance_weight: float = Field(1.0, ge=0, description="instance models: weight of the distance channel's "
+                                   "binary cross-entropy against its soft target")
 
     @model_validator(mode="after")
     def _some(self):

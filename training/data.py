@@ -67,8 +67,15 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: 
 
 
 def to_sample(image: np.ndarray, mask: np.ndarray, kind: str) -> dict:
+    """mask: (H, W) 0/1, or (H, W, 2) for instance models: 0/1 and the distance target quantised to 0..255
+    (channels last, so that crops, flips and rotations move it as they move a mask)."""
+    if mask.ndim == 3:
+        m = np.moveaxis(mask, -1, 0).astype(np.float32)
+        m[1:] /= 255.0
+    else:
+        m = np.asarray(mask, dtype=np.float32)[None]
     return {"image": torch.from_numpy(np.ascontiguousarray(normalise(image, kind))[None]),
-            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32)[None])}
+            "mask": torch.from_numpy(np.ascontiguousarray(m))}
 
 
 # ---------------------------------------------------------------- Parquet
@@ -92,14 +99,23 @@ def _split_files(src: DataSource, field: str, fmt: str = "parquet") -> list[str]
     return files
 
 
-def read_arrays(src: DataSource, seed: int = 0, field: str = "data"):
-    """(images (n, h, w) float32, masks (n, h, w) uint8, record ids) of one split, query pushed into the scan."""
+def read_arrays(src: DataSource, seed: int = 0, field: str = "data", instances: bool = False):
+    """(images (n, h, w) float32, masks (n, h, w) uint8, record ids) of one split, query pushed into the scan.
+
+    instances: a fourth item, {"instance_mask": (n, h, w) uint8, "pixel_size_A": (n,) float64 or None}: the
+    particles the instance scores and instance training need (imported experimental records have no instance
+    labels: their binary mask stands in, and its connected components are their particles)."""
     ds = pads.dataset(_split_files(src, field), format="parquet")
     try:
         q = Query(src.query, ds.schema) if src.query else None
     except QueryError as err:
         raise QueryError(f"{field}.query: {err}") from None
-    table = _read(ds, src, field, q, columns=["record_id", "image", "mask"]).sort_by("record_id")
+    columns = ["record_id", "image", "mask"]
+    labelled = "instance_mask" in ds.schema.names
+    if instances:
+        columns += (["instance_mask"] if labelled else []) + \
+            (["pixel_size_A"] if "pixel_size_A" in ds.schema.names else [])
+    table = _read(ds, src, field, q, columns=columns).sort_by("record_id")
     if len(table) == 0:
         raise DataError(f"{field}.query selects no records of {src.label}")
     if src.n_images is not None:
@@ -107,8 +123,16 @@ def read_arrays(src: DataSource, seed: int = 0, field: str = "data"):
             raise DataError(f"{field}.n_images: asked for {src.n_images} but {src.label} has {len(table)} records")
         keep = np.sort(np.random.default_rng([seed, 7]).choice(len(table), src.n_images, replace=False))
         table = table.take(pa.array(keep))
-    return _stack(table, "image", np.float32, field), _stack(table, "mask", np.uint8, field), \
-        table["record_id"].to_pylist()
+    out = (_stack(table, "image", np.float32, field), _stack(table, "mask", np.uint8, field),
+           table["record_id"].to_pylist())
+    if not instances:
+        return out
+    px = (np.asarray(table["pixel_size_A"].to_pylist(), np.float64) if "pixel_size_A" in table.column_names
+          else None)
+    # Records without instance labels (imported micrographs: hand-drawn binary masks) have the mask's connected
+    # components as their particles: the mask itself stands for the labels.
+    inst = _stack(table, "instance_mask", np.uint8, field) if labelled else out[1]
+    return (*out, {"instance_mask": inst, "pixel_size_A": px})
 
 
 def _read(ds, src: DataSource, field: str, query: Query | None, columns: list[str]) -> pa.Table:
@@ -148,11 +172,17 @@ class Pooled:
 
 
 class ArraySet(Dataset):
-    """In-memory records. Training draws come from (seed, epoch, index), so a resumed run sees the same batches."""
+    """In-memory records. Training draws come from (seed, epoch, index), so a resumed run sees the same batches.
 
-    def __init__(self, images, masks, ids, augment_cfg: AugmentConfig, train: bool, seed: int = 0):
+    Masks (n, h, w), or (n, h, w, 2) with the distance target for instance models' training. A benchmark set
+    given `instances` (n, h, w labels) and `pixel_size_A` (n,) adds both to each sample, for the particle
+    scores."""
+
+    def __init__(self, images, masks, ids, augment_cfg: AugmentConfig, train: bool, seed: int = 0,
+                 instances=None, pixel_size_A=None):
         self.images, self.masks, self.ids = images, masks, ids
         self.cfg, self.train, self.seed, self.epoch = augment_cfg, train, seed, 0
+        self.instances, self.pixel_size_A = instances, pixel_size_A
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -164,7 +194,12 @@ class ArraySet(Dataset):
         image, mask = self.images[i], self.masks[i]
         if self.train:
             image, mask = augment(image, mask, np.random.default_rng([self.seed, self.epoch, i]), self.cfg)
-        return to_sample(image, mask, self.cfg.normalise)
+        sample = to_sample(image, mask, self.cfg.normalise)
+        if self.instances is not None:
+            sample["instances"] = torch.from_numpy(np.ascontiguousarray(self.instances[i], dtype=np.int32))
+            px = self.pixel_size_A[i] if self.pixel_size_A is not None else np.nan
+            sample["pixel_size_A"] = torch.tensor(float(px), dtype=torch.float64)
+        return sample
 
 
 class EpochSampler(Sampler):
@@ -244,10 +279,29 @@ class WdsSet(IterableDataset):
         return to_sample(image, mask, self.cfg.normalise)
 
 
-def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: int):
+def with_distance(masks: np.ndarray, instance_masks: np.ndarray) -> np.ndarray:
+    """(n, h, w, 2) uint8: each mask beside its distance target (training/instances.py) quantised to 0..255."""
+    from .instances import distance_target
+
+    out = np.empty((*masks.shape, 2), np.uint8)
+    out[..., 0] = masks
+    for i, inst in enumerate(instance_masks):
+        # the instance labels where the mask is: they cover it exactly in simulated records
+        out[i, ..., 1] = np.round(distance_target(np.where(masks[i] > 0, inst, 0)) * 255)
+    return out
+
+
+def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: int, instances: bool = False):
     if sources[0].format == "webdataset":
+        if instances:
+            raise DataError("data.format: instance models (model.instances) train from Parquet records; "
+                            "use format: parquet")
         return WdsSet(sources[0], augment_cfg, seed)
-    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data") for i, s in enumerate(sources)]
+    more = {"instances": True} if instances else {}
+    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data", **more)
+             for i, s in enumerate(sources)]
+    if instances:
+        parts = [(p[0], with_distance(p[1], p[3]["instance_mask"]), p[2]) for p in parts]
     sizes = sorted({p[0].shape[1:] for p in parts})
     if len(sizes) > 1:
         # Sources of several image sizes (real tiles beside simulated fields) pool when every draw is cropped
@@ -263,9 +317,14 @@ def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: in
     return ArraySet(images, masks, ids, augment_cfg, train=True, seed=seed)
 
 
-def benchmark_set(src: DataSource, augment_cfg: AugmentConfig, field: str) -> ArraySet:
-    images, masks, ids = read_arrays(src, field=field)
-    return ArraySet(images, masks, ids, augment_cfg, train=False)
+def benchmark_set(src: DataSource, augment_cfg: AugmentConfig, field: str, instances: bool = False) -> ArraySet:
+    """instances: samples carry the true particles and pixel size, for the particle scores."""
+    if not instances:
+        images, masks, ids = read_arrays(src, field=field)
+        return ArraySet(images, masks, ids, augment_cfg, train=False)
+    images, masks, ids, extra = read_arrays(src, field=field, instances=True)
+    return ArraySet(images, masks, ids, augment_cfg, train=False, instances=extra["instance_mask"],
+                    pixel_size_A=extra["pixel_size_A"])
 
 
 def source_json(src: DataSource) -> dict:

@@ -21,6 +21,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """BCE + soft Dice on the particle channel; for instance models (2 channels, the target's second one the
+    distance to the particle's edge in [0, 1]) plus the distance channel's BCE against that soft target."""
+    if logits.shape[1] > 1:
+        dist = F.binary_cross_entropy_with_logits(logits[:, 1:2].float(), target[:, 1:2].float())
+        return segmentation_loss(logits[:, :1], target[:, :1], cfg) + cfg.distance_weight * dist
     loss = logits.new_zeros((), dtype=torch.float32)
     if cfg.bce_weight:
         loss = loss + cfg.bce_weight * F.binary_cross_entropy_with_logits(logits.float(), target.float())
@@ -30,9 +35,10 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: LossConfi
 
 
 def counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, 3) float64: intersection, predicted and true particle pixels per image (prediction: logit > 0)."""
-    pred = (logits > 0).flatten(1)
-    t = target.flatten(1) > 0.5
+    """(B, 3) float64: intersection, predicted and true particle pixels per image (prediction: logit > 0).
+    Channel 0 of each: the particle channel (an instance model's distance channel is scored as particles)."""
+    pred = (logits[:, :1] > 0).flatten(1)
+    t = target[:, :1].flatten(1) > 0.5
     return torch.stack([(pred & t).sum(1), pred.sum(1), t.sum(1)], dim=1).double()
 
 

@@ -1,6 +1,8 @@
 """Segmentation networks built from config (no downloaded weights), and the model folder format.
 
-Every network maps (B, 1, H, W) normalised intensities to (B, 1, H, W) particle logits, for any H, W.
+Every network maps (B, 1, H, W) normalised intensities to (B, C, H, W) logits, for any H, W: channel 0 the
+particle logits; instance models (`model.instances`) add channel 1, the logits of each particle's distance to
+its own edge (scaled to 1 at its core).
 """
 from __future__ import annotations
 
@@ -38,14 +40,14 @@ class _Block(nn.Sequential):
 class UNet(nn.Module):
     """Ronneberger's U-Net: `depth` max-pool levels, widths base * 2**level, skip connections by concatenation."""
 
-    def __init__(self, depth: int = 4, base_width: int = 16, norm: str = "batch"):
+    def __init__(self, depth: int = 4, base_width: int = 16, norm: str = "batch", out_channels: int = 1):
         super().__init__()
         widths = [base_width * 2 ** i for i in range(depth + 1)]
         self.depth = depth
         self.down = nn.ModuleList([_Block(1 if i == 0 else widths[i - 1], widths[i], norm) for i in range(depth + 1)])
         self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(depth)])
         self.merge = nn.ModuleList([_Block(2 * widths[i], widths[i], norm) for i in range(depth)])
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -67,7 +69,7 @@ class UNet(nn.Module):
 class SegFormer(nn.Module):
     """transformers' SegFormer from its config with num_channels=1; logits (1/4 resolution) upsampled to the input."""
 
-    def __init__(self, **spec):
+    def __init__(self, out_channels: int = 1, **spec):
         super().__init__()
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
@@ -75,7 +77,7 @@ class SegFormer(nn.Module):
         # SegformerConfig's per-stage lists default to 4 stages; a shallower encoder takes their first n entries.
         per_stage = {k: v[:n] for k, v in (("sr_ratios", [8, 4, 2, 1]), ("patch_sizes", [7, 3, 3, 3]),
                                            ("strides", [4, 2, 2, 2]), ("mlp_ratios", [4, 4, 4, 4]))}
-        cfg = SegformerConfig(num_channels=1, num_labels=1, num_encoder_blocks=n, **per_stage, **spec)
+        cfg = SegformerConfig(num_channels=1, num_labels=out_channels, num_encoder_blocks=n, **per_stage, **spec)
         self.net = SegformerForSemanticSegmentation(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +86,10 @@ class SegFormer(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    out = 2 if cfg.instances else 1  # channel 0: particle logits; 1: distance-to-edge logits (instance models)
     if cfg.architecture == "unet":
-        return UNet(**cfg.unet.model_dump())
-    return SegFormer(**cfg.segformer.model_dump())
+        return UNet(**cfg.unet.model_dump(), out_channels=out)
+    return SegFormer(**cfg.segformer.model_dump(), out_channels=out)
 
 
 def n_parameters(model: nn.Module) -> int:

@@ -54,26 +54,34 @@ def tile_windows(h: int, w: int, tile: int, margin: int):
 
 @torch.no_grad()
 def logits_tiled(model, x: np.ndarray, out: np.ndarray | None = None, tile: int | None = None,
-                 margin: int | None = None) -> np.ndarray:
-    """Logits of a normalised (H, W) field computed tile by tile: memory bounded by one tile whatever H, W.
+                 margin: int | None = None, channels: bool = False) -> np.ndarray:
+    """Particle logits of a normalised (H, W) field computed tile by tile: memory bounded by one tile whatever
+    H, W.
 
     Away from tile seams by more than the receptive field this is the whole-field pass (exactly, for U-Nets
     without GroupNorm; GroupNorm's statistics are per tile). `out` (H, W) may be uint8: then it gets the mask.
+    channels: every output channel, (C, H, W) float32 (an instance model's distance channel too).
     """
     align, m, t = _geometry(model)
     tile, margin = tile or t, m if margin is None else margin
     h, w = x.shape
-    out = np.empty((h, w), np.float32) if out is None else out
+    if out is None and not channels:
+        out = np.empty((h, w), np.float32)
     device = next(model.parameters()).device
     if h <= tile and w <= tile:
         wins = [((slice(0, h), slice(0, w)), (slice(0, h), slice(0, w)))]
     else:
         wins = tile_windows(h, w, tile, margin)
     for win, keep in wins:
-        logits = model(torch.from_numpy(np.ascontiguousarray(x[win]))[None, None].to(device))[0, 0].float().cpu()
-        part = logits[keep[0].start - win[0].start:keep[0].stop - win[0].start,
+        logits = model(torch.from_numpy(np.ascontiguousarray(x[win]))[None, None].to(device))[0].float().cpu()
+        part = logits[:, keep[0].start - win[0].start:keep[0].stop - win[0].start,
                       keep[1].start - win[1].start:keep[1].stop - win[1].start].numpy()
-        out[keep] = (part > 0) if out.dtype == np.uint8 else part
+        if channels:
+            if out is None:
+                out = np.empty((part.shape[0], h, w), np.float32)
+            out[(slice(None), *keep)] = part
+        else:
+            out[keep] = (part[0] > 0) if out.dtype == np.uint8 else part[0]
     return out
 
 
@@ -94,10 +102,11 @@ DIHEDRAL = [(k, flip) for flip in (False, True) for k in range(4)]
 
 
 def _dihedral(a: np.ndarray, k: int, flip: bool, inverse: bool = False) -> np.ndarray:
+    """The symmetry on the last two axes of a (H, W) field or (C, H, W) logits."""
     if inverse:
-        a = np.rot90(a, -k)
-        return a[:, ::-1] if flip else a
-    return np.rot90(a[:, ::-1] if flip else a, k)
+        a = np.rot90(a, -k, axes=(-2, -1))
+        return a[..., ::-1] if flip else a
+    return np.rot90(a[..., ::-1] if flip else a, k, axes=(-2, -1))
 
 
 def predict_array(model, image: np.ndarray, normalise_kind: str, tta: bool = False) -> np.ndarray:
@@ -111,13 +120,31 @@ def predict_array(model, image: np.ndarray, normalise_kind: str, tta: bool = Fal
     return (logits_dihedral(model, x) > 0).astype(np.uint8)
 
 
-def logits_dihedral(model, x: np.ndarray) -> np.ndarray:
-    """Logits of a normalised field averaged over its 8 rotations and mirror images, each mapped back."""
-    total = np.zeros(x.shape, np.float32)
+def logits_dihedral(model, x: np.ndarray, channels: bool = False) -> np.ndarray:
+    """Logits of a normalised field averaged over its 8 rotations and mirror images, each mapped back
+    (channels: every output channel, (C, H, W))."""
+    total = None
     for k, flip in DIHEDRAL:
         view = np.ascontiguousarray(_dihedral(x, k, flip))
-        total += _dihedral(logits_tiled(model, view), k, flip, inverse=True)
+        part = _dihedral(logits_tiled(model, view, channels=channels), k, flip, inverse=True)
+        total = part.copy() if total is None else total + part
     return total / len(DIHEDRAL)
+
+
+def field_logits(model, config, image: np.ndarray, pixel_size_A: float | None, tta: bool = False,
+                 name: str = "micrograph") -> tuple[np.ndarray, float | None]:
+    """(C, h, w) logits of a whole field at the model's pixel size (the field resampled to it, as for
+    `predict`), and that pixel size (the field's own when the model has none)."""
+    model_px = config.pixel_size_A or pixel_size_A
+    work = image
+    if model_px and pixel_size_A and abs(pixel_size_A / model_px - 1) > 0.01:
+        work = resample(image, pixel_size_A, model_px, order=1)
+    else:
+        model_px = pixel_size_A or model_px
+    check_field(work, name, model, MicrographError)
+    x = normalise(np.asarray(work, np.float32), config.augment.normalise)
+    del work
+    return (logits_dihedral(model, x, channels=True) if tta else logits_tiled(model, x, channels=True)), model_px
 
 
 def predict_file(model_dir: str | Path, image_path: str | Path, out_path: str | Path | None = None,
@@ -189,27 +216,46 @@ def _write_mask(mask: np.ndarray, out: Path, error) -> None:
 
 
 def evaluate(model_dir: str | Path, dataset_dir: str | Path, query: str | None = None, split: str = "test",
-             batch_size: int = 16) -> dict:
-    """Dice/IoU of a saved model on a split of a dataset folder (optionally narrowed by a query)."""
+             batch_size: int = 16, tables: str | Path | None = None) -> dict:
+    """Dice/IoU and the particle scores (training/instances.py) of a saved model on a split of a dataset folder
+    (optionally narrowed by a query). tables: a new folder for the per-particle and per-record tables of
+    `temsynth measure`, the predicted particles beside the true ones (training/measure.py `truth_tables`)."""
     from torch.utils.data import DataLoader
+
+    from .instances import aggregate, match, measure, particles_from_logits, relabel
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"--batch-size must be a positive integer, got {batch_size}")
     model, config = load_model(model_dir)
     bench = Benchmark(name="evaluate", path=str(dataset_dir), split=split, query=query)
     augment = config.augment
-    loader = DataLoader(benchmark_set(bench, augment, "dataset"), batch_size=batch_size)
+    data = benchmark_set(bench, augment, "dataset", instances=True)
+    loader = DataLoader(data, batch_size=batch_size)
     src = source_json(bench)
     _, _, tile = _geometry(model)
-    out = []
+    out, matches, records = [], [], []
     with torch.no_grad():
         for batch in loader:
             x = batch["image"]
             if max(x.shape[-2:]) <= tile:
                 logits = model(x)
             else:  # large fields: tile by tile, memory bounded (images are normalised per image already)
-                logits = torch.stack([torch.from_numpy(logits_tiled(model, im[0].numpy()))[None] for im in x])
+                logits = torch.stack([torch.from_numpy(logits_tiled(model, im[0].numpy(), channels=True))
+                                      for im in x])
             out.append(counts(logits, batch["mask"]).numpy())
+            for lg, inst, px in zip(logits.float().numpy(), batch["instances"].numpy(), batch["pixel_size_A"].tolist()):
+                pred, true = particles_from_logits(lg), relabel(inst)
+                m = match(pred, true, px)
+                matches.append({k: m[k] for k in ("counts", "pred_diameters_nm", "true_diameters_nm")})
+                if tables is not None:
+                    conf = 1.0 / (1.0 + np.exp(-lg[0]))
+                    records.append((measure(pred, px, conf), measure(true, px), m["pred_match"], m["true_match"],
+                                    pred.size))
     c = np.concatenate(out) if out else np.zeros((0, 3))
-    return {"model": str(model_dir), "dataset": str(dataset_dir), "split": split, "query": query,
-            "fingerprint": src["fingerprint"], **scores(c)}
+    result = {"model": str(model_dir), "dataset": str(dataset_dir), "split": split, "query": query,
+              "fingerprint": src["fingerprint"], **scores(c), "particles": aggregate(matches)}
+    if tables is not None:
+        from .measure import truth_tables
+
+        result["tables"] = truth_tables(data.ids, records, tables)
+    return result

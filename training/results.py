@@ -27,6 +27,14 @@ RESULT_SCHEMA = pa.schema([
     pa.field("dice", pa.float64()),                # mean per-image Dice
     pa.field("iou", pa.float64()),
     pa.field("dice_pooled", pa.float64()),
+    # particle scores (training/instances.py; null where a side had no particle, or from an older run)
+    pa.field("particle_precision", pa.float64()),
+    pa.field("particle_recall", pa.float64()),
+    pa.field("particle_f1", pa.float64()),         # at IoU >= 0.5, particles on the field's border ignored
+    pa.field("count_error", pa.float64()),         # (predicted - true) / true particles
+    pa.field("median_diameter_error", pa.float64()),
+    pa.field("wasserstein_nm", pa.float64()),      # between the predicted and true diameter distributions
+    pa.field("touching_pairs_separated", pa.float64()),
     pa.field("train_loss", pa.float64()),
     pa.field("lr", pa.float64()),
     pa.field("model_fingerprint", pa.string()),    # sha256 of the job's final model.safetensors

@@ -94,17 +94,23 @@ def _read_pair(real_dir: Path, f: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def score(model_dir: str, real_dir: Path | None = None, only: set[str] | None = None, tta: bool = False) -> dict:
     from .models import load_model
+    from .real_particles import field_row, predict_particles, score_field, summarise_both
 
     real_dir = Path(real_dir) if real_dir is not None else default_real_dir()
     index = fields(real_dir)
     model, config = load_model(model_dir)
     model.eval()
-    rows, pool, classes, bare = [], np.zeros(3), {}, []
+    rows, pool, classes, bare, particles = [], np.zeros(3), {}, [], []
     for f in index:
         if only is not None and f["file"] not in only:
             continue
         image, truth = _read_pair(real_dir, f)
-        pred = predict_field(model, config, image, float(f["pixel_size_A"]), tta).astype(bool)
+        pred, labels = predict_particles(model, config, image, float(f["pixel_size_A"]), tta)
+        pred = pred.astype(bool)
+        # Particle scores: the labels' connected components are the particles (touching labelled particles
+        # count as one), with and without the border-cut ones (training/real_particles.py).
+        particles.append((f"{float(f['nominal_diameter_nm']):g} nm",
+                          *(score_field(labels, truth, float(f["pixel_size_A"]), b) for b in (True, False))))
         tp, n_pred, n_true = float((pred & truth).sum()), float(pred.sum()), float(truth.sum())
         pool += (tp, n_pred, n_true)
         key = f"{f['material']} {float(f['nominal_diameter_nm']):g} nm"
@@ -116,12 +122,12 @@ def score(model_dir: str, real_dir: Path | None = None, only: set[str] | None = 
         rows.append({"file": f["file"], "class": key, "dice": 2 * tp / max(n_pred + n_true, 1),
                      "pixels": {"both": tp, "predicted": n_pred, "labelled": n_true},  # to pool any subset
                      "predicted_fraction": float(pred.mean()), "labelled_fraction": float(truth.mean()),
-                     "bare_carbon": bool(is_bare)})
+                     "bare_carbon": bool(is_bare), **field_row(*particles[-1][1:])})
     dice = lambda a: float(2 * a[0] / max(a[1] + a[2], 1))
     return {"model": str(model_dir), "real": str(real_dir), "tta": tta, "n_fields": len(rows),
             "pooled_dice": dice(pool), "dice_by_class": {k: dice(v) for k, v in sorted(classes.items(), key=_class_order)},
             "bare_carbon_false_positive_fraction": (float(np.mean(bare)) if bare else None),
-            "bare_carbon_fields": len(bare), "fields": rows}
+            "bare_carbon_fields": len(bare), "particles": summarise_both(particles), "fields": rows}
 
 
 def _class_order(item) -> tuple:

@@ -84,7 +84,8 @@ def final_scores(table: pd.DataFrame) -> pd.DataFrame:
     """
     last = table.loc[table.groupby(["job_id", "phase", "benchmark"], sort=False)["epoch"].idxmax()]
     keep = [c for c in ("study", "job_id", "subset", "seed", "phase", "finetune_images", "benchmark", "epoch",
-                        "phase_epoch", "dice", "iou", "dice_pooled") if c in table.columns]
+                        "phase_epoch", "dice", "iou", "dice_pooled", "particle_f1", "count_error",
+                        "median_diameter_error", "wasserstein_nm") if c in table.columns]
     # Training rows of jobs that also fine-tune are inherited; sorting them last keeps the training job's own row.
     inherited = last["phase"].eq("train") & last["job_id"].isin(table.loc[table["phase"] == "finetune", "job_id"])
     out = (last[keep].assign(_child=inherited)

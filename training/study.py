@@ -38,7 +38,7 @@ from .finetune import DEFAULTS as FINETUNE_DEFAULTS, finetune_lr
 from .models import read_model_config
 from .report import write_report
 from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
-from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE, read_metrics
+from .train import PARTICLE_COLUMNS, RESUMABLE_CHANGES, RUN_CONFIG_FILE, read_metrics
 
 JOB_CONFIG_FILE = "job_config.json"  # the job's complete training config, as its process reads it
 JOB_LOG = "job.log"  # the job process's stdout and stderr, every attempt appended
@@ -249,7 +249,9 @@ def _job_rows(study: StudyConfig, job: dict, state: dict) -> list[dict]:
                      "seed": job["seed"], "phase": job["phase"], "finetune_images": job["finetune_images"],
                      "epoch": int(r["epoch"]), "phase_epoch": int(r["phase_epoch"]), "benchmark": r["benchmark"],
                      "n_images": int(r["n_images"]), "dice": float(r["dice"]), "iou": float(r["iou"]),
-                     "dice_pooled": float(r["dice_pooled"]), "train_loss": float(r["train_loss"]),
+                     "dice_pooled": float(r["dice_pooled"]),
+                     **{k: float(r[k]) if r.get(k) not in (None, "") else None for k in PARTICLE_COLUMNS},
+                     "train_loss": float(r["train_loss"]),
                      "lr": float(r["lr"]), "model_fingerprint": state["model_fingerprint"]})
     return rows
 

@@ -28,11 +28,15 @@ from temsynth.errors import TemsynthError
 from .card import write_model_card
 from .config import TrainConfig, load_train_config
 from .data import EpochSampler, benchmark_set, source_json, training_set
+from .instances import aggregate, match, particles_from_logits
 from .metrics import counts, scores, segmentation_loss
 from .models import CONFIG_FILE, MODEL_FILE, build_model, load_model, save_model
 
+# Particle scores (training/instances.py): matched at IoU >= 0.5, particles on the field's border ignored.
+PARTICLE_COLUMNS = ("particle_precision", "particle_recall", "particle_f1", "count_error", "median_diameter_error",
+                    "wasserstein_nm", "touching_pairs_separated")
 METRIC_COLUMNS = ("run", "phase", "epoch", "phase_epoch", "benchmark", "n_images", "dice", "iou", "dice_pooled",
-                  "train_loss", "lr", "epoch_seconds")
+                  *PARTICLE_COLUMNS, "train_loss", "lr", "epoch_seconds")
 METRICS_FILE = "metrics.csv"
 RUN_CONFIG_FILE = "train_config.json"
 # Changing these between a killed run and its re-run does not change what was computed so far.
@@ -117,17 +121,30 @@ def _save_checkpoint(accelerator, out: Path, epoch: int, keep: int) -> None:
 
 
 # ---------------------------------------------------------------- evaluation
+def match_batch(logits: torch.Tensor, batch: dict) -> list[dict]:
+    """Particle matches (training/instances.py `match`) of each image of a benchmark batch."""
+    lg = logits.detach().float().cpu().numpy()
+    return [match(particles_from_logits(lg[i]), batch["instances"][i].cpu().numpy(),
+                  float(batch["pixel_size_A"][i])) for i in range(len(lg))]
+
+
 @torch.no_grad()
-def evaluate_counts(model, loader, accelerator=None) -> np.ndarray:
-    """Per-image (intersection, predicted, true) counts over a loader, from every process, padding removed."""
+def evaluate_benchmark(model, loader, accelerator=None) -> dict:
+    """Dice/IoU (pixels) and the particle scores of a model on one benchmark, from every process."""
     was_training = model.training
     model.eval()
-    out = []
+    pixel, particles = [], []
     for batch in loader:
-        c = counts(model(batch["image"]), batch["mask"])
-        out.append((accelerator.gather_for_metrics(c) if accelerator else c).cpu().numpy())
+        logits = model(batch["image"])
+        c = counts(logits, batch["mask"])
+        m = match_batch(logits, batch)
+        if accelerator is not None:
+            c, m = accelerator.gather_for_metrics(c), accelerator.gather_for_metrics(m, use_gather_object=True)
+        pixel.append(c.cpu().numpy())
+        particles.extend(m)
     model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 3))
+    part = aggregate(particles)
+    return {**scores(np.concatenate(pixel) if pixel else np.zeros((0, 3))), **{k: part[k] for k in PARTICLE_COLUMNS}}
 
 
 def _prior(cfg: TrainConfig) -> tuple[list[dict], int]:
@@ -150,8 +167,9 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
     set_seed(cfg.seed)
     log = accelerator.print if echo else (lambda *a, **k: None)
 
-    train_set = training_set(cfg.data_sources, cfg.augment, cfg.seed)
-    benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]") for b in cfg.benchmarks}
+    train_set = training_set(cfg.data_sources, cfg.augment, cfg.seed, instances=cfg.model.instances)
+    benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]", instances=True)
+               for b in cfg.benchmarks}
     if cfg.init_from:
         model, parent = load_model(cfg.init_from)
         if parent.model != cfg.model:
@@ -227,7 +245,7 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
         scheduler.step()
         loss_sum = accelerator.reduce(loss_sum, "sum")
         train_loss = float(loss_sum[0] / max(loss_sum[1], 1))
-        results = {name: scores(evaluate_counts(scored(), dl, accelerator)) for name, dl in zip(benches, bench_dls)}
+        results = {name: evaluate_benchmark(scored(), dl, accelerator) for name, dl in zip(benches, bench_dls)}
         seconds = time.perf_counter() - t0
         rows = [{"run": cfg.name, "phase": cfg.phase, "epoch": offset + epoch + 1, "phase_epoch": epoch + 1,
                  "benchmark": name, **r, "train_loss": train_loss, "lr": lr, "epoch_seconds": round(seconds, 3)}
@@ -279,9 +297,9 @@ def _finish(cfg: TrainConfig, out: Path, state: TrainState, info: dict) -> dict:
     if not mine:
         raise TrainError(f"{out}: no epoch finished; nothing to save")
     last_epoch = max(int(r["phase_epoch"]) for r in mine)
-    last = {r["benchmark"]: {k: float(r[k]) for k in ("dice", "iou", "dice_pooled")}
+    last = {r["benchmark"]: _row_scores(r)
             for r in mine if int(r["phase_epoch"]) == last_epoch}
-    best = {r["benchmark"]: {k: float(r[k]) for k in ("dice", "iou", "dice_pooled")}
+    best = {r["benchmark"]: _row_scores(r)
             for r in mine if int(r["phase_epoch"]) == state.best_epoch}
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -296,11 +314,19 @@ def _finish(cfg: TrainConfig, out: Path, state: TrainState, info: dict) -> dict:
     return summary
 
 
+def _row_scores(r: dict) -> dict:
+    """A metrics.csv row's scores as numbers (a particle score left blank, e.g. no particle: None)."""
+    out = {k: float(r[k]) for k in ("dice", "iou", "dice_pooled")}
+    out.update({k: float(r[k]) if r.get(k) not in (None, "") else None for k in PARTICLE_COLUMNS})
+    return out
+
+
 def _report(summary: dict) -> str:
     lines = [f"best epoch {summary['best_epoch']} of {summary['epochs_run']} (monitor: {summary['monitor']})"]
     for name, r in summary["best"].items():
-        lines.append(f"  {name:>16}: Dice {r['dice']:.3f}  IoU {r['iou']:.3f}   (last epoch: Dice "
-                     f"{summary['last'][name]['dice']:.3f})")
+        f1 = r.get("particle_f1")
+        lines.append(f"  {name:>16}: Dice {r['dice']:.3f}  IoU {r['iou']:.3f}  particle F1 "
+                     f"{'-' if f1 is None else f'{f1:.3f}'}   (last epoch: Dice {summary['last'][name]['dice']:.3f})")
     lines.append(f"model:   {summary['model_dir']}")
     lines.append(f"metrics: {summary['metrics_file']}")
     return "\n".join(lines)
