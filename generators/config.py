@@ -288,11 +288,15 @@ def choice_of(allowed: tuple[str, ...]):
             raise ValueError(f"unknown value(s) {bad}; allowed: {list(allowed)}")
         return d
 
+    return _choice_type(check, f"use `choice: [...]` or a fixed value from {list(allowed)}")
+
+
+def _choice_type(check, message: str):
+    """A value or `{choice: [...]}` (typed Fixed / Choice), then `check`; `message` when it is neither."""
     from pydantic import BeforeValidator
 
     return Annotated[Union[Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
-                     Discriminator(_dist_tag, custom_error_type="distribution",
-                                   custom_error_message=f"use `choice: [...]` or a fixed value from {list(allowed)}"),
+                     Discriminator(_dist_tag, custom_error_type="distribution", custom_error_message=message),
                      BeforeValidator(_as_dist), AfterValidator(check)]
 
 
@@ -307,12 +311,7 @@ def names_of(what: str):
             raise ValueError(f"{what}: {bad} are not names; give material names such as Au or CdSe")
         return d
 
-    from pydantic import BeforeValidator
-
-    return Annotated[Union[Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
-                     Discriminator(_dist_tag, custom_error_type="distribution",
-                                   custom_error_message=f"{what}: use `choice: [...]` or one name"),
-                     BeforeValidator(_as_dist), AfterValidator(check)]
+    return _choice_type(check, f"{what}: use `choice: [...]` or one name")
 
 
 # Krivanek polar aberration symbols (abTEM's names): magnitudes C_nm, angles phi_nm.

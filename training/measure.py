@@ -18,6 +18,7 @@ Written to DIR (built in a temporary folder beside it and renamed when complete:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -87,18 +88,10 @@ def run(model_dir: str, images: list[str], out: str, pixel_size_A: float | None 
         raise MeasureError("two micrographs share a file name; their rows and overlays would collide: rename one")
     given = pixel_sizes(paths, pixel_size_A, pixel_sizes_csv)
     model, config = load_model(model_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with _folder_in_place(out) as tmp:
         result = _measure_all(model, config, paths, given, tmp, include_border, tta, figures)
         result.update(model=str(model_dir), include_border=include_border, tta=tta)
         (tmp / "summary.json").write_text(json.dumps(result, indent=2, default=_json))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     result["out"] = str(out)
     return result
 
@@ -112,7 +105,7 @@ def _measure_all(model, config, paths, given, tmp: Path, include_border: bool, t
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    rows, per_field, diam, fields_px, tables = [], [], [], 0, []
+    per_field, diam, fields_px, tables = [], [], 0, []
     for p in paths:
         image, file_px, fmt = read_micrograph(p)
         px = given[p] or file_px
@@ -175,6 +168,22 @@ def _summary_schema():
 
 
 # ---------------------------------------------------------------- evaluate: predicted beside true
+@contextlib.contextmanager
+def _folder_in_place(out: Path):
+    """A sibling temporary folder to fill, renamed onto `out` (absent or empty) only when the block finishes: a
+    crash or kill leaves no half-written output."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def truth_tables(ids: list[str], records: list[tuple], out: str | Path) -> dict:
     """`temsynth evaluate --tables DIR`: the measure tables of a simulated split, the predicted particles beside
     the true ones. records: per record (predicted table, true table, predicted -> true match, true -> predicted
@@ -203,19 +212,11 @@ def truth_tables(ids: list[str], records: list[tuple], out: str | Path) -> dict:
     particles = pa.table({c: pa.array(np.concatenate([p[c] for p in parts]) if parts else [],
                                       type=types.get(c) or _arrow_type(c)) for c in cols})
     summary_table = pa.Table.from_pylist(rows) if rows else pa.table({"record_id": pa.array([], pa.string())})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with _folder_in_place(out) as tmp:
         pq.write_table(particles, tmp / "particles.parquet")
         pacsv.write_csv(particles, tmp / "particles.csv")
         pq.write_table(summary_table, tmp / "summary.parquet")
         pacsv.write_csv(summary_table, tmp / "summary.csv")
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {"out": str(out), "n_records": len(rows), "n_particles": int(len(particles))}
 
 
