@@ -77,11 +77,16 @@ def test_score_pools_dice_over_fields_and_measures_bare_carbon(tmp_path, monkeyp
     truth = {f: np.load(real / r["mask"]).astype(np.uint8) for f, r in index.items()}
 
     def fake(model, config, image, px, tta=False):
+        from scipy import ndimage
+
         f = next(k for k, r in index.items() if float(r["pixel_size_A"]) == px and truth[k].shape == image.shape
                  and np.array_equal(np.load(real / k), image))
-        return truth[f] if oracle == "truth" else np.ones_like(truth[f])
+        mask = truth[f] if oracle == "truth" else np.ones_like(truth[f])
+        return mask, ndimage.label(mask)[0]
 
-    monkeypatch.setattr(sc, "predict_field", fake)
+    import training.real_particles as rp
+
+    monkeypatch.setattr(rp, "predict_particles", fake)
     r = sc.score(str(_tiny_model(tmp_path)))
     labelled = sum(int(m.sum()) for m in truth.values())
     pixels = sum(m.size for m in truth.values())
@@ -89,6 +94,8 @@ def test_score_pools_dice_over_fields_and_measures_bare_carbon(tmp_path, monkeyp
     assert set(r["dice_by_class"]) == {"Ag 5 nm", "Au 2.2 nm", "Au 5 nm", "Au 10 nm"}
     if oracle == "truth":
         assert r["pooled_dice"] == 1.0 and r["bare_carbon_false_positive_fraction"] == 0.0
+        # the particles are the labels' own components: every one found, none extra
+        assert r["particles"]["all"]["particle_f1"] == 1.0 and r["particles"]["with_border"]["all"]["particle_f1"] == 1.0
     else:
         assert r["pooled_dice"] == pytest.approx(2 * labelled / (pixels + labelled))
         assert r["bare_carbon_false_positive_fraction"] > 0.99
