@@ -2,7 +2,8 @@
 # Does a config calibrated on the real micrographs' own images (no labels) train a model as good as the
 # hand-tuned `realistic` preset? `temsynth calibrate` on the real set, the proposed config built with the preset's
 # number of scenes, a U-Net trained with the same training config as `make realistic` (realistic.yaml), scored on
-# the 16 real fields (benchmarks/bench_real.py). About 25 minutes on 2 free CPU cores.
+# the 16 real fields (benchmarks/bench_real.py). 85 minutes measured on the shared, loaded 2 cores (28 of them
+# generation); make realistic's stages suggest about 20 on 2 free cores.
 #
 #   benchmarks/calibrated_realistic.sh WORK_DIR [REAL_DIR=temsynth/data/real/hrtem_generalization]
 #
