@@ -468,17 +468,46 @@ class StructureConfig(Strict):
     thermal_sigma_A: float = Field(default=0.0, ge=0, le=0.5)
 
 
+def _energy_choice(d: Choice) -> Choice:
+    bad = [v for v in d.choice if isinstance(v, bool) or not isinstance(v, (int, float)) or not 20 <= v <= 1500]
+    if bad:
+        raise ValueError(f"choice values {bad} are not energies in [20, 1500] keV; e.g. {{choice: [80, 200, 300]}}")
+    return d
+
+
 class SimulationConfig(Strict):
     # The extension point for simulators: each name maps to a class implementing `simulate.Simulator` in
     # `simulate.make_simulator`. `prismatic` works once `make prismatic` has built it; without the build a run
     # refuses before any work, naming that command (generators/simulate_prismatic.py).
     backend: Literal["abtem", "prismatic"] = "abtem"
-    energy_keV: float = Field(default=300.0, ge=20, le=1500)
+    # Beam energy, 20-1500 keV: one for the run, or `{choice: [80, 200, 300], weights: [...]}`, one drawn per
+    # structure (its exit wave is computed at it; every condition of the structure shares it).
+    energy_keV: Annotated[float, Field(ge=20, le=1500)] | Annotated[Choice, AfterValidator(_energy_choice)] = 300.0
     sampling_A: float = Field(default=0.125, gt=0.01, le=1.0)
     slice_thickness_A: float = Field(default=2.0, gt=0.1, le=20)
     parametrization: Literal["lobato", "kirkland"] = "lobato"
     device: Literal["auto", "cpu", "gpu"] = "auto"
     n_frozen_phonons: int = Field(default=1, ge=1, le=64)
+
+    @property
+    def energies_keV(self) -> tuple[float, ...]:
+        """Every energy a structure can be simulated at."""
+        e = self.energy_keV
+        return tuple(float(v) for v in e.choice) if isinstance(e, Choice) else (float(e),)
+
+
+class Chromatic(Strict):
+    """The focal spread computed from the microscope instead of given: the chromatic aberration Cc times the
+    relative spread of the beam's energy and of the objective lens' focusing (`imaging.focal_spread_nm`)."""
+    # Chromatic aberration coefficient of the objective lens (uncorrected ~1-2 mm; Cc-corrected ~0.01 mm).
+    cc_mm: ranged(0, 50, "cc_mm")
+    # Energy spread of the beam as manufacturers quote it: full width at half maximum (Schottky FEG ~0.7 eV, cold FEG ~0.3 eV,
+    # monochromated ~0.1 eV).
+    energy_spread_eV: ranged(0, 20, "energy_spread_eV")
+    # RMS relative instability of the accelerating voltage (acts as an energy spread).
+    high_tension_ppm: ranged(0, 100, "high_tension_ppm") = Fixed(value=0.0)
+    # RMS relative instability of the objective lens current (the focal length goes as 1 / I^2: twice its weight).
+    lens_current_ppm: ranged(0, 100, "lens_current_ppm") = Fixed(value=0.0)
 
 
 DETECTOR_TYPES = ("ideal", "scintillator", "counting")
@@ -519,6 +548,9 @@ class ImagingConfig(Strict):
     astigmatism_nm: ranged(0, 1000, "astigmatism_nm") = Uniform(uniform=(0, 2))
     astigmatism_angle_deg: ranged(-360, 360, "astigmatism_angle_deg") = Uniform(uniform=(0, 180))
     focal_spread_nm: ranged(0, 100, "focal_spread_nm") = Fixed(value=1.5)
+    # Given, the focal spread of every record is computed from Cc, the energy spread and the instabilities at
+    # the structure's beam energy (then leave focal_spread_nm out).
+    chromatic: Chromatic | None = None
     dose_e_per_A2: ranged(1e-3, 1e7, "dose_e_per_A2") = Uniform(uniform=(100, 1200))
     # 1: quasi-coherent temporal envelope on the wave; N > 1: incoherent sum over an N-point defocus
     # series spanning +-3 sigma (the seed study's 25-point recipe), exact for non-linear imaging.
@@ -539,6 +571,9 @@ class ImagingConfig(Strict):
         bad = [k for k in self.residual_aberrations_A if k not in POLAR_SYMBOLS]
         if bad:
             raise ValueError(f"unknown aberration symbol(s) {bad}; allowed: {sorted(POLAR_SYMBOLS)}")
+        if self.chromatic is not None and self.focal_spread_nm != ImagingConfig.model_fields["focal_spread_nm"].default:
+            raise ValueError("focal_spread_nm and chromatic both given: the focal spread is computed from "
+                             "chromatic (cc_mm, energy_spread_eV); leave focal_spread_nm out, or drop chromatic")
         return self
 
 
@@ -693,7 +728,27 @@ class GenerationConfig(Strict):
                     f"graphene cells (2.46 x 4.26 Å) without straining them {strain:.1%}; make image_size_px x "
                     "pixel_size_A a length within 1 % of a multiple of both (e.g. 64 or 179 Å)")
         self._materials_known()
+        self._aperture_inside_band()
         return self
+
+    def _aperture_inside_band(self):
+        """The multislice keeps spatial frequencies up to 2/3 of Nyquist (its antialias aperture); in angle that
+        band is wavelength x frequency, so it narrows as the energy rises. An objective aperture wider than the
+        band at some energy would not be the aperture the images are formed with."""
+        im, sim = self.imaging, self.simulation
+        if not im.objective_aperture_mrad:
+            return
+        from .waves import wavelength_A
+
+        k_band = 2 / 3 / (2 * sim.sampling_A)
+        for e in sim.energies_keV:
+            band_mrad = wavelength_A(e) * k_band * 1e3
+            if im.objective_aperture_mrad > band_mrad:
+                fine = wavelength_A(e) / (3 * im.objective_aperture_mrad * 1e-3)
+                raise ValueError(
+                    f"imaging.objective_aperture_mrad {im.objective_aperture_mrad:g} is wider than the multislice "
+                    f"band at {e:g} keV ({band_mrad:.1f} mrad with simulation.sampling_A {sim.sampling_A:g}): use "
+                    f"sampling_A <= {fine:.4f} (and a pixel_size_A a multiple of it) or a smaller aperture")
 
     def _materials_known(self):
         st = self.structure
@@ -786,9 +841,9 @@ class GenerationConfig(Strict):
 
     def record_fields(self) -> dict:
         """The run-wide part of every record: what the config fixes for all of them (simulation, stored pixel,
-        mask recipe, seed and the config's own hash)."""
+        mask recipe, seed and the config's own hash). The beam energy is the structure's (`imaging.beam_for`)."""
         sim, im, mask = self.simulation, self.imaging, self.mask
-        return {"energy_keV": sim.energy_keV, "slice_thickness_A": sim.slice_thickness_A,
+        return {"slice_thickness_A": sim.slice_thickness_A,
                 "n_frozen_phonons": sim.n_frozen_phonons, "pixel_size_A": im.pixel_size_A,
                 "image_size_px": im.image_size_px, "mask_phase_threshold_rad": mask.phase_threshold_rad,
                 "mask_closing_radius_A": mask.closing_radius_A, "mask_blur_sigma_A": mask.blur_sigma_A,
@@ -814,7 +869,7 @@ class GenerationConfig(Strict):
 # they hold their defaults, so that a folder written before they existed keeps its hash (and is not called
 # edited by `temsynth info --verify` or refused by training) and the same config keeps making the same records.
 ADDED_FIELDS = ("materials", "structure.core_shell", "structure.substrate.kind", "structure.substrate.composition",
-                "structure.substrate.density_g_per_cm3", "structure.substrate.graphene_layers")
+                "structure.substrate.density_g_per_cm3", "structure.substrate.graphene_layers", "imaging.chromatic")
 
 
 @functools.lru_cache(maxsize=1)
@@ -994,11 +1049,14 @@ def estimate_carbon_cache_bytes(cfg: GenerationConfig) -> int:
     bank block, `multislice.CarbonSlices`); dropped with it when the folder is finished."""
     sub, dz = cfg.structure.substrate, cfg.simulation.slice_thickness_A
     slices = math.ceil(sub.thickness_A.support()[1] / dz)
-    return int(sub.bank_size * slices * cfg.multislice_gpts ** 2 * 8) if cfg.simulation.backend == "abtem" else 0
+    # one set of transmission functions per beam energy (the interaction constant scales the potential's phase)
+    per_energy = sub.bank_size * slices * cfg.multislice_gpts ** 2 * 8
+    return int(per_energy * len(cfg.simulation.energies_keV)) if cfg.simulation.backend == "abtem" else 0
 
 
 # ---------------------------------------------------------------- seeds
-STAGE_STRUCTURE, STAGE_PHONONS, STAGE_CONDITIONS, STAGE_NOISE, STAGE_SUBSTRATE, STAGE_SPLITS, STAGE_DETECTOR = range(7)
+STAGE_STRUCTURE, STAGE_PHONONS, STAGE_CONDITIONS, STAGE_NOISE, STAGE_SUBSTRATE, STAGE_SPLITS, STAGE_DETECTOR, \
+    STAGE_BEAM = range(8)
 
 
 def rng_for(root_seed: int, stage: int, *ids: int) -> np.random.Generator:

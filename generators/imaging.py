@@ -10,12 +10,14 @@ the focal-series points), which keeps an extra condition far below the cost of a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.fft
 
-from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig, rng_for
+from .config import (STAGE_BEAM, STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig,
+                     rng_for)
 from .fftw import band_columns
 
 
@@ -29,6 +31,11 @@ class Condition:
     focal_spread_nm: float
     dose_e_per_A2: float
     crop_offset_px: tuple[int, int]  # (x, y) of the stored image's corner in the simulated field
+    # What the focal spread was computed from (`imaging.chromatic`); None where it was given directly.
+    cc_mm: float | None = None
+    energy_spread_eV: float | None = None
+    high_tension_ppm: float | None = None
+    lens_current_ppm: float | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -73,11 +80,44 @@ def grid_for(cfg: GenerationConfig, structure_index: int) -> Grid:
     return Grid(L, gpts, max(8, int(round(L / p))))
 
 
+def beam_energy_keV(cfg: GenerationConfig, structure_index: int) -> float:
+    """The structure's beam energy: the config's one, or one drawn from its choice (its own stream, so that a
+    config with one energy draws nothing and keeps its records)."""
+    e = cfg.simulation.energy_keV
+    if isinstance(e, (int, float)):
+        return float(e)
+    return float(e.sample(rng_for(cfg.seed, STAGE_BEAM, structure_index)))
+
+
+# 2 sqrt(2 ln 2): a Gaussian's full width at half maximum over its standard deviation
+FWHM_PER_SIGMA = 2 * math.sqrt(2 * math.log(2))
+ELECTRON_REST_ENERGY_KEV = 510.99895
+
+
+def chromatic_focal_spread_nm(cc_mm: float, energy_spread_eV: float, energy_keV: float,
+                              high_tension_ppm: float = 0.0, lens_current_ppm: float = 0.0) -> float:
+    """RMS focal spread from the chromatic aberration (as in Reimer & Kohl, Transmission Electron
+    Microscopy, and Kirkland, Advanced Computing in Electron Microscopy):
+
+        sigma_f = Cc sqrt( (k_rel sigma_E / E)^2 + (k_rel sigma_U / U)^2 + (2 sigma_I / I)^2 ),
+
+    sigma_E = FWHM / 2.355 the beam's energy spread, sigma_U / U and sigma_I / I the RMS relative instabilities of
+    the high tension and the lens current (a lens' focal length goes as U / I^2), and
+    k_rel = (1 + E / E0) / (1 + E / 2 E0) the relativistic factor (1.23 at 300 keV)."""
+    k_rel = (1 + energy_keV / ELECTRON_REST_ENERGY_KEV) / (1 + energy_keV / (2 * ELECTRON_REST_ENERGY_KEV))
+    de = energy_spread_eV / FWHM_PER_SIGMA / (energy_keV * 1e3)
+    rel = math.sqrt((k_rel * de) ** 2 + (k_rel * high_tension_ppm * 1e-6) ** 2 + (2 * lens_current_ppm * 1e-6) ** 2)
+    return cc_mm * 1e6 * rel  # mm -> nm
+
+
 def sample_conditions(cfg: GenerationConfig, structure_index: int, centers_px: list[tuple[float, float]],
-                      radii_px: list[float]) -> list[Condition]:
+                      radii_px: list[float], energy_keV: float | None = None) -> list[Condition]:
     """Imaging conditions of one structure. With a field larger than the image, the crop keeps every particle
-    whole where it can (the seed study's 640 -> 512 crop), else it is drawn at random."""
+    whole where it can (the seed study's 640 -> 512 crop), else it is drawn at random. `energy_keV`: the
+    structure's beam energy (`beam_energy_keV`), which a computed focal spread needs."""
     im = cfg.imaging
+    if energy_keV is None:
+        energy_keV = beam_energy_keV(cfg, structure_index)
     out = []
     margin = cfg.structure.edge_margin_A / im.pixel_size_A
     hi_max = im.field_px - im.image_size_px
@@ -86,6 +126,12 @@ def sample_conditions(cfg: GenerationConfig, structure_index: int, centers_px: l
         values = {name: float(getattr(im, name).sample(rng, c)) for name in
                   ("defocus_nm", "cs_mm", "astigmatism_nm", "astigmatism_angle_deg", "focal_spread_nm",
                    "dose_e_per_A2")}
+        if im.chromatic is not None:
+            # drawn from their own stream: the defocus, dose and crop draws stay those of a given focal spread
+            crng = rng_for(cfg.seed, STAGE_CONDITIONS, structure_index, c, 1)
+            ch = {name: float(getattr(im.chromatic, name).sample(crng, c)) for name in
+                  ("cc_mm", "energy_spread_eV", "high_tension_ppm", "lens_current_ppm")}
+            values.update(ch, focal_spread_nm=chromatic_focal_spread_nm(energy_keV=energy_keV, **ch))
         offset = []
         for axis in (0, 1):
             lo, hi = 0, hi_max

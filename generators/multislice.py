@@ -112,7 +112,7 @@ class Multislice:
         # multislice calls, private but stable across 1.0.x)
         from abtem.multislice import _fresnel_propagator_array
 
-        self.gpts, self.extent, self.dz = gpts, extent_A, slice_thickness_A
+        self.gpts, self.extent, self.dz, self.energy_keV = gpts, extent_A, slice_thickness_A, energy_keV
         self.sampling = extent_A / gpts
         n2 = float(gpts * gpts)
         (self.wave, self.work, self.real, self.half), plans = deterministic_plans(gpts, wisdom_dir)
@@ -286,7 +286,8 @@ class CarbonSlices:
         """(n_slices, N, N) complex64: the block's first `n_slices` full slices (`numbers`: its atoms' elements,
         carbon when None)."""
         numbers = np.full(len(block), 6) if numbers is None else numbers
-        name = f"{key}-N{self.engine.gpts}-dz{self.engine.dz:g}-transmission.npy"
+        # exp(i sigma V): the interaction constant sigma, and so the slices, depend on the beam energy
+        name = f"{key}-N{self.engine.gpts}-dz{self.engine.dz:g}-E{self.engine.energy_keV:g}-transmission.npy"
         if name in self._memory:
             self._memory.move_to_end(name)
             have = self._memory[name]

@@ -30,7 +30,7 @@ from .fftw import WISDOM_DIR, ensure_wisdom
 from .files import versions
 from .folder import (MANIFEST_KEYS, SHARD_KEYS, RunError, config_of, load_manifest,  # noqa: F401  (re-exported)
                      new_manifest, parse_record_id, record_id, structure_id)
-from .imaging import Grid, ImageFormer, bin_mean, crop, grid_for, noise_rng, sample_conditions
+from .imaging import Grid, ImageFormer, beam_energy_keV, bin_mean, crop, grid_for, noise_rng, sample_conditions
 from .info import reading, require_intact
 from .masks import instance_labels, mask_from_coverage, phase_coverage
 from .micrographs.tiles import resample
@@ -81,15 +81,16 @@ def assign_splits(cfg: GenerationConfig) -> SplitMap:
 _CONTEXT: dict = {}
 
 
-def _context(cfg: GenerationConfig, grid: Grid):
-    """Per-process simulator and image former per sampling grid, and the split assignment per config."""
-    key = (cfg.sha256(), grid.sim_gpts, grid.bin_factor or 1)
+def _context(cfg: GenerationConfig, grid: Grid, energy_keV: float):
+    """Per-process simulator and image former per sampling grid and beam energy, and the split assignment per
+    config."""
+    key = (cfg.sha256(), grid.sim_gpts, grid.bin_factor or 1, energy_keV)
     if key not in _CONTEXT:
         if len(_CONTEXT) > 16:
             _CONTEXT.clear()
-        sim = make_simulator(cfg.simulation, grid.sim_gpts, cfg.structure.thermal_sigma_A)
-        former = ImageFormer(cfg.imaging, grid.sim_gpts, grid.sim_sampling_A,
-                             wavelength_A(cfg.simulation.energy_keV), grid.bin_factor or 1)
+        sim = make_simulator(cfg.simulation, grid.sim_gpts, cfg.structure.thermal_sigma_A, energy_keV)
+        former = ImageFormer(cfg.imaging, grid.sim_gpts, grid.sim_sampling_A, wavelength_A(energy_keV),
+                             grid.bin_factor or 1)
         _CONTEXT[key] = (sim, former)
     split_key = ("splits", cfg.sha256())
     if split_key not in _CONTEXT:
@@ -106,7 +107,8 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
 
     im = cfg.imaging
     grid = grid_for(cfg, index)
-    sim, former, splits = _context(cfg, grid)
+    energy = beam_energy_keV(cfg, index)
+    sim, former, splits = _context(cfg, grid, energy)
     p = im.pixel_size_A
     s = build_structure(cfg, index, cache_dir)
     if hasattr(sim, "use_folders"):
@@ -122,7 +124,7 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     to_px = lambda x_A: (x_A + half_sample) / p - 0.5
     centres = [(to_px(pt.center_A[0]), to_px(pt.center_A[1])) for pt in s.particles]
     radii_px = [pt.bounding_radius_A / p for pt in s.particles]
-    conditions = sample_conditions(cfg, index, centres, radii_px)
+    conditions = sample_conditions(cfg, index, centres, radii_px, energy)
     intensity = former.intensity(waves.full, conditions)
     if grid.bin_factor is None:  # camera pixels that are no whole number of samples integrate the area they cover
         intensity = np.stack([resample(a, grid.sim_sampling_A, grid.detector_pixel_size_A) for a in intensity])
@@ -139,6 +141,7 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     # Every stage's objects say what they put on a record: the structure, the run's config, this structure's
     # grid and camera, and the software.
     base = {**s.record_fields(), "split": splits[index], **cfg.record_fields(), **grid.record_fields(),
+            "energy_keV": energy,
             **camera.as_dict(), "simulator": sim.name, "simulator_version": sim.version,
             "generator_version": __version__, "czone_version": version("czone")}
     size = im.image_size_px
@@ -254,7 +257,8 @@ def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, sched
     scheduler: a local cluster, an existing scheduler or SLURM/PBS batch jobs."""
     cluster = cluster or cluster_config(workers=workers, scheduler=scheduler)
     out = Path(out_dir)
-    make_simulator(cfg.simulation, grid_for(cfg, 0).sim_gpts, cfg.structure.thermal_sigma_A)  # unusable: refused here
+    make_simulator(cfg.simulation, grid_for(cfg, 0).sim_gpts, cfg.structure.thermal_sigma_A,  # unusable: refused here
+                   beam_energy_keV(cfg, 0))
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; choose a folder")
     if not _finished_with(cfg, out):  # re-running a finished folder needs no resources

@@ -18,7 +18,7 @@ from .config import STAGE_PHONONS, SimulationConfig, rng_for
 from .multislice import CarbonSlices, Multislice, carbon_exit_wave, transposed
 from .simulate_prismatic import PrismaticSimulator, SimulationError  # noqa: F401  (re-exported)
 from .structures import Structure
-from .waves import ExitWaves, SimulatorUnavailable, wavelength_A  # noqa: F401  (re-exported)
+from .waves import ExitWaves, SimulatorUnavailable, one_energy, wavelength_A  # noqa: F401  (re-exported)
 
 
 class Simulator(Protocol):
@@ -31,10 +31,11 @@ class Simulator(Protocol):
 class AbtemSimulator:
     name = "abtem"
 
-    def __init__(self, cfg: SimulationConfig, gpts: int, thermal_sigma_A: float = 0.0):
+    def __init__(self, cfg: SimulationConfig, gpts: int, thermal_sigma_A: float = 0.0, energy_keV: float | None = None):
         import abtem
 
         self.cfg = cfg
+        self.energy_keV = one_energy(cfg, energy_keV)
         self.gpts = gpts
         self.thermal_sigma_A = thermal_sigma_A
         self.version = abtem.__version__
@@ -67,7 +68,7 @@ class AbtemSimulator:
     def _cpu_engine(self, cell_xy_A: float):
         if self._engine is None or self._engine[0].extent != cell_xy_A:
             wisdom_dir, carbon_dir = self._folders
-            engine = Multislice(self.gpts, cell_xy_A, self.cfg.energy_keV, self.cfg.slice_thickness_A,
+            engine = Multislice(self.gpts, cell_xy_A, self.energy_keV, self.cfg.slice_thickness_A,
                                 self.cfg.parametrization, wisdom_dir)
             self._engine = (engine, CarbonSlices(engine, carbon_dir))
         return self._engine
@@ -107,7 +108,7 @@ class AbtemSimulator:
         # Both paths index arrays [x, y]; records are images [row = y, column = x].
         stack = lambda a: np.stack([transposed(np.asarray(w, np.complex64)) for w in a])
         return ExitWaves(particle=stack(particle), full=stack(full),
-                         sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.cfg.energy_keV)
+                         sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.energy_keV)
 
     def _exit_waves_cpu(self, s: Structure, rng):
         engine, carbon = self._cpu_engine(s.cell_xy_A)
@@ -131,7 +132,7 @@ class AbtemSimulator:
             if s.substrate_height_A > 0 and len(s.substrate_numbers):
                 substrate = self._potential(s.substrate_positions, s.substrate_numbers, s.cell_xy_A, s.substrate_height_A)
             for _ in range(self.cfg.n_frozen_phonons):
-                plane = abtem.PlaneWave(energy=self.cfg.energy_keV * 1e3, gpts=(self.gpts, self.gpts),
+                plane = abtem.PlaneWave(energy=self.energy_keV * 1e3, gpts=(self.gpts, self.gpts),
                                         extent=(s.cell_xy_A, s.cell_xy_A))
                 if len(s.particle_numbers):
                     pot = self._potential(self._particle_positions(s, rng), s.particle_numbers, s.cell_xy_A,
@@ -151,8 +152,10 @@ def _to_numpy(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-def make_simulator(cfg: SimulationConfig, gpts: int, thermal_sigma_A: float = 0.0) -> Simulator:
-    """The configured backend; an unusable one (e.g. `prismatic` without its build) raises SimulatorUnavailable here,
-    before any work."""
+def make_simulator(cfg: SimulationConfig, gpts: int, thermal_sigma_A: float = 0.0,
+                   energy_keV: float | None = None) -> Simulator:
+    """The configured backend at one beam energy (the config's, or with a choice of energies the structure's,
+    `imaging.beam_energy_keV`); an unusable one (e.g. `prismatic` without its build) raises SimulatorUnavailable
+    here, before any work."""
     backends = {"abtem": AbtemSimulator, "prismatic": PrismaticSimulator}
-    return backends[cfg.backend](cfg, gpts, thermal_sigma_A)
+    return backends[cfg.backend](cfg, gpts, thermal_sigma_A, energy_keV=energy_keV)

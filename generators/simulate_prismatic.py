@@ -50,7 +50,7 @@ import numpy as np
 from temsynth.errors import TemsynthError
 
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
-from .waves import ExitWaves, SimulatorUnavailable, wavelength_A
+from .waves import ExitWaves, SimulatorUnavailable, one_energy, wavelength_A
 
 INSTALL_COMMAND = "make prismatic"
 BUILD_INFO = "prismatic-build.json"  # written by `make prismatic` into the venv's root (sys.prefix)
@@ -125,7 +125,7 @@ class PrismaticSimulator:
     name = "prismatic"
 
     def __init__(self, cfg: SimulationConfig, gpts: int, thermal_sigma_A: float = 0.0,
-                 band_limit: str = "abtem", threads: int | None = None):
+                 band_limit: str = "abtem", threads: int | None = None, energy_keV: float | None = None):
         ok, reason, version = prismatic_status()
         if not ok:
             raise _unavailable(reason)
@@ -144,6 +144,7 @@ class PrismaticSimulator:
         if band_limit not in ("abtem", "prismatic"):
             raise ValueError(f"band_limit must be 'abtem' or 'prismatic', got {band_limit!r}")
         self.cfg = cfg
+        self.energy_keV = one_energy(cfg, energy_keV)
         self.gpts = gpts
         self.thermal_sigma_A = thermal_sigma_A
         self.band_limit = band_limit
@@ -181,7 +182,7 @@ class PrismaticSimulator:
                 "save4DOutput": False, "realspacePixelSizeX": cell_xy / (2 * self.gpts),
                 "realspacePixelSizeY": cell_xy / (2 * self.gpts), "interpolationFactorX": 1,
                 "interpolationFactorY": 1, "sliceThickness": float(self.cfg.slice_thickness_A),
-                "E0": float(self.cfg.energy_keV), "numFP": 1, "potential3D": False, "potBound": 3.0,
+                "E0": float(self.energy_keV), "numFP": 1, "potential3D": False, "potBound": 3.0,
                 "includeThermalEffects": False, "includeOccupancy": False, "numGPUs": 0, "alsoDoCPUWork": True,
                 "numThreads": self._threads(), "randomSeed": 0, "transferMode": "singlexfer"}
 
@@ -204,7 +205,7 @@ class PrismaticSimulator:
         if not has_particle and not has_substrate:
             vacuum = np.ones((n_configs, self.gpts, self.gpts), np.complex64)
             return ExitWaves(particle=vacuum, full=vacuum.copy(), sampling_A=s.cell_xy_A / self.gpts,
-                             energy_keV=self.cfg.energy_keV)
+                             energy_keV=self.energy_keV)
         with tempfile.TemporaryDirectory(prefix="temsynth-prismatic-") as tmp:
             tmp = Path(tmp)
             runs, heights = [], []
@@ -236,7 +237,7 @@ class PrismaticSimulator:
             particle, full = particle * n_configs, full * n_configs
         return ExitWaves(particle=np.stack(particle).astype(np.complex64),
                          full=np.stack(full).astype(np.complex64),
-                         sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.cfg.energy_keV)
+                         sampling_A=s.cell_xy_A / self.gpts, energy_keV=self.energy_keV)
 
     def _run_child(self, tmp: Path, sid: str) -> None:
         env = {**os.environ, "HOME": str(tmp)}  # Prismatic writes prismatic_gui_params.txt to $HOME
@@ -260,7 +261,7 @@ class PrismaticSimulator:
         wave = np.ascontiguousarray(wave_xy.T).astype(np.complex128)
         k = np.fft.fftfreq(n, cell_xy / n)
         k2 = k[:, None] ** 2 + k[None, :] ** 2
-        kernel = np.exp(-1j * np.pi * wavelength_A(self.cfg.energy_keV) * (height / 2) * k2)
+        kernel = np.exp(-1j * np.pi * wavelength_A(self.energy_keV) * (height / 2) * k2)
         if self.band_limit == "abtem":
             kernel = kernel * abtem_aperture(n, cell_xy)
         return np.fft.ifft2(np.fft.fft2(wave) * kernel).astype(np.complex64)

@@ -30,3 +30,14 @@ def wavelength_A(energy_keV: float) -> float:
     m0c2 = units._me * units._c**2 / units._e  # eV
     hc = units._hplanck * units._c / units._e * 1e10  # eV Å
     return hc / np.sqrt(e * (2 * m0c2 + e))
+
+
+def one_energy(cfg, energy_keV: float | None) -> float:
+    """A simulator's beam energy: the one asked for, else the config's single energy."""
+    if energy_keV is not None:
+        return float(energy_keV)
+    energies = cfg.energies_keV
+    if len(energies) != 1:
+        raise ValueError(f"simulation.energy_keV is a choice of {list(energies)}: give the structure's energy "
+                         "(imaging.beam_energy_keV)")
+    return energies[0]

@@ -25,7 +25,7 @@ OUT = Path("docs") / "configuration.md"
 
 # Name suffix -> unit, longest first (units are in the field names).
 UNITS = [("_e_per_A2", "e⁻/Å²"), ("_atoms_per_A3", "atoms/Å³"), ("_g_per_cm3", "g/cm³"), ("_counts_per_e", "counts/e⁻"), ("_counts", "counts"),
-         ("_keV", "keV"), ("_mrad", "mrad"), ("_rad", "rad"), ("_deg", "°"), ("_mm", "mm"), ("_nm", "nm"),
+         ("_keV", "keV"), ("_eV", "eV"), ("_ppm", "ppm"), ("_mrad", "mrad"), ("_rad", "rad"), ("_deg", "°"), ("_mm", "mm"), ("_nm", "nm"),
          ("_px", "px"), ("_A", "Å")]
 
 

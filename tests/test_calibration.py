@@ -225,3 +225,9 @@ def test_particle_sizes_and_coverage_from_a_mask_set_the_scene_ranges():
     assert any(n.startswith("structure.radius_A: from the model's masks") for n in notes)
     # both signs of an ambiguous defocus, moved from mid-plane to exit plane by half the carbon (30 Å -> 1.5 nm)
     assert sorted(data["imaging"]["defocus_nm"]["empirical"]["values"]) == pytest.approx([-21.5, 18.5])
+    assert data["simulation"]["energy_keV"] == 300.0
+    # micrographs at 200 kV: the proposed config simulates at 200 kV, where its rings were fitted
+    fit200 = CTFFit(-20.0, 1.0, 30.0, 3.0, 2.0, 0.0, 200.0, 0.05, 1.0, 0.9, True, 3.0, 1.2)
+    data200, notes200 = propose([Measurement("a.npy", 0.5, (200, 200), fit200, m.noise, m.texture)], base, "at200")
+    assert data200["simulation"]["energy_keV"] == 200.0 and from_dict(data200).simulation.energies_keV == (200.0,)
+    assert any(n.startswith("simulation.energy_keV: 200") for n in notes200)

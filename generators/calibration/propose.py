@@ -43,6 +43,14 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
     im = data["imaging"]
     notes = []
 
+    # The rings were fitted at the micrographs' energy: the simulation must run at it, or its rings would not be
+    # the measured ones (chi goes as lambda df k^2).
+    energy = measurements[0].ctf.energy_keV
+    if base.simulation.energies_keV != (energy,):
+        data["simulation"]["energy_keV"] = energy
+    notes.append(f"simulation.energy_keV: {energy:g}, the micrographs' (given with --energy-keV, else the base "
+                 "config's), at which the rings were fitted")
+
     # Thon rings date the carbon's middle, a multislice's defocus its exit plane: the carbon's mid-plane lies
     # half its thickness before it (measured on simulated fields: the fit reads exit + t/2).
     half = carbon_half_thickness_nm(base)

@@ -76,7 +76,10 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
     if pixel_size_A is not None and not pixel_size_A > 0:
         raise CalibrationError(f"--pixel-size-A {pixel_size_A}: give a positive pixel size in Å")
     base = base_config(preset, config)
-    energy = energy_keV or base.simulation.energy_keV
+    if energy_keV is None and len(base.simulation.energies_keV) > 1:
+        raise CalibrationError(f"the base config draws beam energies {list(base.simulation.energies_keV)} keV: give "
+                               "--energy-keV, the micrographs' own")
+    energy = float(energy_keV or base.simulation.energies_keV[0])
     cs = cs_mm if cs_mm is not None else float(np.mean(base.imaging.cs_mm.support()))
     paths, root = micrograph_paths(inputs)
     sizes = ({p: pixel_size_A for p in paths} if pixel_size_A is not None
