@@ -110,6 +110,32 @@ def test_dose_and_gain_from_counts():
     assert measure(display, px, "display.npy").noise.dose_e_per_A2 is None
 
 
+@pytest.mark.parametrize("camera", ["counting", "scintillator"])
+def test_camera_told_from_the_noise_past_the_information_limit(camera):
+    """Past the information limit only noise is left: white for a counting camera (whose dose then comes back),
+    MTF-filtered for a scintillator (half-width 0.3 cycles/px: the noise near Nyquist is a few % of its zero-
+    frequency power), whose floor must not be read as a dose. Counts rounded as a camera's ADC gives them."""
+    from generators.calibration.propose import propose
+    from generators.run import simulate_structure
+
+    det = ({"type": "counting", "dqe0": 0.8, "counting_sigma_px": 0.3} if camera == "counting" else
+           {"type": "scintillator", "gain_counts_per_e": 10.0, "dqe0": 0.8, "mtf_c": 0.1, "mtf_f0": 0.3,
+            "read_noise_counts": 1.0})
+    # a focal spread of 8 nm puts the information limit near 1.6 Å, well inside Nyquist (0.7 Å)
+    cfg = carbon_cfg(**{"imaging.detector": det, "imaging.focal_spread_nm": 8.0, "conditions_per_structure": 1,
+                        "imaging.defocus_nm": -30.0, "imaging.dose_e_per_A2": 1000.0})
+    images, _, _, _, _ = simulate_structure(cfg, 0)
+    m = measure(np.round(images[0]), cfg.imaging.pixel_size_A, f"{camera}.npy")
+    assert m.noise.kind == "counts" and m.noise.camera.kind == camera, m.noise.camera
+    if camera == "counting":
+        assert m.noise.dose_e_per_A2 == pytest.approx(0.8 * 1000.0, rel=0.1)  # the detected dose: DQE x dose
+    else:
+        assert m.noise.dose_e_per_A2 is None and "not measurable" in m.noise.why
+    data, notes = propose([m], cfg, "cam")
+    assert data["imaging"]["detector"]["type"] == {"value": camera}
+    assert any(n.startswith("imaging.detector.type: from the noise spectra") for n in notes)
+
+
 def test_calibrate_writes_a_config_that_spans_the_fits(carbon_fields, tmp_path, capsys):
     cfg, images, metas = carbon_fields
     folder = tmp_path / "mine"

@@ -85,8 +85,7 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
         kinds = {m.noise.why.split(";")[0] for m in measurements if m.noise.kind != "counts"}
         notes.append(f"imaging.dose_e_per_A2: kept ({_describe(base.imaging.dose_e_per_A2)}): "
                      + "; ".join(sorted(kinds)))
-    notes.append("imaging.detector: kept: the camera's noise spectrum cannot be told apart from the specimen's "
-                 "without counts and an information limit well inside Nyquist")
+    notes.append(_camera(measurements, im))
     contrasts = [m.texture.speckle_contrast for m in measurements if m.texture.speckle_contrast is not None]
     notes.append("structure.substrate.thickness_A: kept ("
                  + _describe(base.structure.substrate.thickness_A) + "): "
@@ -122,3 +121,18 @@ def _describe(d) -> str:
     if isinstance(d, Choice):
         return f"choice of {list(d.choice)}"
     return " ".join(f"{k} {v}" for k, v in d.model_dump().items())
+
+
+def _camera(measurements: list[Measurement], im: dict) -> str:
+    """The camera's type from the noise spectra where every field shows one (counts, and a band of noise past the
+    information limit); its MTF, gain, read noise and DQE kept from the base config."""
+    cams = [m.noise.camera for m in measurements]
+    if not cams or any(c is None or c.kind == "unknown" for c in cams):
+        why = next((c.why for c in cams if c is not None and c.kind == "unknown"),
+                   "the noise spectrum needs electron counts")
+        return f"imaging.detector: kept: {why}"
+    kinds = sorted({c.kind for c in cams})
+    im.setdefault("detector", {})["type"] = {"value": kinds[0]} if len(kinds) == 1 else {"choice": kinds}
+    return ("imaging.detector.type: from the noise spectra past the information limit ("
+            + ", ".join(f"{k}: {sum(c.kind == k for c in cams)} field(s)" for k in kinds)
+            + "); its MTF, gain, read noise and DQE kept (the band past the information limit does not fix them)")
