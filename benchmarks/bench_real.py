@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from temsynth.errors import TemsynthError  # noqa: E402
+from generators.errors import TemsynthError  # noqa: E402
 from training.score import (BARE_FRACTION, add_arguments, default_real_dir, draw, draw_scenes,  # noqa: E402,F401
                             fields, predict_field, run, score, split_of)
 

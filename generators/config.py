@@ -25,7 +25,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
                       model_validator)
 
-from temsynth.errors import TemsynthError
+from .errors import TemsynthError
 from temsynth.resources import package_dir
 
 from . import materials as mats

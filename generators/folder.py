@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError, model_validator
 
-from temsynth.errors import TemsynthError
+from .errors import TemsynthError
 
 from .config import ConfigError, GenerationConfig, from_dict
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from temsynth.errors import TemsynthError
+from .errors import TemsynthError
 
 
 class MaterialError(TemsynthError, ValueError):

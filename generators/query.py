@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from temsynth.errors import TemsynthError
+from .errors import TemsynthError
 
 
 PIXEL_COLUMNS = ("image", "mask", "instance_mask", "preview")  # records.PIXEL_COLUMNS (query imports no records)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from temsynth.errors import TemsynthError
+from .errors import TemsynthError
 
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
 from .waves import ExitWaves, SimulatorUnavailable, one_energy, wavelength_A

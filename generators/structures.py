@@ -19,7 +19,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from temsynth.errors import TemsynthError
+from .errors import TemsynthError
 
 from .config import STAGE_STRUCTURE, GenerationConfig, rng_for
 from .files import atomic_path

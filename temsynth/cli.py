@@ -1,7 +1,7 @@
 """`temsynth` command line: parse, call a library function, print.
 
 The top layer: it imports `generators/` and `training/`; neither imports it. Every error meant for the user
-derives from `temsynth.errors.TemsynthError`, the one class caught here.
+derives from `generators.errors.TemsynthError`, the one class caught here.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from generators.info import report
 from generators.files import source_digest
 from generators.run import RunError, generate, load_manifest, regenerate_records
 from generators.subsets import query_summary, save_named_subset, trace, write_subset
-from .errors import TemsynthError
+from generators.errors import TemsynthError
 
 
 def _load_cfg(args):

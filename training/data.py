@@ -19,7 +19,7 @@ from generators.info import reading, require_intact
 from generators.query import Query, QueryError, wds_filter
 from generators.run import RunError
 from generators.subsets import fingerprint
-from temsynth.errors import TemsynthError
+from generators.errors import TemsynthError
 
 from .config import AugmentConfig, DataSource
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from generators.files import atomic_path
-from temsynth.errors import TemsynthError
+from generators.errors import TemsynthError
 
 from .config import AugmentConfig, ModelConfig
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from generators.writers import CARDS_DIR
-from temsynth.errors import TemsynthError
+from generators.errors import TemsynthError
 
 from .results import RESULTS_FILE, STUDY_FILE
 from .stats import MODEL_KEY, bootstrap_median_ci, final_scores, min_attainable_p, pairwise_mannwhitney

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from temsynth.errors import TemsynthError
+from generators.errors import TemsynthError
 from temsynth.resources import real_set_dir
 
 BARE_FRACTION = 0.005

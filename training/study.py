@@ -30,7 +30,7 @@ from generators.cluster import (RUNNING_FILE, After, ClusterConfig, Task, add_cl
                                 launch_job, run_tasks, signals_raise, stop_jobs, worker_index)
 from generators.config import ConfigError, Strict, format_errors, read_yaml
 from generators.files import atomic_path, sha256_file
-from temsynth.errors import TemsynthError
+from generators.errors import TemsynthError
 
 from .card import versions
 from .config import Benchmark, DataSource, train_config

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from generators.files import atomic_path
-from temsynth.errors import TemsynthError
+from generators.errors import TemsynthError
 
 from .card import write_model_card
 from .config import TrainConfig, load_train_config
