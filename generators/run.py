@@ -31,7 +31,7 @@ from .files import versions
 from .folder import (MANIFEST_KEYS, SHARD_KEYS, RunError, config_of, load_manifest,  # noqa: F401  (re-exported)
                      new_manifest, parse_record_id, record_id, structure_id)
 from .imaging import Grid, ImageFormer, beam_energy_keV, bin_mean, crop, grid_for, noise_rng, sample_conditions
-from .info import reading, require_intact
+from .dataset import DatasetFolder, as_folder
 from .masks import instance_labels, mask_from_coverage, phase_coverage
 from .micrographs.tiles import resample
 from .records import to_table
@@ -435,17 +435,19 @@ def _summary(out: Path) -> dict:
             "mask_area_px": rng(t["mask_area_px"])}
 
 
-def read_record(dataset_dir: str | Path, record_id: str) -> dict:
-    return read_records(dataset_dir, [record_id])[record_id]
+def read_record(dataset: DatasetFolder | str | Path, record_id: str) -> dict:
+    return read_records(dataset, [record_id])[record_id]
 
 
-def read_records(dataset_dir: str | Path, record_ids: list[str]) -> dict[str, dict]:
+def read_records(dataset: DatasetFolder | str | Path, record_ids: list[str]) -> dict[str, dict]:
     """Stored records by id, images and masks as arrays, in one scan of the folder's Parquet shards."""
     import pyarrow.dataset as pads
 
-    files = require_intact(dataset_dir, "parquet")
-    with reading(dataset_dir):
-        t = pads.dataset(files, format="parquet").to_table(filter=pads.field("record_id").isin(list(record_ids)))
+    folder = as_folder(dataset)
+    dataset_dir = folder.path
+    with folder.reading():
+        t = pads.dataset(folder.files("parquet"), format="parquet").to_table(
+            filter=pads.field("record_id").isin(list(record_ids)))
     rows = {r["record_id"]: r for r in t.to_pylist()}
     missing = [rid for rid in record_ids if rid not in rows]
     if missing or len(t) != len(rows):
@@ -460,15 +462,17 @@ def read_records(dataset_dir: str | Path, record_ids: list[str]) -> dict[str, di
     return rows
 
 
-def regenerate_record(dataset_dir: str | Path, record_id: str) -> dict:
+def regenerate_record(dataset: DatasetFolder | str | Path, record_id: str) -> dict:
     """Rebuild one record from the manifest's config and compare it with the stored one."""
-    return next(regenerate_records(dataset_dir, [record_id], keep_arrays=True))
+    return next(regenerate_records(dataset, [record_id], keep_arrays=True))
 
 
-def regenerate_records(dataset_dir: str | Path, record_ids: list[str] | None = None, keep_arrays: bool = False):
+def regenerate_records(dataset: DatasetFolder | str | Path, record_ids: list[str] | None = None,
+                       keep_arrays: bool = False):
     """Rebuild records (all of them when `record_ids` is None) and compare each with the stored one; yields one
     comparison per record, structure by structure (a structure's conditions share one simulation)."""
-    cfg = config_of(dataset_dir)
+    folder = as_folder(dataset)
+    dataset_dir, cfg = folder.path, folder.config
     if record_ids is None:
         record_ids = [record_id(s, c) for s in range(cfg.n_structures) for c in range(cfg.conditions_per_structure)]
     wanted: dict[int, list[tuple[str, int]]] = {}
@@ -479,8 +483,8 @@ def regenerate_records(dataset_dir: str | Path, record_ids: list[str] | None = N
                            f"{cfg.conditions_per_structure} conditions)")
         wanted.setdefault(s_idx, []).append((rid, c_idx))
     for s_idx, items in wanted.items():
-        stored = read_records(dataset_dir, [rid for rid, _ in items])  # one scan per structure
-        images, masks, _, _, _ = simulate_structure(cfg, s_idx, dataset_dir=Path(dataset_dir))
+        stored = read_records(folder, [rid for rid, _ in items])  # one scan per structure
+        images, masks, _, _, _ = simulate_structure(cfg, s_idx, dataset_dir=dataset_dir)
         for rid, c_idx in items:
             img, msk, old = images[c_idx], masks[c_idx], stored[rid]
             r = {"record_id": rid,

@@ -27,7 +27,7 @@ from generators.errors import TemsynthError
 
 from .card import write_model_card
 from .config import TrainConfig, load_train_config
-from .data import EpochSampler, benchmark_set, source_json, training_set
+from .data import EpochSampler, benchmark_set, open_source, source_json, training_set
 from .instances import aggregate, match, particles_from_logits
 from .metrics import counts, scores, segmentation_loss
 from .models import CONFIG_FILE, MODEL_FILE, build_model, load_model, save_model
@@ -167,9 +167,13 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
     set_seed(cfg.seed)
     log = accelerator.print if echo else (lambda *a, **k: None)
 
-    train_set = training_set(cfg.data_sources, cfg.augment, cfg.seed, instances=cfg.model.instances)
-    benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]", instances=True)
-               for b in cfg.benchmarks}
+    # Each source's folder is opened (its manifest read and checked) once, here, for its records and its card.
+    folders = [open_source(s, f"data[{i}]" if len(cfg.data_sources) > 1 else "data")
+               for i, s in enumerate(cfg.data_sources)]
+    bench_folders = [open_source(b, f"benchmarks[{b.name}]") for b in cfg.benchmarks]
+    train_set = training_set(cfg.data_sources, cfg.augment, cfg.seed, instances=cfg.model.instances, folders=folders)
+    benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]", instances=True, folder=f)
+               for b, f in zip(cfg.benchmarks, bench_folders)}
     if cfg.init_from:
         model, parent = load_model(cfg.init_from)
         if parent.model != cfg.model:
@@ -218,7 +222,8 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
     bar = _bar(cfg, n_batches, state.epoch, progress and accelerator.is_local_main_process)
     info = {"name": cfg.name, "phase": cfg.phase, "seed": cfg.seed, "world_size": accelerator.num_processes,
             "mixed_precision": cfg.mixed_precision, "training_config": json.loads(cfg.model_dump_json()),
-            "train_data": [source_json(s) for s in cfg.data_sources], "benchmarks": [source_json(b) for b in cfg.benchmarks],
+            "train_data": [source_json(s, f) for s, f in zip(cfg.data_sources, folders)],
+            "benchmarks": [source_json(b, f) for b, f in zip(cfg.benchmarks, bench_folders)],
             "init_from": _parent_info(cfg), "epoch_offset": offset}
     for epoch in range(state.epoch, cfg.epochs):
         if cfg.patience and state.bad_epochs >= cfg.patience:
