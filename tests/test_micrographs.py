@@ -371,6 +371,16 @@ def test_import_manifest_and_splits_per_source(imported):
     assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(m))
 
 
+def test_imported_shards_explain_their_columns(imported):
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(next((imported[0] / "data").glob("*.parquet")))
+    meta = {f.name: {k.decode(): v.decode() for k, v in f.metadata.items()} for f in schema}
+    assert meta["source_pixel_size_A"] == {"unit": "Å", "description": "pixel size of the source micrograph as used "
+                                                                     "for resampling"}
+    assert meta["tile_index"]["unit"] == "" and meta["mask"]["description"].startswith("rows of pixels")
+
+
 def test_tiles_are_at_the_target_pixel_size(imported):
     out, m, _ = imported
     rows = _tiles(out)
