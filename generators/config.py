@@ -22,13 +22,22 @@ from typing import Annotated, Any, Literal, Union
 
 import numpy as np
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo,
-                      model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-from .errors import TemsynthError
 from temsynth.resources import package_dir
 
 from . import materials as mats
+from .errors import TemsynthError
 
 PRESETS_DIR = package_dir("generators", "presets")  # package data (setup.cfg), read as a wheel installs it
 
@@ -230,8 +239,8 @@ class Fixed(Strict):
             return None
 
 
-_DIST_KEYS = {"uniform": "Uniform", "integers": "Integers", "truncnormal": "TruncNormal", "linspace": "Linspace", "loguniform": "LogUniform",
-              "empirical": "Empirical", "choice": "Choice", "value": "Fixed"}
+_DIST_KEYS = {"uniform": "Uniform", "integers": "Integers", "truncnormal": "TruncNormal", "linspace": "Linspace",
+              "loguniform": "LogUniform", "empirical": "Empirical", "choice": "Choice", "value": "Fixed"}
 
 
 def _dist_tag(v: Any) -> str | None:
@@ -247,9 +256,10 @@ def _dist_tag(v: Any) -> str | None:
 
 
 Distribution = Annotated[
-    Union[Annotated[Uniform, Tag("Uniform")], Annotated[LogUniform, Tag("LogUniform")], Annotated[Integers, Tag("Integers")],
-          Annotated[TruncNormal, Tag("TruncNormal")], Annotated[Linspace, Tag("Linspace")],
-          Annotated[Empirical, Tag("Empirical")], Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
+    Union[Annotated[Uniform, Tag("Uniform")], Annotated[LogUniform, Tag("LogUniform")],
+          Annotated[Integers, Tag("Integers")], Annotated[TruncNormal, Tag("TruncNormal")],
+          Annotated[Linspace, Tag("Linspace")], Annotated[Empirical, Tag("Empirical")],
+          Annotated[Choice, Tag("Choice")], Annotated[Fixed, Tag("Fixed")]],
     Discriminator(_dist_tag, custom_error_type="distribution",
                   custom_error_message="expected a number or one of {uniform: [low, high]}, {integers: [low, high]}, "
                                        "{truncnormal: {mean, sd, low, high}}, {linspace: {start, stop, num}}, "
@@ -399,7 +409,8 @@ def composition_numbers(formula: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         counts = Formula(formula).count()
     except ValueError as err:
-        raise ValueError(f"composition {formula!r} is no chemical formula ({err}); write e.g. C, Si3N4 or SiO2") from None
+        raise ValueError(f"composition {formula!r} is no chemical formula ({err}); "
+                         "write e.g. C, Si3N4 or SiO2") from None
     bad = [e for e in counts if e not in atomic_numbers]
     if not counts or bad:
         raise ValueError(f"composition {formula!r}: unknown element(s) {bad}; write e.g. C, Si3N4 or SiO2")
@@ -892,9 +903,9 @@ def _registry(specs: tuple[tuple[str, str], ...]) -> dict[str, "mats.Material"]:
 def format_errors(err: ValidationError, source: str, what: str = "generation config") -> str:
     lines = [f"invalid {what} ({source}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "Fixed", "Uniform",
-                                                                            "Choice", "Integers", "TruncNormal", "LogUniform", "Empirical",
-                                                                            "Linspace", "tagged-union")))
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(
+            ("function-", "Fixed", "Uniform", "Choice", "Integers", "TruncNormal", "LogUniform", "Empirical",
+             "Linspace", "tagged-union")))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; units go in the name, e.g. defocus_nm)"
@@ -1009,14 +1020,21 @@ def load_preset(name: str, **overrides: Any) -> GenerationConfig:
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"unknown preset {name!r}; available: {preset_names()}")
-    data = read_yaml(path, "preset")
-    for dotted, value in overrides.items():
+    return from_dict(set_dotted(read_yaml(path, "preset"), overrides, "override"), f"preset {name}")
+
+
+def set_dotted(data: dict, overrides: dict[str, Any], where: str = "--set") -> dict:
+    """Set dotted fields (`structure.radius_A`) of a config mapping in place, making sections as needed; returns
+    it. A step through a value that is not a section is one line naming the key (`where`: how it was given)."""
+    for key, value in overrides.items():
         node = data
-        *parents, leaf = dotted.split(".")
+        *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where} {key}: {p} is not a section of the config")
         node[leaf] = value
-    return from_dict(data, f"preset {name}")
+    return data
 
 
 # ---------------------------------------------------------------- resources

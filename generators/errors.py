@@ -10,3 +10,15 @@ from __future__ import annotations
 
 class TemsynthError(Exception):
     """A failure with a message meant for the user (exit status 2 on the command line)."""
+
+
+def exit_status(prog: str, call) -> int:
+    """What every command line's `main` does around its work: `call()`'s exit status, or, for an error the user
+    can fix (a `TemsynthError`), its message as one line on stderr (`{prog}: {message}`) and status 2."""
+    import sys
+
+    try:
+        return call()
+    except TemsynthError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2

@@ -6,25 +6,15 @@ without the card.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import typing
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from .preview import preview_png
 from .structures import Particle, particle_columns
-
-
-# A column's unit is the suffix of its name (longest first); a name without one is a count, an id or text.
-UNIT_SUFFIXES = (("_counts_per_e", "counts/e"), ("_e_per_A2", "e/Å²"), ("_counts", "counts"), ("_keV", "keV"),
-                 ("_eV", "eV"), ("_deg", "deg"), ("_rad", "rad"), ("_nm", "nm"), ("_mm", "mm"), ("_px", "px"),
-                 ("_A", "Å"))
-
-
-def unit_of(name: str) -> str:
-    return next((unit for suffix, unit in UNIT_SUFFIXES if name.endswith(suffix)), "")
+from .units import unit_of
 
 
 @dataclass(frozen=True)
@@ -72,7 +62,8 @@ def _particle_columns() -> tuple[Column, ...]:
     out = [Column(name, pa.list_(_arrow_of(hints[attr])), f"per particle: {doc}")
            for name, attr, doc in particle_columns()]
     out += [
-        Column("particle_center_px", pa.list_(fixed_list(pa.float64(), 2)), "per particle: (x, y) centre in image pixel indices"),
+        Column("particle_center_px", pa.list_(fixed_list(pa.float64(), 2)),
+               "per particle: (x, y) centre in image pixel indices"),
         Column("particle_cut_by_border", pa.list_(pa.bool_()), "per particle: its outline crosses the image border"),
         Column("particle_area_px", pa.list_(pa.int32()), "per particle: pixels of its label in instance_mask"),
     ]

@@ -16,27 +16,43 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
 from .cluster import Task, cluster_config, run_tasks
-from .config import (STAGE_SPLITS, ConfigError, GenerationConfig, estimate_dataset_bytes, estimate_worker_bytes,
-                     from_dict, rng_for)
+from .config import (
+    STAGE_SPLITS,
+    ConfigError,
+    GenerationConfig,
+    estimate_dataset_bytes,
+    estimate_worker_bytes,
+    from_dict,
+    rng_for,
+)
+from .dataset import DatasetFolder, as_folder
 from .detector import sample_detector
 from .fftw import WISDOM_DIR, ensure_wisdom
 from .files import versions
-from .folder import (MANIFEST_KEYS, SHARD_KEYS, RunError, config_of, load_manifest,  # noqa: F401  (re-exported)
-                     new_manifest, parse_record_id, record_id, structure_id)
+from .folder import (  # noqa: F401  (re-exported)
+    MANIFEST_KEYS,
+    SHARD_KEYS,
+    RunError,
+    config_of,
+    load_manifest,
+    new_manifest,
+    parse_record_id,
+    record_id,
+    structure_id,
+)
 from .imaging import Grid, ImageFormer, beam_energy_keV, bin_mean, crop, grid_for, noise_rng, sample_conditions
-from .dataset import DatasetFolder, as_folder
 from .masks import instance_labels, mask_from_coverage, phase_coverage
 from .micrographs.tiles import resample
 from .records import to_table
 from .simulate import SimulatorUnavailable, make_simulator, wavelength_A
-from .structures import build_structure
+from .structures import Structure, build_structure
 from .writers import SPLITS, file_entries, write_card, write_manifest, write_parquet, write_split
 
 
@@ -98,9 +114,19 @@ def _context(cfg: GenerationConfig, grid: Grid, energy_keV: float):
     return (*_CONTEXT[key], _CONTEXT[split_key])
 
 
+class SimulatedStructure(NamedTuple):
+    """One structure's records: (n, h, w) stacks of its images, masks and instance masks, one metadata dict per
+    record (imaging condition), and the structure itself. A tuple too, so `images, masks, *_ = ...` holds."""
+    images: np.ndarray
+    masks: np.ndarray
+    instance_masks: np.ndarray
+    records: list[dict]
+    structure: Structure
+
+
 def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None,
-                       dataset_dir: Path | None = None):
-    """Structure -> exit waves -> (images, masks, instance masks, per-record metadata, structure).
+                       dataset_dir: Path | None = None) -> SimulatedStructure:
+    """Structure -> exit waves -> images, masks, instance masks and per-record metadata (`SimulatedStructure`).
     A pure function of (cfg, index) on one machine, given the FFTW wisdom of `dataset_dir` (`fftw.py`);
     `cache_dir` shares the carbon bank and its sliced potentials between workers."""
     from importlib.metadata import version
@@ -147,7 +173,8 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
     size = im.image_size_px
     images, masks, labels, metas = [], [], [], []
     for c, inten in zip(conditions, intensity):
-        counts = camera.record(inten, c.dose_e_per_A2, grid.detector_pixel_size_A, noise_rng(cfg, index, c.condition_index))
+        counts = camera.record(inten, c.dose_e_per_A2, grid.detector_pixel_size_A,
+                               noise_rng(cfg, index, c.condition_index))
         if resampled:
             counts = resample(counts, grid.detector_pixel_size_A, p)
         img = crop(counts, c.crop_offset_px, size)
@@ -165,7 +192,7 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
                                                  for (x, y), r in zip(centre_px, radii_px)],
                       "particle_area_px": [int(np.count_nonzero(lab == k + 1)) for k in range(s.n_particles)],
                       "mask_area_px": int(m.sum())})
-    return np.stack(images), np.stack(masks), np.stack(labels), metas, s
+    return SimulatedStructure(np.stack(images), np.stack(masks), np.stack(labels), metas, s)
 
 
 def process_structure(cfg_json: str, index: int, out_dir: str) -> dict:
@@ -173,10 +200,11 @@ def process_structure(cfg_json: str, index: int, out_dir: str) -> dict:
     cfg = from_dict(json.loads(cfg_json))
     out = Path(out_dir)
     t0 = time.perf_counter()
-    images, masks, labels, metas, s = simulate_structure(cfg, index, out / "_work" / "substrates", out)
-    s.write_extxyz(out / "structures" / f"{s.structure_id}.extxyz")
-    write_parquet(to_table(images, masks, metas, cfg.imaging.image_size_px, labels), _part_path(out, index))
-    return {"index": index, "records": len(metas), "seconds": time.perf_counter() - t0}
+    r = simulate_structure(cfg, index, out / "_work" / "substrates", out)
+    r.structure.write_extxyz(out / "structures" / f"{r.structure.structure_id}.extxyz")
+    write_parquet(to_table(r.images, r.masks, r.records, cfg.imaging.image_size_px, r.instance_masks),
+                  _part_path(out, index))
+    return {"index": index, "records": len(r.records), "seconds": time.perf_counter() - t0}
 
 
 def _part_path(out: Path, index: int) -> Path:
@@ -484,7 +512,8 @@ def regenerate_records(dataset: DatasetFolder | str | Path, record_ids: list[str
         wanted.setdefault(s_idx, []).append((rid, c_idx))
     for s_idx, items in wanted.items():
         stored = read_records(folder, [rid for rid, _ in items])  # one scan per structure
-        images, masks, _, _, _ = simulate_structure(cfg, s_idx, dataset_dir=dataset_dir)
+        new = simulate_structure(cfg, s_idx, dataset_dir=dataset_dir)
+        images, masks = new.images, new.masks
         for rid, c_idx in items:
             img, msk, old = images[c_idx], masks[c_idx], stored[rid]
             r = {"record_id": rid,

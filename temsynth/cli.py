@@ -15,11 +15,11 @@ from typing import Callable
 from generators.cluster import add_cluster_arguments, cluster_from_args, job_script
 from generators.config import default_config, from_dict, load_config, load_preset, preset_names
 from generators.dataset import DatasetFolder
-from generators.info import report
+from generators.errors import exit_status
 from generators.files import source_digest
+from generators.info import report
 from generators.run import RunError, generate, regenerate_records
 from generators.subsets import query_summary, save_named_subset, trace, write_subset
-from generators.errors import TemsynthError
 
 
 def _load_cfg(args):
@@ -358,11 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] and argv[0] in delegated:  # its own parser, so that `temsynth study run --help` reaches it
         return _run_delegate(delegated[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except TemsynthError as err:
-        print(f"temsynth {args.verb}: {err}", file=sys.stderr)
-        return 2
+    return exit_status(f"temsynth {args.verb}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_every_shard_column_explains_itself(built, tmp_path):
             assert field.metadata and field.metadata[b"description"], f"{shard.name}: {field.name} has no description"
         meta = {f.name: {k.decode(): v.decode() for k, v in f.metadata.items()} for f in schema}
         assert meta["defocus_nm"] == {"unit": "nm", "description": "C10; negative = underfocus"}
-        assert meta["dose_e_per_A2"]["unit"] == "e/Å²" and meta["particle_radius_A"]["unit"] == "Å"
+        assert meta["dose_e_per_A2"]["unit"] == "e⁻/Å²" and meta["particle_radius_A"]["unit"] == "Å"
         assert meta["n_particles"]["unit"] == "" and meta["image"]["unit"] == "counts"
         assert {c.name: c.description for c in METADATA_COLUMNS} == \
             {n: m["description"] for n, m in meta.items() if n in {c.name for c in METADATA_COLUMNS}}

@@ -6,7 +6,6 @@ projection geometry; intensities are only rescaled per image, never mixed betwee
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,9 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from generators.dataset import DatasetFolder, reading
+from generators.errors import TemsynthError
 from generators.folder import RunError
 from generators.query import Query, QueryError, wds_filter
-from generators.errors import TemsynthError
 
 from .config import AugmentConfig, DataSource
 
@@ -315,7 +314,9 @@ def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: in
                             "use format: parquet")
         return WdsSet(sources[0], augment_cfg, seed, folder=folders[0])
     more = {"instances": True} if instances else {}
-    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data", folder=f, **more)
+    # a folder the caller opened is passed on; one it did not is opened by read_arrays itself
+    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data", **more,
+                         **({} if f is _UNOPENED else {"folder": f}))
              for i, (s, f) in enumerate(zip(sources, folders))]
     if instances:
         parts = [(p[0], with_distance(p[1], p[3]["instance_mask"]), p[2]) for p in parts]
@@ -357,4 +358,4 @@ def source_json(src: DataSource, folder=_UNOPENED) -> dict:
         if "pixel_size_A" in ds.schema.names:
             q = Query(src.query, ds.schema) if src.query else None
             sizes = sorted(set(_read(ds, src, "data", q, columns=["pixel_size_A"])["pixel_size_A"].to_pylist()))
-    return {**json.loads(src.model_dump_json()), "fingerprint": fp, "pixel_sizes_A": sizes}
+    return {**src.model_dump(mode="json"), "fingerprint": fp, "pixel_sizes_A": sizes}

@@ -25,20 +25,37 @@ from pathlib import Path
 import pyarrow as pa
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from generators.cluster import (RUNNING_FILE, After, ClusterConfig, Task, add_cluster_arguments, choose_gpus,
-                                cluster_config, cluster_from_args, job_command, job_env, job_script, last_error_line,
-                                launch_job, run_tasks, signals_raise, stop_jobs, worker_index)
+from generators.cluster import (
+    RUNNING_FILE,
+    After,
+    ClusterConfig,
+    Task,
+    add_cluster_arguments,
+    choose_gpus,
+    cluster_config,
+    cluster_from_args,
+    job_command,
+    job_env,
+    job_script,
+    last_error_line,
+    launch_job,
+    run_tasks,
+    signals_raise,
+    stop_jobs,
+    worker_index,
+)
 from generators.config import ConfigError, Strict, format_errors, read_yaml
+from generators.errors import TemsynthError, exit_status
 from generators.files import atomic_path, sha256_file
-from generators.errors import TemsynthError
 
 from .card import versions
-from .config import Benchmark, DataSource, train_config
-from .finetune import DEFAULTS as FINETUNE_DEFAULTS, finetune_lr
+from .config import Benchmark, DataSource, differing_keys, train_config
+from .finetune import DEFAULTS as FINETUNE_DEFAULTS
+from .finetune import finetune_lr
 from .models import read_model_config
 from .report import write_report
-from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
-from .train import PARTICLE_COLUMNS, RESUMABLE_CHANGES, RUN_CONFIG_FILE, read_metrics
+from .results import EPOCH_SCORES, RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE, read_metrics
+from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE
 
 JOB_CONFIG_FILE = "job_config.json"  # the job's complete training config, as its process reads it
 JOB_LOG = "job.log"  # the job process's stdout and stderr, every attempt appended
@@ -135,19 +152,19 @@ class StudyConfig(Strict):
 def _job_configs(study: StudyConfig, source: str) -> list[dict]:
     """Every job's validated training config, in an order where a fine-tuning job follows its parent."""
     root = Path(study.output_dir) / "jobs"
-    bench = [json.loads(b.model_dump_json()) for b in study.benchmarks]
+    bench = [b.model_dump(mode="json") for b in study.benchmarks]
     jobs = []
     for subset in study.subsets:
         for seed in study.seed_list:
             base = f"{subset.name}-s{seed}"
             d = {**study.training, "name": base, "output_dir": str(root / base / "train"), "seed": seed,
-                 "data": [json.loads(s.model_dump_json()) for s in subset.sources], "benchmarks": bench}
+                 "data": [s.model_dump(mode="json") for s in subset.sources], "benchmarks": bench}
             train = _validated(d, f"{source}: job {base} (fields from `training:` and subsets[{subset.name}])")
             jobs.append({"job_id": base, "subset": subset.name, "seed": seed, "phase": "train",
                          "finetune_images": 0, "parent": None, "config": train})
             for n in (study.finetune.amounts if study.finetune else []):
                 job_id = f"{base}-ft{n}"
-                data = {**json.loads(study.finetune.data.model_dump_json()), "n_images": n}
+                data = {**study.finetune.data.model_dump(mode="json"), "n_images": n}
                 ft = {**FINETUNE_DEFAULTS, **study.training, **study.finetune.settings,
                       "name": job_id, "output_dir": str(root / base / f"finetune-{n}"), "seed": seed, "data": data,
                       "benchmarks": bench, "init_from": str(root / base / "train" / "model")}
@@ -162,7 +179,7 @@ def _job_configs(study: StudyConfig, source: str) -> list[dict]:
 
 
 def _validated(d: dict, where: str) -> dict:
-    return json.loads(train_config(d, where).model_dump_json())
+    return train_config(d, where).model_dump(mode="json")
 
 
 def load_study(path: str | Path) -> tuple[StudyConfig, list[dict]]:
@@ -247,12 +264,7 @@ def _job_rows(study: StudyConfig, job: dict, state: dict) -> list[dict]:
         rows.append({"study": study.name, "job_id": job["job_id"], "subset": subset.name,
                      "subset_query": subset.query_text, "data_path": paths, "data_fingerprint": fps,
                      "seed": job["seed"], "phase": job["phase"], "finetune_images": job["finetune_images"],
-                     "epoch": int(r["epoch"]), "phase_epoch": int(r["phase_epoch"]), "benchmark": r["benchmark"],
-                     "n_images": int(r["n_images"]), "dice": float(r["dice"]), "iou": float(r["iou"]),
-                     "dice_pooled": float(r["dice_pooled"]),
-                     **{k: float(r[k]) if r.get(k) not in (None, "") else None for k in PARTICLE_COLUMNS},
-                     "train_loss": float(r["train_loss"]),
-                     "lr": float(r["lr"]), "model_fingerprint": state["model_fingerprint"]})
+                     **{f.name: r[f.name] for f in EPOCH_SCORES}, "model_fingerprint": state["model_fingerprint"]})
     return rows
 
 
@@ -332,12 +344,12 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
     f = out / STUDY_FILE
     if f.exists():
         old = json.loads(f.read_text()).get("config", {})
-        mine = json.loads(study.model_dump_json())
+        mine = study.model_dump(mode="json")
         # Seeds, subsets and amounts may grow: each job checks its own config (_check_done_jobs).
         free = ("workers", "scheduler", "cluster", "seeds", "subsets", "finetune")
         # A field added since that study ran counts as its default there (devices_per_job: 1).
         old = {k: f.default for k, f in StudyConfig.model_fields.items() if k not in old} | old
-        diff = sorted(k for k in set(old) | set(mine) if k not in free and old.get(k) != mine.get(k))
+        diff = differing_keys(old, mine, free)
         if diff:
             raise StudyError(f"{out} holds a study with another config (differs in {', '.join(diff)}); "
                              "choose a new output_dir. Adding seeds, subsets or fine-tuning amounts is allowed.")
@@ -349,16 +361,15 @@ def _check_done_jobs(jobs: list[dict], states: dict) -> None:
         if (states[job["job_id"]] or {}).get("status") != "done":
             continue
         ran = json.loads((_job_dir(job) / RUN_CONFIG_FILE).read_text())
-        diff = sorted(k for k in set(ran) | set(job["config"])
-                      if k not in RESUMABLE_CHANGES and ran.get(k) != job["config"].get(k))
+        diff = differing_keys(ran, job["config"], RESUMABLE_CHANGES)
         if diff:
             raise StudyError(f"job {job['job_id']} finished with another config (differs in {', '.join(diff)}); "
                              "a changed subset or training field needs a new output_dir")
 
 
 def _write_study_json(study, out, jobs, timing, failed) -> None:
-    doc = {"name": study.name, "config": json.loads(study.model_dump_json()),
-           "subsets": [{"name": s.name, "query": s.query_text, "sources": [json.loads(x.model_dump_json())
+    doc = {"name": study.name, "config": study.model_dump(mode="json"),
+           "subsets": [{"name": s.name, "query": s.query_text, "sources": [x.model_dump(mode="json")
                                                                            for x in s.sources]}
                        for s in study.subsets],
            "benchmarks": [b.name for b in study.benchmarks], "jobs": [j["job_id"] for j in jobs],
@@ -442,27 +453,28 @@ def main(argv=None, prog: str = "temsynth study", epilog: str | None = None) -> 
     rep.add_argument("study_dir")
     rep.add_argument("--out", help="report folder (default: STUDY_DIR/report)")
     args = p.parse_args(argv)
-    try:
-        if args.verb == "run":
-            study, _ = load_study(args.study)
-            cluster = study.cluster_config(args)
-            if args.job_script:
-                print(job_script(cluster))
-                return 0
-            try:
-                s = run_study(args.study, retry_failed=args.retry_failed, progress=not args.quiet, cluster=cluster)
-            except KeyboardInterrupt:
-                print(f"temsynth study run: interrupted; its job processes were stopped. Re-run the same command "
-                      "to resume (finished jobs are kept, running ones continue from their checkpoints)",
-                      file=sys.stderr)
-                return 130
-            print(json.dumps({k: v for k, v in s.items()}, indent=2))
-            return 1 if s["failed"] else 0
-        print(write_report(args.study_dir, args.out))
-        return 0
-    except TemsynthError as err:  # ConfigError, QueryError, StudyError, ReportError, ...
-        print(f"temsynth study {args.verb}: {err}", file=sys.stderr)
-        return 2
+    # ConfigError, QueryError, StudyError, ReportError, ...: one line, status 2
+    return exit_status(f"temsynth study {args.verb}", lambda: _run_verb(args))
+
+
+def _run_verb(args) -> int:
+    if args.verb == "run":
+        study, _ = load_study(args.study)
+        cluster = study.cluster_config(args)
+        if args.job_script:
+            print(job_script(cluster))
+            return 0
+        try:
+            s = run_study(args.study, retry_failed=args.retry_failed, progress=not args.quiet, cluster=cluster)
+        except KeyboardInterrupt:
+            print("temsynth study run: interrupted; its job processes were stopped. Re-run the same command "
+                  "to resume (finished jobs are kept, running ones continue from their checkpoints)",
+                  file=sys.stderr)
+            return 130
+        print(json.dumps({k: v for k, v in s.items()}, indent=2))
+        return 1 if s["failed"] else 0
+    print(write_report(args.study_dir, args.out))
+    return 0
 
 
 if __name__ == "__main__":
