@@ -11,9 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
-from .errors import TemsynthError
-
 from .config import ConfigError, GenerationConfig, from_dict
+from .errors import TemsynthError
 
 
 class RunError(TemsynthError, RuntimeError):

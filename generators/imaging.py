@@ -223,7 +223,7 @@ class ImageFormer:
         grid = "full"
         if self._band is not None:
             band = spectra[:, self._band][:, :, self._band]
-            power = lambda a: float(np.sum(a.real ** 2 + a.imag ** 2, dtype=np.float64))  # noqa: E731
+            power = lambda a: float(np.sum(a.real ** 2 + a.imag ** 2, dtype=np.float64))
             total = power(spectra)
             if total - power(band) <= 1e-9 * total:
                 spectra, grid = np.ascontiguousarray(band.transpose(0, 2, 1)), "band"

@@ -12,9 +12,9 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass
-from unittest import mock
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import numpy as np
 
@@ -176,7 +176,8 @@ def _count_fcc_defects(multivolume, n: int) -> dict:
     twins = faults = 0
     vols = getattr(multivolume, "volumes", [])
     for prev, vol in zip(vols[:-1], vols[1:]):
-        flipped = np.sign(np.linalg.det(prev.generator.voxel.bases)) != np.sign(np.linalg.det(vol.generator.voxel.bases))
+        handedness = [np.sign(np.linalg.det(v.generator.voxel.bases)) for v in (prev, vol)]
+        flipped = handedness[0] != handedness[1]
         twins += bool(flipped)
         faults += not flipped
     return {"n_twins": twins, "n_stacking_faults": faults}

@@ -9,14 +9,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from .config import (STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, GenerationConfig,
-                     seed_for)
+from .config import (
+    STAGE_CONDITIONS,
+    STAGE_DETECTOR,
+    STAGE_NOISE,
+    STAGE_PHONONS,
+    STAGE_STRUCTURE,
+    GenerationConfig,
+    seed_for,
+)
 from .dataset import DatasetFolder, as_folder
+from .files import versions
 from .folder import new_manifest, parse_record_id
 from .query import Query, QueryError
 from .records import PIXEL_COLUMNS
 from .run import read_record
-from .files import versions
 from .writers import SPLITS, card_data_files, file_entries, write_card, write_manifest, write_split
 
 KEY_COLUMNS = ("split", "n_particles", "particle_defect_type", "particle_material", "particle_shape",
@@ -80,8 +87,8 @@ def save_named_subset(dataset: DatasetFolder | str | Path, name: str, text: str)
     dnf = q.dnf_for(nulls)
     if dnf is None:
         raise QueryError("a named subset is stored as Parquet filters, which cannot index list columns "
-                         "(e.g. crop_offset_px[0]), reduce them (any(...), all(...)) nor negate an ordering exactly for NaN (write `x >= 5` "
-                         "rather than `not x < 5`); or write the subset out with --out instead")
+                         "(e.g. crop_offset_px[0]), reduce them (any(...), all(...)) nor negate an ordering exactly "
+                         "for NaN (write `x >= 5` rather than `not x < 5`); or write the subset out with --out instead")
     out = folder.path
     manifest = json.loads(json.dumps(folder.raw))  # a copy: the opened folder keeps what it read
     subsets = {s["config_name"]: s for s in manifest.get("subsets", [])}

@@ -55,7 +55,8 @@ def test_each_command_reads_the_manifest_once(argv, folder, tmp_path, reads, cap
     model = _model(tmp_path) if argv[0] == "evaluate" else None
     args = [a.format(ds=folder, tmp=tmp_path, model=model) for a in argv]
     assert main(args) == 0, capsys.readouterr().err
-    assert reads[folder.resolve()] == 1, f"temsynth {argv[0]} read {folder}/manifest.json {reads[folder.resolve()]} times"
+    n = reads[folder.resolve()]
+    assert n == 1, f"temsynth {argv[0]} read {folder}/manifest.json {n} times"
     if "--out" in argv:  # the subset it wrote is complete and intact
         from generators.info import verify
 

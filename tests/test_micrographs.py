@@ -7,10 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from generators.micrographs import (MicrographError, assign_splits, import_folder, read_mask, read_micrograph,
-                                    resample, resample_mask, tile, tile_starts, unit_to_A)
 from dm_files import write_dm  # tests/ has no __init__.py, so pytest puts it on sys.path
+
+from generators.micrographs import (
+    MicrographError,
+    assign_splits,
+    import_folder,
+    read_mask,
+    read_micrograph,
+    resample,
+    resample_mask,
+    tile,
+    tile_starts,
+    unit_to_A,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "dataset_scripts" / "import_experimental.py"

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generators.micrographs import MicrographError, check_min_side, read_micrograph, resample, resample_mask
 from generators.files import atomic_path
+from generators.micrographs import MicrographError, check_min_side, read_micrograph, resample, resample_mask
 
 from .config import Benchmark
 from .data import DataError, benchmark_set, normalise, open_source, source_json

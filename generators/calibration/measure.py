@@ -12,7 +12,6 @@ import numpy as np
 from scipy import stats
 
 from ..errors import TemsynthError
-
 from ..waves import wavelength_A
 from .ctf_fit import CTFFit, FitError, fit_ctf
 from .spectrum import Spectrum, power_spectrum, radial_profile
