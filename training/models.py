@@ -123,8 +123,6 @@ class ModelFolderConfig(BaseModel):
     model: ModelConfig
     name: str | None = None
     n_parameters: int | None = None
-    seed: int | None = None
-    epoch: int | None = None  # the epoch whose weights these are (global: fine-tuning continues the count)
     training_config: dict = {}
     train_data: list[dict] = []
     init_from: dict | None = None
