@@ -512,8 +512,8 @@ class Chromatic(Strict):
     relative spread of the beam's energy and of the objective lens' focusing (`imaging.focal_spread_nm`)."""
     # Chromatic aberration coefficient of the objective lens (uncorrected ~1-2 mm; Cc-corrected ~0.01 mm).
     cc_mm: ranged(0, 50, "cc_mm")
-    # Energy spread of the beam as manufacturers quote it: full width at half maximum (Schottky FEG ~0.7 eV, cold FEG ~0.3 eV,
-    # monochromated ~0.1 eV).
+    # Energy spread of the beam as manufacturers quote it: full width at half maximum (Schottky FEG ~0.7 eV,
+    # cold FEG ~0.3 eV, monochromated ~0.1 eV).
     energy_spread_eV: ranged(0, 20, "energy_spread_eV")
     # RMS relative instability of the accelerating voltage (acts as an energy spread).
     high_tension_ppm: ranged(0, 100, "high_tension_ppm") = Fixed(value=0.0)

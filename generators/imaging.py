@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.fft
 
-from .config import (STAGE_BEAM, STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig,
-                     rng_for)
+from .config import STAGE_BEAM, STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig, rng_for
 from .fftw import band_columns
 
 
