@@ -23,7 +23,7 @@ from .files import versions
 from .folder import new_manifest, parse_record_id
 from .query import Query, QueryError
 from .records import PIXEL_COLUMNS
-from .run import read_record
+from .regenerate import read_record
 from .writers import SPLITS, card_data_files, file_entries, write_card, write_manifest, write_split
 
 KEY_COLUMNS = ("split", "n_particles", "particle_defect_type", "particle_material", "particle_shape",
