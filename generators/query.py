@@ -9,6 +9,9 @@ Grammar: comparisons (==, !=, <, <=, >, >=, chained), `in` / `not in` with a tup
 fixed-size list columns, and `any(...)` / `all(...)` of a condition on the elements of one per-particle list
 column (`any(8 < particle_radius_A < 15)`; all() of an empty list is true, any() false, as in Python). The text is
 parsed with Python's `ast` module and translated node by node; nothing is ever evaluated, so a query cannot run code.
+
+Over 400 lines: one language, and the four ways it is evaluated (mask, row, Expression, DNF) must keep one
+meaning; `tests/test_query_properties.py` compares them.
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ done.json exists (written last, atomically), so a re-run skips it; a killed job 
 A failed job leaves error.json (exit status and its error line) and is skipped (and listed) until
 `--retry-failed`. results.parquet is rewritten after every finished job, so a kill loses no finished result;
 a killed study (Ctrl-C, SIGTERM) stops its job processes.
+
+Over 400 lines: the study file, its jobs, their processes and the results table are one resumable run.
 """
 from __future__ import annotations
 

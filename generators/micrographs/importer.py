@@ -4,6 +4,9 @@ The folder holds Parquet and WebDataset shards of square tiles at one target pix
 manifest with per-shard checksums, so the trainer reads it like synthetic data: the `finetune` split for
 fine-tuning, the `benchmark` split for evaluation. Splits are drawn per source micrograph, so tiles of one
 micrograph (which overlap in content and share its noise, focus and thickness) never leak across splits.
+
+Over 400 lines: the import's schema, pairing, planning, tiling and folder writing are one pass over the files,
+kept together so the folder it writes is decided in one place.
 """
 from __future__ import annotations
 
