@@ -64,7 +64,9 @@ prismatic: $(STAMP)
 prismatic-optional: $(STAMP)
 	bash scripts/install_prismatic.sh $(VENV) --optional
 
+# Lint first (seconds): import order, unused and undefined names, line length (pyproject.toml [tool.ruff]).
 test: $(STAMP) prismatic-optional
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -rs
 
 test-slow: $(STAMP)

@@ -1,7 +1,8 @@
 """How much fine-tuning on half the real micrographs can give on the other half, and what bounds it.
 
     python benchmarks/bench_finetune_real.py runs/realistic/model --split-from real_exp
-    python benchmarks/bench_finetune_real.py MODEL --split-from real_exp --config training/examples/realistic_finetune.yaml
+    python benchmarks/bench_finetune_real.py MODEL --split-from real_exp \
+        --config training/examples/realistic_finetune.yaml
 
 With one fine-tuning recipe (the config; its data and benchmarks are replaced), scores on both halves of an
 imported real set (whole fields, as benchmarks/bench_real.py):
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.score import default_real_dir, score, split_of  # noqa: E402
+from training.score import default_real_dir, score, split_of  # noqa: E402  (after the sys.path line above: runs from a checkout)
 
 HALVES = ("finetune", "benchmark")
 

@@ -17,7 +17,8 @@ def synthetic(n: int) -> pa.Table:
     return pa.table({
         "record_id": pa.array([f"s{i // 11:06d}-c{i % 11:03d}" for i in range(n)]),
         # per-particle lists of 0-3 particles, as in scene records
-        "particle_defect_type": pa.ListArray.from_arrays(offsets := np.r_[0, np.cumsum(counts := rng.integers(0, 4, n))],
+        "particle_defect_type": pa.ListArray.from_arrays(
+            offsets := np.r_[0, np.cumsum(counts := rng.integers(0, 4, n))],
                                                          rng.choice(["none", "twin", "multiple_twins",
                                                                      "stacking_fault", "mixed"], offsets[-1])),
         "particle_radius_A": pa.ListArray.from_arrays(offsets, rng.uniform(7.5, 50, offsets[-1])),
@@ -34,7 +35,6 @@ def replicate(src, n):
     import tempfile
     from pathlib import Path
 
-    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     from generators.run import config_of

@@ -14,9 +14,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from temsynth.errors import TemsynthError  # noqa: E402
-from training.score import (BARE_FRACTION, add_arguments, default_real_dir, draw, draw_scenes,  # noqa: E402,F401
-                            fields, predict_field, run, score, split_of)
+from generators.errors import TemsynthError  # noqa: E402  (after the sys.path line above: runs from a checkout)
+from training.score import (  # noqa: E402,F401  (after sys.path; names kept for callers)
+    BARE_FRACTION,
+    add_arguments,
+    default_real_dir,
+    draw,
+    draw_scenes,
+    fields,
+    predict_field,
+    run,
+    score,
+    split_of,
+)
 
 
 def main(argv=None) -> int:

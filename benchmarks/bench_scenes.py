@@ -12,8 +12,8 @@ faster than their number (the multislice and the carbon cost the same whatever t
 Compares instead the cost per atom of scenes of the built-in Au with scenes of crystals read from CIF files written
 here by pymatgen (the same Au, and wurtzite ZnO), 4 particles each, spheres without defects, in one process:
 seconds per scene over atoms per scene (whole scene: structure, exit waves, images, masks), and the structure
-alone (czone's particles and the carbon cut) over particle atoms, each the median over scenes measured interleaved. A ratio <= 1 means the file-made crystal costs no
-more per atom than built-in Au.
+alone (czone's particles and the carbon cut) over particle atoms, each the median over scenes measured
+interleaved. A ratio <= 1 means the file-made crystal costs no more per atom than built-in Au.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def config(n: int, radius_A: float, repeats: int):
     return from_dict({
         "name": f"scene{n}", "seed": 5, "n_structures": repeats, "conditions_per_structure": 4,
         "structure": {"n_particles": n, "radius_A": radius_A, "allow_border_cuts": True,
-                      "defects": {"type": {"choice": ["none", "twin"]}}, "substrate": {"thickness_A": 20, "bank_size": 1}},
+                      "defects": {"type": {"choice": ["none", "twin"]}},
+                      "substrate": {"thickness_A": 20, "bank_size": 1}},
         "simulation": {"sampling_A": 0.2},
         "imaging": {"image_size_px": 256, "pixel_size_A": 0.4, "detector": {"type": "scintillator"}},
     })

@@ -145,14 +145,15 @@ def main():
         rows.append(row)
     for r in rows:
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
-    med = lambda k: float(np.median([r[k] for r in rows]))  # noqa: E731
+    med = lambda k: float(np.median([r[k] for r in rows]))
     # A run's cost is the sum over its structures, so its ratio is total time over total bound (small particles,
     # many of whose slices carry atoms, cost more per slice than large carbon-heavy ones).
-    total = lambda k: float(np.sum([r[k] for r in rows]))  # noqa: E731
+    total = lambda k: float(np.sum([r[k] for r in rows]))
     steady = total("multislice_s") / total("fft_bound_s")
     amortised = steady + bank * block_s / cfg.n_structures / (total("fft_bound_s") / len(rows))
     print(f"{sim.device}, grid {cfg.multislice_gpts}²: multislice / FFT bound = {steady:.2f}x steady "
-          f"(per structure {min(r['multislice_over_fft'] for r in rows):.2f}-{max(r['multislice_over_fft'] for r in rows):.2f}x), "
+          f"(per structure {min(r['multislice_over_fft'] for r in rows):.2f}-"
+          f"{max(r['multislice_over_fft'] for r in rows):.2f}x), "
           + (f"{amortised:.2f}x amortised over a run's {cfg.n_structures} structures "
              f"({bank} carbon blocks, {block_s:.2f} s each)" if sim.device == "cpu" else
              "abTEM rebuilds the carbon's potential per structure: nothing to amortise")

@@ -25,7 +25,6 @@ The machine is shared: compare the ratios, which come from one run, not absolute
 import argparse
 import csv
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -39,12 +38,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from generators.cluster import cpu_count, job_env  # noqa: E402
-from training.study import load_study, run_study  # noqa: E402
+from generators.cluster import cpu_count, job_env  # noqa: E402  (after the sys.path line above: runs from a checkout)
+from training.study import load_study, run_study  # noqa: E402  (after the sys.path line above: runs from a checkout)
 
 
 def study_dict(data: str, out: Path, seeds: int, epochs: int, ft_epochs: int, workers: int) -> dict:
-    src = lambda q=None: {"path": data, "n_images": 24, **({"query": q} if q else {})}  # noqa: E731
+    src = lambda q=None: {"path": data, "n_images": 24, **({"query": q} if q else {})}
     return {"name": "bench_study", "output_dir": str(out), "seeds": seeds, "workers": workers,
             "subsets": [{"name": "with_defects", "sources": [src("any(particle_defect_type != 'none')")]},
                         {"name": "no_defects", "sources": [src("all(particle_defect_type == 'none')")]},
@@ -108,7 +107,7 @@ def main():
             subprocess.run([sys.executable, "-m", "temsynth", "generate", "--preset", "demo", "--out", data,
                             "--quiet"], check=True, cwd=ROOT)
         data = str(Path(data).resolve())
-        mk = lambda label, workers, **kw: study_dict(data, tmp / label, a.seeds, a.epochs,  # noqa: E731
+        mk = lambda label, workers, **kw: study_dict(data, tmp / label, a.seeds, a.epochs,
                                                      a.finetune_epochs, workers) | kw
 
         # One job: a plain process and the same job on a Dask worker, in the order A B B A (the machine is

@@ -89,7 +89,8 @@ def main():
            "train_images_per_s": round(train, 1),
            "parquet_read_into_memory_s": round(read_s, 3),
            "parquet_loader_images_per_s": round(pq_rate, 1), "wds_loader_images_per_s": round(wds_rate, 1),
-           "parquet_loader_over_training": round(pq_rate / train, 2), "wds_loader_over_training": round(wds_rate / train, 2)}
+           "parquet_loader_over_training": round(pq_rate / train, 2),
+           "wds_loader_over_training": round(wds_rate / train, 2)}
     print(json.dumps(out, indent=2))
 
 

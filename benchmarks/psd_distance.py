@@ -20,9 +20,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from generators.calibration.spectrum import psd_distance  # noqa: E402
-from generators.micrographs.tiles import resample  # noqa: E402
-from temsynth.resources import real_set_dir  # noqa: E402
+from generators.calibration.spectrum import psd_distance  # noqa: E402  (after the sys.path line above: runs from a checkout)
+from generators.micrographs.tiles import resample  # noqa: E402  (after the sys.path line above: runs from a checkout)
+from temsynth.resources import real_set_dir  # noqa: E402  (after the sys.path line above: runs from a checkout)
 
 
 def dataset_fields(folder: Path, n: int) -> tuple[list[np.ndarray], float]:

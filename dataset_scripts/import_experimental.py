@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from generators.micrographs import MicrographError, import_folder
+from generators.errors import exit_status
+from generators.micrographs import import_folder
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,19 +56,19 @@ def build_parser(prog: str = "import_experimental.py", epilog: str | None = None
 
 def main(argv: list[str] | None = None, prog: str = "import_experimental.py", epilog: str | None = None) -> int:
     args = build_parser(prog, epilog).parse_args(argv)
-    try:
-        import_folder(args.images_dir, args.out, masks_dir=args.masks, pixel_size_A=args.pixel_size_A,
-                      target_pixel_size_A=args.target_pixel_size_A, tile_px=args.tile_px,
-                      finetune_fraction=args.finetune_fraction, seed=args.seed, material=args.material,
-                      overlap_px=args.overlap_px, allow_unlabelled=args.allow_unlabelled,
-                      records_per_shard=args.records_per_shard, name=args.name,
-                      pixel_sizes_csv=args.pixel_sizes, mask_values=args.mask_values,
-                      stratify_by=[c.strip() for c in args.stratify_by.split(",") if c.strip()]
-                      if args.stratify_by else None,
-                      log=lambda msg: print(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout))
-    except MicrographError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+    return exit_status(prog, lambda: _import(args))
+
+
+def _import(args) -> int:
+    import_folder(args.images_dir, args.out, masks_dir=args.masks, pixel_size_A=args.pixel_size_A,
+                  target_pixel_size_A=args.target_pixel_size_A, tile_px=args.tile_px,
+                  finetune_fraction=args.finetune_fraction, seed=args.seed, material=args.material,
+                  overlap_px=args.overlap_px, allow_unlabelled=args.allow_unlabelled,
+                  records_per_shard=args.records_per_shard, name=args.name,
+                  pixel_sizes_csv=args.pixel_sizes, mask_values=args.mask_values,
+                  stratify_by=[c.strip() for c in args.stratify_by.split(",") if c.strip()]
+                  if args.stratify_by else None,
+                  log=lambda msg: print(msg, file=sys.stderr if msg.startswith("warning") else sys.stdout))
     return 0
 
 

@@ -70,7 +70,7 @@ class BandFFT:
         import pyfftw
 
         n = a.shape[1]
-        plan = lambda x, ax, d: pyfftw.FFTW(x, x, axes=(ax,), direction=d, flags=flags, threads=1)  # noqa: E731
+        plan = lambda x, ax, d: pyfftw.FFTW(x, x, axes=(ax,), direction=d, flags=flags, threads=1)
         bands = (a[:, :m], a[:, n - m:])
         self._rows = plan(a, 1, "FFTW_FORWARD"), plan(a, 1, "FFTW_BACKWARD")
         self._cols = [(plan(b, 0, "FFTW_FORWARD"), plan(b, 0, "FFTW_BACKWARD")) for b in bands]
@@ -102,7 +102,7 @@ class BandInverse:
         self.m = m
         self.spec = pyfftw.zeros_aligned((2 * m, n), dtype="complex64")
         self.psi = pyfftw.zeros_aligned((n, n), dtype="complex64")
-        plan = lambda a, b, ax: pyfftw.FFTW(a, b, axes=(ax,), direction="FFTW_BACKWARD", flags=flags,  # noqa: E731
+        plan = lambda a, b, ax: pyfftw.FFTW(a, b, axes=(ax,), direction="FFTW_BACKWARD", flags=flags,
                                             threads=1)
         # over ky, into the band's kx rows of psi; then over kx, in place (its other rows zeroed first)
         self._passes = [plan(self.spec[:m], self.psi[:m], 1), plan(self.spec[m:], self.psi[n - m:], 1),

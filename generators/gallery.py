@@ -130,7 +130,8 @@ header{padding:10px 16px;background:#222;color:#eee}header h1{font-size:16px;mar
 .card{background:#fff;border:1px solid #ccc;border-radius:4px;width:196px;padding:6px}
 .card img{width:196px;height:196px;image-rendering:pixelated;display:block;background:#000}
 .card b{display:block;margin:4px 0 2px;font-family:monospace}.card .m{color:#444;font-size:11px;word-break:break-word}
-details table{font-size:11px;border-collapse:collapse}details td{border-top:1px solid #eee;padding:1px 3px;vertical-align:top;word-break:break-all}
+details table{font-size:11px;border-collapse:collapse}
+details td{border-top:1px solid #eee;padding:1px 3px;vertical-align:top;word-break:break-all}
 </style></head><body>
 <header><h1>{{TITLE}}</h1><span id="count"></span>{{NOTE}}. Orange: the mask's outline.</header>
 <div id="filters"></div><div id="grid"></div>

@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import scipy.fft
 
-from .config import (STAGE_BEAM, STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig,
-                     rng_for)
+from .config import STAGE_BEAM, STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig, rng_for
 from .fftw import band_columns
 
 
@@ -223,7 +222,7 @@ class ImageFormer:
         grid = "full"
         if self._band is not None:
             band = spectra[:, self._band][:, :, self._band]
-            power = lambda a: float(np.sum(a.real ** 2 + a.imag ** 2, dtype=np.float64))  # noqa: E731
+            power = lambda a: float(np.sum(a.real ** 2 + a.imag ** 2, dtype=np.float64))
             total = power(spectra)
             if total - power(band) <= 1e-9 * total:
                 spectra, grid = np.ascontiguousarray(band.transpose(0, 2, 1)), "band"

@@ -1,107 +1,28 @@
-"""Summary and integrity of a dataset folder.
+"""Summary and integrity of a dataset folder: `temsynth info`.
 
-Every reader of a folder (training, query, subsets, trace, regenerate, evaluate) calls `require_intact`: the
-manifest must be whole and unedited, and every shard it lists present with its size and record count, and no
-other shard beside them. `check(..., full=True)` (`temsynth info --verify`) adds every SHA-256.
+Every reader of a folder (training, query, subsets, trace, regenerate, evaluate) opens it as a
+`dataset.DatasetFolder`, which refuses a damaged one: the manifest must be whole and unedited, and every shard it
+lists present with its size and record count, and no other shard beside them. `check(..., full=True)`
+(`temsynth info --verify`) adds every SHA-256.
 """
 from __future__ import annotations
 
-import contextlib
-from collections import Counter
 from pathlib import Path
 
-from .config import ConfigError, from_dict
-from .folder import RunError, load_manifest
-from .files import sha256_file
-from .writers import MANIFEST_HASH_KEY, manifest_digest
-
-SHARD_GLOBS = {"parquet": ("data", "*.parquet"), "webdataset": ("wds", "*.tar")}
+from .dataset import SHARD_GLOBS, DatasetFolder, as_folder, reading  # noqa: F401  (re-exported: older import paths)
 
 
-def check(dataset_dir: str | Path, full: bool = False) -> list[str]:
+def check(dataset_dir: str | Path | DatasetFolder, full: bool = False) -> list[str]:
     """What is wrong with a folder, one short phrase per problem (empty: intact). `full`: also every SHA-256."""
-    out = Path(dataset_dir)
-    m = load_manifest(out)
-    problems = []
-    if MANIFEST_HASH_KEY in m and m[MANIFEST_HASH_KEY] != manifest_digest(m):
-        problems.append("manifest.json was edited after it was written (its content no longer matches its "
-                        f"{MANIFEST_HASH_KEY})")
-    if m.get("kind") != "experimental":
-        try:
-            if from_dict(m["config"]).sha256() != m["config_sha256"]:
-                problems.append("manifest.json: the recorded config does not match its config_sha256 (edited)")
-        except ConfigError:
-            problems.append("manifest.json: the recorded config no longer validates")
-    splits = {k: v for k, v in m["splits"].items()}
-    if m["n_records"] != sum(v for v in splits.values() if isinstance(v, int)):
-        problems.append(f"manifest.json: n_records {m['n_records']} is not the sum of its splits {splits}")
-    for fmt in SHARD_GLOBS:
-        per_split = Counter()
-        for s in m["shards"]:
-            if s["format"] == fmt:
-                per_split[s["split"]] += s["records"]
-        for split, n in splits.items():
-            if n and per_split.get(split, 0) != n:
-                problems.append(f"manifest.json: {fmt} shards of {split} list {per_split.get(split, 0)} records, "
-                                f"the split {n}")
-    listed = set()
-    for s in m["shards"]:
-        path = out / s["path"]
-        listed.add(path.resolve())
-        if not path.is_file():
-            problems.append(f"shard {s['path']} is missing")
-        elif path.stat().st_size != s["bytes"]:
-            problems.append(f"shard {s['path']} has {path.stat().st_size} bytes, the manifest {s['bytes']}")
-        elif s["format"] == "parquet" and (rows := _parquet_rows(path)) != s["records"]:
-            problems.append(f"shard {s['path']} holds {rows} records, the manifest {s['records']}")
-        elif full and sha256_file(path) != s["sha256"]:
-            problems.append(f"shard {s['path']}: SHA-256 differs from the manifest (altered bytes)")
-    for fmt, (folder, pattern) in SHARD_GLOBS.items():
-        extra = sorted(p.name for p in (out / folder).glob(pattern) if p.resolve() not in listed)
-        if extra:
-            problems.append(f"{folder}/ holds shard(s) the manifest does not list: {', '.join(extra[:5])}")
-    for f in m.get("structures") or []:
-        path = out / f["path"]
-        if not path.is_file():
-            problems.append(f"structure file {f['path']} is missing")
-        elif path.stat().st_size != f["bytes"] or (full and sha256_file(path) != f["sha256"]):
-            problems.append(f"structure file {f['path']} differs from the manifest")
-    return problems
+    folder = dataset_dir if isinstance(dataset_dir, DatasetFolder) else DatasetFolder.open(dataset_dir, intact=False)
+    return folder.problems(full)
 
 
-def _parquet_rows(path: Path) -> int | str:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_metadata(path).num_rows
-    except Exception:  # noqa: BLE001 - any unreadable footer is reported as such
-        return "an unreadable footer:"
-
-
-def require_intact(dataset_dir: str | Path, fmt: str | None = None, split: str | None = None) -> list[str]:
+def require_intact(dataset_dir: str | Path | DatasetFolder, fmt: str | None = None,
+                   split: str | None = None) -> list[str]:
     """Refuse a damaged folder with one line naming what is wrong; returns the manifest's shard paths of `fmt`
-    (and `split`), sorted: readers read what the manifest lists, never a glob."""
-    problems = check(dataset_dir)
-    if problems:
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise RunError(f"{dataset_dir} is damaged: {problems[0]}{more}; see `temsynth info {dataset_dir} --verify`, "
-                       "then restore the files or rebuild the folder")
-    m = load_manifest(dataset_dir)
-    return sorted(str(Path(dataset_dir) / s["path"]) for s in m["shards"]
-                  if (fmt is None or s["format"] == fmt) and (split is None or s["split"] == split))
-
-
-@contextlib.contextmanager
-def reading(dataset_dir: str | Path):
-    """Turn an unreadable shard met while reading (a corrupt row group) into one line naming the folder."""
-    import pyarrow as pa
-
-    try:
-        yield
-    except (pa.ArrowException, OSError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise RunError(f"{dataset_dir}: a shard cannot be read ({first[:200]}); run `temsynth info {dataset_dir} "
-                       "--verify` to find it, then restore the files or rebuild the folder") from None
+    (and `split`), sorted."""
+    return as_folder(dataset_dir).files(fmt, split)
 
 
 def verify(dataset_dir: str | Path) -> list[str]:
@@ -111,12 +32,13 @@ def verify(dataset_dir: str | Path) -> list[str]:
 
 def report(dataset_dir: str | Path, verify_checksums: bool = False) -> tuple[str, bool]:
     """(summary text, intact?): the light check always, SHA-256s with `verify_checksums`."""
-    m = load_manifest(dataset_dir)
+    folder = DatasetFolder.open(dataset_dir, intact=False)
+    m = folder.raw
     try:
-        lines = _experimental(m, dataset_dir) if m.get("kind") == "experimental" else _generated(m, dataset_dir)
+        lines = _experimental(m, dataset_dir) if folder.experimental else _generated(m, dataset_dir)
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         lines = [f"dataset   {Path(dataset_dir).resolve()}  (manifest.json lacks {err} for a summary)"]
-    problems = check(dataset_dir, full=verify_checksums)
+    problems = folder.problems(full=verify_checksums)
     what = ("checksums OK (shards, structure files, manifest)" if verify_checksums
             else "sizes and record counts OK (SHA-256s: --verify)")
     if problems:

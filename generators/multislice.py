@@ -108,6 +108,7 @@ class Multislice:
         from abtem.antialias import antialias_aperture
         from abtem.core.energy import energy2sigma
         from abtem.integrals import ScatteringFactorProjectionIntegrals, sinc
+
         # abTEM's own arrays, so that the physics is its physics (the propagator helper is the one its
         # multislice calls, private but stable across 1.0.x)
         from abtem.multislice import _fresnel_propagator_array

@@ -1,18 +1,20 @@
 """The record schema, defined once: column names (units in the names), Arrow types, `datasets` features.
 
-Writers, the dataset card, the query layer and the tests all read it from here.
+Writers, the dataset card, the query layer and the tests all read it from here. Every shard carries each column's
+unit and description in its Arrow field metadata (`field_metadata`), so `pq.read_schema` explains a column
+without the card.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import typing
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from .preview import preview_png
 from .structures import Particle, particle_columns
+from .units import unit_of
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,18 @@ class Column:
     name: str
     arrow: pa.DataType
     description: str
+
+    @property
+    def unit(self) -> str:
+        return unit_of(self.name)
+
+    def field(self) -> pa.Field:
+        """The Arrow field, its unit and description in the field metadata (bytes keys, as Parquet keeps them)."""
+        return pa.field(self.name, self.arrow, metadata=field_metadata(self.unit, self.description))
+
+
+def field_metadata(unit: str, description: str) -> dict[bytes, bytes]:
+    return {b"unit": unit.encode(), b"description": description.encode()}
 
 
 def fixed_list(t, n):
@@ -48,7 +62,8 @@ def _particle_columns() -> tuple[Column, ...]:
     out = [Column(name, pa.list_(_arrow_of(hints[attr])), f"per particle: {doc}")
            for name, attr, doc in particle_columns()]
     out += [
-        Column("particle_center_px", pa.list_(fixed_list(pa.float64(), 2)), "per particle: (x, y) centre in image pixel indices"),
+        Column("particle_center_px", pa.list_(fixed_list(pa.float64(), 2)),
+               "per particle: (x, y) centre in image pixel indices"),
         Column("particle_cut_by_border", pa.list_(pa.bool_()), "per particle: its outline crosses the image border"),
         Column("particle_area_px", pa.list_(pa.int32()), "per particle: pixels of its label in instance_mask"),
     ]
@@ -111,6 +126,12 @@ METADATA_NAMES = tuple(c.name for c in METADATA_COLUMNS)
 # Pixel columns and their types; `instance_mask` (0 = background, k = particle k, 1-based) only in simulated records.
 ARRAY_TYPES = {"image": pa.float32(), "mask": pa.uint8(), "instance_mask": pa.uint8()}
 ARRAY_COLUMNS = tuple(ARRAY_TYPES)
+ARRAY_DESCRIPTIONS = {
+    "image": ("counts", "the micrograph, rows of pixels: electron counts (simulated) or the recorded intensity"),
+    "mask": ("", "rows of pixels: 1 where a particle is, 0 elsewhere"),
+    "instance_mask": ("", "rows of pixels: 0 background, k particle k (1-based, the order of the particle_ lists)"),
+    "preview": ("", "an 8-bit PNG of the image with the mask's outline, as the Hugging Face Image feature"),
+}
 # `preview` (simulated records): an 8-bit PNG of the image with the mask's outline (generators/preview.py), stored
 # as the Hugging Face `Image` feature's struct so the dataset viewer shows it. Pixels, not metadata.
 PREVIEW_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -125,9 +146,10 @@ def arrow_schema(columns: tuple[Column, ...] = METADATA_COLUMNS) -> pa.Schema:
     """Parquet schema: images as nested lists (datasets casts them to Array2D from the card's features).
 
     `columns`: the metadata of simulated records by default; experimental imports pass their own."""
-    preview = [pa.field("preview", PREVIEW_TYPE)] if columns is METADATA_COLUMNS else []
-    return pa.schema([pa.field(a, pa.list_(pa.list_(ARRAY_TYPES[a]))) for a in _arrays(columns)] + preview
-                     + [pa.field(c.name, c.arrow) for c in columns])
+    preview = [pa.field("preview", PREVIEW_TYPE, metadata=field_metadata(*ARRAY_DESCRIPTIONS["preview"]))] \
+        if columns is METADATA_COLUMNS else []
+    return pa.schema([pa.field(a, pa.list_(pa.list_(ARRAY_TYPES[a])), metadata=field_metadata(*ARRAY_DESCRIPTIONS[a]))
+                      for a in _arrays(columns)] + preview + [c.field() for c in columns])
 
 
 def hf_features(image_size_px: int, columns: tuple[Column, ...] = METADATA_COLUMNS):

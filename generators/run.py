@@ -1,4 +1,5 @@
-"""Generation run: one work unit per structure on Dask, resumable; then shards, card and manifest.
+"""The generation run's bookkeeping: one work unit per structure on Dask (`work.py`), resumable; then shards,
+card and manifest.
 
 Layout of an output folder while running: `_work/parts/{structure_id}.parquet` holds each finished structure's
 records (written atomically), so a killed run loses only the structures in flight and the same command resumes.
@@ -13,177 +14,43 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
 from .cluster import Task, cluster_config, run_tasks
-from .config import (STAGE_SPLITS, ConfigError, GenerationConfig, estimate_dataset_bytes, estimate_worker_bytes,
-                     from_dict, rng_for)
-from .detector import sample_detector
+from .config import ConfigError, GenerationConfig, estimate_dataset_bytes, estimate_worker_bytes
 from .fftw import WISDOM_DIR, ensure_wisdom
 from .files import versions
-from .folder import (MANIFEST_KEYS, SHARD_KEYS, RunError, config_of, load_manifest,  # noqa: F401  (re-exported)
-                     new_manifest, parse_record_id, record_id, structure_id)
-from .imaging import Grid, ImageFormer, beam_energy_keV, bin_mean, crop, grid_for, noise_rng, sample_conditions
-from .info import reading, require_intact
-from .masks import instance_labels, mask_from_coverage, phase_coverage
-from .micrographs.tiles import resample
-from .records import to_table
-from .simulate import SimulatorUnavailable, make_simulator, wavelength_A
-from .structures import build_structure
-from .writers import SPLITS, file_entries, write_card, write_manifest, write_parquet, write_split
+from .folder import (  # noqa: F401  (re-exported)
+    MANIFEST_KEYS,
+    SHARD_KEYS,
+    RunError,
+    config_of,
+    load_manifest,
+    new_manifest,
+    parse_record_id,
+    record_id,
+    structure_id,
+)
+from .imaging import beam_energy_keV, grid_for
+from .regenerate import read_record, read_records, regenerate_record, regenerate_records  # noqa: F401  (re-exported)
+from .simulate import SimulatorUnavailable, make_simulator
+from .work import (  # noqa: F401  (re-exported)
+    SimulatedStructure,
+    SplitMap,
+    _context,
+    _part_path,
+    assign_splits,
+    process_structure,
+    simulate_structure,
+)
+from .writers import SPLITS, file_entries, write_card, write_manifest, write_split
 
 
-# ---------------------------------------------------------------- splits
-class SplitMap(Mapping):
-    """Structure index -> split name, one byte per structure (a dict of 10 million entries takes a GiB)."""
-
-    def __init__(self, codes: np.ndarray):
-        self._codes = codes
-
-    def __getitem__(self, index: int) -> str:
-        if not 0 <= int(index) < len(self._codes):
-            raise KeyError(index)
-        return SPLITS[self._codes[int(index)]]
-
-    def __iter__(self):
-        return iter(range(len(self._codes)))
-
-    def __len__(self) -> int:
-        return len(self._codes)
-
-    def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self._codes == SPLITS.index(split))
-
-
-def assign_splits(cfg: GenerationConfig) -> SplitMap:
-    """Structure index -> split, from a seeded permutation: a structure never lands in two splits."""
-    n = cfg.n_structures
-    order = rng_for(cfg.seed, STAGE_SPLITS).permutation(n)
-    n_val = int(round(cfg.splits.validation * n))
-    n_test = int(round(cfg.splits.test * n))
-    n_train = n - n_val - n_test
-    rank_code = np.zeros(n, np.int8)
-    rank_code[n_train:n_train + n_val] = SPLITS.index("validation")
-    rank_code[n_train + n_val:] = SPLITS.index("test")
-    codes = np.empty(n, np.int8)
-    codes[order] = rank_code
-    return SplitMap(codes)
-
-
-# ---------------------------------------------------------------- one structure
-_CONTEXT: dict = {}
-
-
-def _context(cfg: GenerationConfig, grid: Grid, energy_keV: float):
-    """Per-process simulator and image former per sampling grid and beam energy, and the split assignment per
-    config."""
-    key = (cfg.sha256(), grid.sim_gpts, grid.bin_factor or 1, energy_keV)
-    if key not in _CONTEXT:
-        if len(_CONTEXT) > 16:
-            _CONTEXT.clear()
-        sim = make_simulator(cfg.simulation, grid.sim_gpts, cfg.structure.thermal_sigma_A, energy_keV)
-        former = ImageFormer(cfg.imaging, grid.sim_gpts, grid.sim_sampling_A, wavelength_A(energy_keV),
-                             grid.bin_factor or 1)
-        _CONTEXT[key] = (sim, former)
-    split_key = ("splits", cfg.sha256())
-    if split_key not in _CONTEXT:
-        _CONTEXT[split_key] = assign_splits(cfg)
-    return (*_CONTEXT[key], _CONTEXT[split_key])
-
-
-def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None = None,
-                       dataset_dir: Path | None = None):
-    """Structure -> exit waves -> (images, masks, instance masks, per-record metadata, structure).
-    A pure function of (cfg, index) on one machine, given the FFTW wisdom of `dataset_dir` (`fftw.py`);
-    `cache_dir` shares the carbon bank and its sliced potentials between workers."""
-    from importlib.metadata import version
-
-    im = cfg.imaging
-    grid = grid_for(cfg, index)
-    energy = beam_energy_keV(cfg, index)
-    sim, former, splits = _context(cfg, grid, energy)
-    p = im.pixel_size_A
-    s = build_structure(cfg, index, cache_dir)
-    if hasattr(sim, "use_folders"):
-        sim.use_folders(dataset_dir, cache_dir)
-    former.use_folder(dataset_dir)
-    waves = sim.exit_waves(s, cfg.seed)
-    camera = sample_detector(im.detector, cfg.seed, index)
-    # The camera's pixels are resampled onto the stored grid exactly as the importer resamples micrographs.
-    resampled = grid.detector_px != im.field_px
-
-    # Sample j of the multislice grid sits at j * sampling; stored pixel i spans [i p, (i + 1) p) - sampling / 2.
-    half_sample = grid.sim_sampling_A / 2
-    to_px = lambda x_A: (x_A + half_sample) / p - 0.5
-    centres = [(to_px(pt.center_A[0]), to_px(pt.center_A[1])) for pt in s.particles]
-    radii_px = [pt.bounding_radius_A / p for pt in s.particles]
-    conditions = sample_conditions(cfg, index, centres, radii_px, energy)
-    intensity = former.intensity(waves.full, conditions)
-    if grid.bin_factor is None:  # camera pixels that are no whole number of samples integrate the area they cover
-        intensity = np.stack([resample(a, grid.sim_sampling_A, grid.detector_pixel_size_A) for a in intensity])
-    coverage = phase_coverage(waves.particle, cfg.mask.phase_threshold_rad)
-    if grid.bin_factor and not resampled:
-        coverage = bin_mean(coverage, grid.bin_factor)
-    else:
-        coverage = resample(coverage, grid.sim_sampling_A, p)
-    mask_field = mask_from_coverage(coverage, cfg.mask.closing_radius_A / p, cfg.mask.blur_sigma_A / p,
-                                    cfg.mask.blur_threshold)
-    labels_field = instance_labels(mask_field, s.particle_positions[:, :2], s.particle_index, p, s.cell_xy_A,
-                                   half_sample)
-
-    # Every stage's objects say what they put on a record: the structure, the run's config, this structure's
-    # grid and camera, and the software.
-    base = {**s.record_fields(), "split": splits[index], **cfg.record_fields(), **grid.record_fields(),
-            "energy_keV": energy,
-            **camera.as_dict(), "simulator": sim.name, "simulator_version": sim.version,
-            "generator_version": __version__, "czone_version": version("czone")}
-    size = im.image_size_px
-    images, masks, labels, metas = [], [], [], []
-    for c, inten in zip(conditions, intensity):
-        counts = camera.record(inten, c.dose_e_per_A2, grid.detector_pixel_size_A, noise_rng(cfg, index, c.condition_index))
-        if resampled:
-            counts = resample(counts, grid.detector_pixel_size_A, p)
-        img = crop(counts, c.crop_offset_px, size)
-        m = crop(mask_field, c.crop_offset_px, size)
-        lab = crop(labels_field, c.crop_offset_px, size)
-        ox, oy = c.crop_offset_px
-        centre_px = [[x - ox, y - oy] for x, y in centres]
-        images.append(img)
-        masks.append(m)
-        labels.append(lab)
-        metas.append({**base, **c.as_dict(), "record_id": record_id(index, c.condition_index),
-                      "particle_center_px": centre_px,
-                      # the bounding circle crosses a pixel edge of the border
-                      "particle_cut_by_border": [bool(min(x, y) - r < -0.5 or max(x, y) + r > size - 0.5)
-                                                 for (x, y), r in zip(centre_px, radii_px)],
-                      "particle_area_px": [int(np.count_nonzero(lab == k + 1)) for k in range(s.n_particles)],
-                      "mask_area_px": int(m.sum())})
-    return np.stack(images), np.stack(masks), np.stack(labels), metas, s
-
-
-def process_structure(cfg_json: str, index: int, out_dir: str) -> dict:
-    """Dask work unit: simulate one structure, write its structure file and its records part."""
-    cfg = from_dict(json.loads(cfg_json))
-    out = Path(out_dir)
-    t0 = time.perf_counter()
-    images, masks, labels, metas, s = simulate_structure(cfg, index, out / "_work" / "substrates", out)
-    s.write_extxyz(out / "structures" / f"{s.structure_id}.extxyz")
-    write_parquet(to_table(images, masks, metas, cfg.imaging.image_size_px, labels), _part_path(out, index))
-    return {"index": index, "records": len(metas), "seconds": time.perf_counter() - t0}
-
-
-def _part_path(out: Path, index: int) -> Path:
-    return out / "_work" / "parts" / f"{structure_id(index)}.parquet"
-
-
-# ---------------------------------------------------------------- the run
 def _check_folder(cfg: GenerationConfig, out: Path) -> str:
     """'done' if a finished dataset of this config is there, 'resume'/'new' otherwise; refuse a foreign folder."""
     if out.exists() and not out.is_dir():
@@ -433,59 +300,3 @@ def _summary(out: Path) -> dict:
             "particle_radius_A": rng(flat("particle_radius_A")), "defocus_nm": rng(t["defocus_nm"]),
             "dose_e_per_A2": rng(t["dose_e_per_A2"]), "detector_pixel_size_A": rng(t["detector_pixel_size_A"]),
             "mask_area_px": rng(t["mask_area_px"])}
-
-
-def read_record(dataset_dir: str | Path, record_id: str) -> dict:
-    return read_records(dataset_dir, [record_id])[record_id]
-
-
-def read_records(dataset_dir: str | Path, record_ids: list[str]) -> dict[str, dict]:
-    """Stored records by id, images and masks as arrays, in one scan of the folder's Parquet shards."""
-    import pyarrow.dataset as pads
-
-    files = require_intact(dataset_dir, "parquet")
-    with reading(dataset_dir):
-        t = pads.dataset(files, format="parquet").to_table(filter=pads.field("record_id").isin(list(record_ids)))
-    rows = {r["record_id"]: r for r in t.to_pylist()}
-    missing = [rid for rid in record_ids if rid not in rows]
-    if missing or len(t) != len(rows):
-        raise RunError(f"record {(missing or record_ids)[0]!r} not found in {dataset_dir}"
-                       if missing else f"{dataset_dir} holds a record id twice")
-    for row in rows.values():
-        size = row["image_size_px"]
-        row["image"] = np.asarray(row["image"], np.float32).reshape(size, size)
-        row["mask"] = np.asarray(row["mask"], np.uint8).reshape(size, size)
-        if "instance_mask" in row:
-            row["instance_mask"] = np.asarray(row["instance_mask"], np.uint8).reshape(size, size)
-    return rows
-
-
-def regenerate_record(dataset_dir: str | Path, record_id: str) -> dict:
-    """Rebuild one record from the manifest's config and compare it with the stored one."""
-    return next(regenerate_records(dataset_dir, [record_id], keep_arrays=True))
-
-
-def regenerate_records(dataset_dir: str | Path, record_ids: list[str] | None = None, keep_arrays: bool = False):
-    """Rebuild records (all of them when `record_ids` is None) and compare each with the stored one; yields one
-    comparison per record, structure by structure (a structure's conditions share one simulation)."""
-    cfg = config_of(dataset_dir)
-    if record_ids is None:
-        record_ids = [record_id(s, c) for s in range(cfg.n_structures) for c in range(cfg.conditions_per_structure)]
-    wanted: dict[int, list[tuple[str, int]]] = {}
-    for rid in record_ids:
-        s_idx, c_idx = parse_record_id(rid)
-        if not (0 <= s_idx < cfg.n_structures and 0 <= c_idx < cfg.conditions_per_structure):
-            raise RunError(f"record {rid!r} not found in {dataset_dir} ({cfg.n_structures} structures x "
-                           f"{cfg.conditions_per_structure} conditions)")
-        wanted.setdefault(s_idx, []).append((rid, c_idx))
-    for s_idx, items in wanted.items():
-        stored = read_records(dataset_dir, [rid for rid, _ in items])  # one scan per structure
-        images, masks, _, _, _ = simulate_structure(cfg, s_idx, dataset_dir=Path(dataset_dir))
-        for rid, c_idx in items:
-            img, msk, old = images[c_idx], masks[c_idx], stored[rid]
-            r = {"record_id": rid,
-                 "image_identical": bool(np.array_equal(img, old["image"])),
-                 "mask_identical": bool(np.array_equal(msk, old["mask"])),
-                 "image_max_abs_diff": float(np.max(np.abs(img - old["image"]))),
-                 "mask_pixels_differing": int(np.sum(msk != old["mask"]))}
-            yield {**r, "image": img, "mask": msk} if keep_arrays else r

@@ -130,7 +130,8 @@ class AbtemSimulator:
         with self._abtem_config():
             substrate = None
             if s.substrate_height_A > 0 and len(s.substrate_numbers):
-                substrate = self._potential(s.substrate_positions, s.substrate_numbers, s.cell_xy_A, s.substrate_height_A)
+                substrate = self._potential(s.substrate_positions, s.substrate_numbers, s.cell_xy_A,
+                                            s.substrate_height_A)
             for _ in range(self.cfg.n_frozen_phonons):
                 plane = abtem.PlaneWave(energy=self.energy_keV * 1e3, gpts=(self.gpts, self.gpts),
                                         extent=(s.cell_xy_A, s.cell_xy_A))

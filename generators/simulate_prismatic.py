@@ -47,9 +47,8 @@ from pathlib import Path
 
 import numpy as np
 
-from temsynth.errors import TemsynthError
-
 from .config import STAGE_PHONONS, SimulationConfig, rng_for
+from .errors import TemsynthError
 from .waves import ExitWaves, SimulatorUnavailable, one_energy, wavelength_A
 
 INSTALL_COMMAND = "make prismatic"

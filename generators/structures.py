@@ -7,6 +7,8 @@ two parts slice independently and add exactly, and the particle-only exit wave i
 own slices. Every particle rests on the carbon: its lowest atom lies `contact_distance_A` above the highest
 carbon atom. Particles never overlap in projection (their bounding circles keep `particle_gap_A` apart), so they
 may touch but never interpenetrate.
+
+Over 400 lines: the typed particle, its record columns and the scene placement share the geometry above.
 """
 from __future__ import annotations
 
@@ -19,9 +21,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from temsynth.errors import TemsynthError
-
 from .config import STAGE_STRUCTURE, GenerationConfig, rng_for
+from .errors import TemsynthError
 from .files import atomic_path
 from .folder import structure_id
 from .materials import BUILT_IN, Material
@@ -341,7 +342,8 @@ def _place(cfg: GenerationConfig, rng: np.random.Generator, radii: list[float],
             if im.field_px > im.image_size_px:
                 # Keep particles where every crop of image_size_px can still hold them whole.
                 half_img = im.image_size_px * im.pixel_size_A / 2
-                lo, hi = max(lo, L / 2 - half_img + r + st.edge_margin_A), min(hi, L / 2 + half_img - r - st.edge_margin_A)
+                lo = max(lo, L / 2 - half_img + r + st.edge_margin_A)
+                hi = min(hi, L / 2 + half_img - r - st.edge_margin_A)
         for attempt in range(400 if placement == "aggregate" and placed else 200):
             if placement == "aggregate" and placed and attempt < 200:
                 x, y, rr = placed[int(rng.integers(len(placed)))]

@@ -1,7 +1,6 @@
 """Named subsets, subset folders and provenance traces of a dataset folder."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -9,15 +8,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
-from .config import STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, STAGE_PHONONS, STAGE_STRUCTURE, seed_for
-from .folder import config_of, load_manifest, new_manifest, parse_record_id
-from .info import reading, require_intact
+from .config import (
+    STAGE_CONDITIONS,
+    STAGE_DETECTOR,
+    STAGE_NOISE,
+    STAGE_PHONONS,
+    STAGE_STRUCTURE,
+    GenerationConfig,
+    seed_for,
+)
+from .dataset import DatasetFolder, as_folder
+from .files import versions
+from .folder import new_manifest, parse_record_id
 from .query import Query, QueryError
 from .records import PIXEL_COLUMNS
-from .run import read_record
-from .files import versions
+from .regenerate import read_record
 from .writers import SPLITS, card_data_files, file_entries, write_card, write_manifest, write_split
 
 KEY_COLUMNS = ("split", "n_particles", "particle_defect_type", "particle_material", "particle_shape",
@@ -27,33 +33,30 @@ EXPERIMENTAL_KEY_COLUMNS = ("split", "material", "source_format", "pixel_size_so
                             "mask_area_px")
 
 
-def fingerprint(dataset_dir: str | Path) -> str:
-    """Content fingerprint: sha256 over the manifest's shard checksums."""
-    shards = sorted((s["path"], s["sha256"]) for s in load_manifest(dataset_dir)["shards"])
-    return hashlib.sha256(json.dumps(shards).encode()).hexdigest()
+def fingerprint(dataset: DatasetFolder | str | Path) -> str:
+    """Content fingerprint: sha256 over the manifest's shard checksums (`DatasetFolder.fingerprint`)."""
+    return as_folder(dataset).fingerprint
 
 
-def schema(dataset_dir: str | Path) -> pa.Schema:
-    """The folder's own record schema, from its first Parquet shard's footer (as `datasets`' Parquet builder
-    reads `pq.read_schema`): a query on an imported folder is checked against its columns, not the simulated
-    records'. The folder is checked against its manifest first."""
-    files = require_intact(dataset_dir, "parquet")
-    with reading(dataset_dir):
-        return pq.read_schema(files[0])
+def schema(dataset: DatasetFolder | str | Path) -> pa.Schema:
+    """The folder's own record schema (`DatasetFolder.schema`): a query on an imported folder is checked against
+    its columns, not the simulated records'. The folder is checked against its manifest first."""
+    return as_folder(dataset).schema
 
 
-def metadata(dataset_dir: str | Path, columns=None, query: Query | None = None) -> pa.Table:
+def metadata(dataset: DatasetFolder | str | Path, columns=None, query: Query | None = None) -> pa.Table:
     """Metadata columns of an intact folder (checked against its manifest first), optionally filtered."""
-    files = require_intact(dataset_dir, "parquet")
-    with reading(dataset_dir):
-        ds = pads.dataset(files, format="parquet")
+    folder = as_folder(dataset)
+    with folder.reading():
+        ds = pads.dataset(folder.files("parquet"), format="parquet")
         cols = columns or [n for n in ds.schema.names if n not in PIXEL_COLUMNS]
         return query.table(ds, cols) if query is not None else ds.to_table(columns=cols)
 
 
-def query_summary(dataset_dir: str | Path, text: str) -> dict:
-    q = Query(text, schema(dataset_dir))
-    t = metadata(dataset_dir, query=q)
+def query_summary(dataset: DatasetFolder | str | Path, text: str) -> dict:
+    folder = as_folder(dataset)
+    q = Query(text, folder.schema)
+    t = metadata(folder, query=q)
     out = {"query": text, "records": len(t)}
     simulated = "structure_id" in t.column_names
     unit = "structure_id" if simulated else "source_file"
@@ -68,25 +71,26 @@ def query_summary(dataset_dir: str | Path, text: str) -> dict:
     return out
 
 
-def save_named_subset(dataset_dir: str | Path, name: str, text: str) -> dict:
+def save_named_subset(dataset: DatasetFolder | str | Path, name: str, text: str) -> dict:
     """Record a query as a named config of the dataset card: load_dataset(dir, name) returns the subset."""
     import re
 
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or name == "default":
         raise QueryError(f"subset name {name!r}: use letters, digits, '_' or '-', and not 'default'")
-    q = Query(text, schema(dataset_dir))
-    config_of(dataset_dir)  # an imported folder has no generation config to write a card from: refuse first
-    meta = metadata(dataset_dir, columns=sorted({"split", *q.columns}))
+    folder = as_folder(dataset)
+    q = Query(text, folder.schema)
+    cfg = folder.config  # an imported folder has no generation config to write a card from: refuse first
+    meta = metadata(folder, columns=sorted({"split", *q.columns}))
     # Parquet filters cannot test for null: a negation over a column holding nulls has no exact DNF form.
     nulls = [c for c in q.columns if meta[c].null_count or
              (pa.types.is_fixed_size_list(meta[c].type) and meta[c].combine_chunks().flatten().null_count)]
     dnf = q.dnf_for(nulls)
     if dnf is None:
         raise QueryError("a named subset is stored as Parquet filters, which cannot index list columns "
-                         "(e.g. crop_offset_px[0]), reduce them (any(...), all(...)) nor negate an ordering exactly for NaN (write `x >= 5` "
-                         "rather than `not x < 5`); or write the subset out with --out instead")
-    out = Path(dataset_dir)
-    manifest = load_manifest(out)
+                         "(e.g. crop_offset_px[0]), reduce them (any(...), all(...)) nor negate an ordering exactly "
+                         "for NaN (write `x >= 5` rather than `not x < 5`); or write the subset out with --out instead")
+    out = folder.path
+    manifest = json.loads(json.dumps(folder.raw))  # a copy: the opened folder keeps what it read
     subsets = {s["config_name"]: s for s in manifest.get("subsets", [])}
     # datasets refuses a split with no rows, so a named config lists only the splits the query reaches.
     hits = meta.filter(q.mask(meta))["split"].to_pylist()
@@ -96,13 +100,12 @@ def save_named_subset(dataset_dir: str | Path, name: str, text: str) -> dict:
     subsets[name] = {"config_name": name, "query": text, "filters": dnf,
                      "data_files": card_data_files(manifest["shards"], present)}
     manifest["subsets"] = list(subsets.values())
-    _rewrite_card(out, manifest)
+    _rewrite_card(out, cfg, manifest)
     write_manifest(out, manifest)
     return subsets[name]
 
 
-def _rewrite_card(out: Path, manifest: dict, template: str = "dataset_card.md") -> None:
-    cfg = config_of(out)
+def _rewrite_card(out: Path, cfg: GenerationConfig, manifest: dict, template: str = "dataset_card.md") -> None:
     # The card's YAML passes every config key to the Parquet builder; the query text lives in the table below.
     extra = [{k: v for k, v in s.items()} for s in manifest.get("subsets", [])]
     configs = [{k: v for k, v in s.items() if k != "query"} for s in extra]
@@ -111,18 +114,18 @@ def _rewrite_card(out: Path, manifest: dict, template: str = "dataset_card.md") 
                parent=manifest.get("parent"), shards=manifest["shards"])
 
 
-def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dict:
+def write_subset(dataset: DatasetFolder | str | Path, text: str, out_dir: str | Path) -> dict:
     """A new dataset folder (Parquet + WebDataset + card + manifest) holding the records the query selects."""
     import os
 
-    src, out = Path(dataset_dir), Path(out_dir)
+    out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QueryError(f"{out} exists and is not empty; choose a new --out")
     # Assembled beside the target and renamed at the end: a failure leaves nothing that blocks a re-run.
     staging = out.parent / f".{out.name}.subset-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        manifest = _write_subset(src, text, staging)
+        manifest = _write_subset(as_folder(dataset), text, staging)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
@@ -131,15 +134,14 @@ def write_subset(dataset_dir: str | Path, text: str, out_dir: str | Path) -> dic
     return manifest
 
 
-def _write_subset(src: Path, text: str, out: Path) -> dict:
-    q = Query(text, schema(src))
-    files = require_intact(src, "parquet")  # a damaged parent would give a short subset that verifies "OK"
-    parent = load_manifest(src)
-    cfg = config_of(src)
-    ds = pads.dataset(files, format="parquet")
+def _write_subset(folder: DatasetFolder, text: str, out: Path) -> dict:
+    # `folder` was checked when opened: a damaged parent would give a short subset that verifies "OK"
+    src, parent, cfg = folder.path, folder.raw, folder.config
+    q = Query(text, folder.schema)
+    ds = pads.dataset(folder.files("parquet"), format="parquet")
     shards, counts = [], {}
     for split in SPLITS:
-        with reading(src):
+        with folder.reading():
             table = q.table(ds, extra=pads.field("split") == split)
         table = table.sort_by("record_id")
         counts[split] = len(table)
@@ -155,17 +157,18 @@ def _write_subset(src: Path, text: str, out: Path) -> dict:
         f"{parent['name']}-subset", parent.get("generator_version"), versions(), counts, shards,
         config_sha256=parent["config_sha256"], config=parent["config"],
         n_structures=sum(1 for _ in (out / "structures").glob("*.extxyz")) if (out / "structures").exists() else 0,
-        summary={}, parent={"path": str(src.resolve()), "fingerprint": fingerprint(src), "query": text},
+        summary={}, parent={"path": str(src.resolve()), "fingerprint": folder.fingerprint, "query": text},
         structures=file_entries(out, (out / "structures").glob("*.extxyz")))
     write_manifest(out, manifest)
-    _rewrite_card(out, manifest)
+    _rewrite_card(out, cfg, manifest)
     return manifest
 
 
-def trace(dataset_dir: str | Path, record_id: str) -> dict:
+def trace(dataset: DatasetFolder | str | Path, record_id: str) -> dict:
     """Everything that made one record: the config of every stage, the seeds, the structure file, versions."""
-    manifest = load_manifest(dataset_dir)
-    row = read_record(dataset_dir, record_id)
+    folder = as_folder(dataset)
+    dataset_dir, manifest = folder.path, folder.raw
+    row = read_record(folder, record_id)
     s_idx, c_idx = parse_record_id(record_id)
     root = manifest["config"]["seed"]
     meta = {k: v for k, v in row.items() if k not in PIXEL_COLUMNS and not k.startswith("particle_")}

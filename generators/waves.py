@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from temsynth.errors import TemsynthError
+from .errors import TemsynthError
 
 
 class SimulatorUnavailable(TemsynthError, RuntimeError):

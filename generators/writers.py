@@ -58,7 +58,8 @@ def write_wds(table: pa.Table, path: Path) -> None:
                 sample = {"__key__": m["record_id"], "image.npy": buf.getvalue(), "json": json.dumps(m).encode()}
                 for a in arrays[1:]:  # masks as 8-bit PNG: "mask.png", "instance_mask.png"
                     png = io.BytesIO()
-                    Image.fromarray(np.ascontiguousarray(pixels[a][i], dtype=np.uint8), mode="L").save(png, format="PNG")
+                    image = Image.fromarray(np.ascontiguousarray(pixels[a][i], dtype=np.uint8), mode="L")
+                    image.save(png, format="PNG")
                     sample[f"{a}.png"] = png.getvalue()
                 if previews:  # already a PNG (generators/preview.py): stored as it is
                     sample["preview.png"] = previews[i]["bytes"]

@@ -1,7 +1,7 @@
 """`temsynth` command line: parse, call a library function, print.
 
 The top layer: it imports `generators/` and `training/`; neither imports it. Every error meant for the user
-derives from `temsynth.errors.TemsynthError`, the one class caught here.
+derives from `generators.errors.TemsynthError`, the one class caught here.
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from typing import Callable
 
 from generators.cluster import add_cluster_arguments, cluster_from_args, job_script
 from generators.config import default_config, from_dict, load_config, load_preset, preset_names
-from generators.info import report
+from generators.dataset import DatasetFolder
+from generators.errors import exit_status
 from generators.files import source_digest
-from generators.run import RunError, generate, load_manifest, regenerate_records
+from generators.info import report
+from generators.run import RunError, generate, regenerate_records
 from generators.subsets import query_summary, save_named_subset, trace, write_subset
-from .errors import TemsynthError
 
 
 def _load_cfg(args):
@@ -47,19 +48,20 @@ def cmd_info(args) -> int:
 
 
 def cmd_query(args) -> int:
-    summary = query_summary(args.dataset, args.expr)
+    folder = DatasetFolder.open(args.dataset)
+    summary = query_summary(folder, args.expr)
     print(json.dumps(summary, indent=2))
     if args.save_as:
-        save_named_subset(args.dataset, args.save_as, args.expr)
+        save_named_subset(folder, args.save_as, args.expr)
         print(f'saved as config {args.save_as!r}: load_dataset("{args.dataset}", "{args.save_as}")')
     if args.out:
-        m = write_subset(args.dataset, args.expr, args.out)
+        m = write_subset(folder, args.expr, args.out)
         print(f"wrote {m['n_records']} records to {args.out} (parent fingerprint {m['parent']['fingerprint'][:12]}…)")
     return 0
 
 
 def cmd_trace(args) -> int:
-    print(json.dumps(trace(args.dataset, args.record_id), indent=2, default=str))
+    print(json.dumps(trace(DatasetFolder.open(args.dataset), args.record_id), indent=2, default=str))
     return 0
 
 
@@ -67,8 +69,9 @@ def cmd_regenerate(args) -> int:
     ids = None if args.all else args.record_ids
     if not ids and not args.all:
         raise RunError("name one or more record ids (e.g. s000003-c001), or pass --all")
+    folder = DatasetFolder.open(args.dataset)
     n = differ = 0
-    for r in regenerate_records(args.dataset, ids):
+    for r in regenerate_records(folder, ids):
         n += 1
         same = r["image_identical"] and r["mask_identical"]
         differ += not same
@@ -80,7 +83,7 @@ def cmd_regenerate(args) -> int:
     if n > 1:
         print(f"{n - differ} of {n} records identical" + (f", {differ} DIFFERENT" if differ else ""))
     if differ:
-        made_by = load_manifest(args.dataset).get("versions", {}).get("temsynth_source_sha256")
+        made_by = folder.raw.get("versions", {}).get("temsynth_source_sha256")
         if made_by != source_digest():
             print(f"note: {args.dataset} was made by other generator code (source {str(made_by)[:12]}, this is "
                   f"{source_digest()[:12]}): changed code, not chance, may explain the differences")
@@ -355,11 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] and argv[0] in delegated:  # its own parser, so that `temsynth study run --help` reaches it
         return _run_delegate(delegated[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except TemsynthError as err:
-        print(f"temsynth {args.verb}: {err}", file=sys.stderr)
-        return 2
+    return exit_status(f"temsynth {args.verb}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

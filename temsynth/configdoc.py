@@ -21,13 +21,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from generators.units import unit_of
+
 OUT = Path("docs") / "configuration.md"
-
-# Name suffix -> unit, longest first (units are in the field names).
-UNITS = [("_e_per_A2", "e⁻/Å²"), ("_atoms_per_A3", "atoms/Å³"), ("_g_per_cm3", "g/cm³"), ("_counts_per_e", "counts/e⁻"), ("_counts", "counts"),
-         ("_keV", "keV"), ("_eV", "eV"), ("_ppm", "ppm"), ("_mrad", "mrad"), ("_rad", "rad"), ("_deg", "°"), ("_mm", "mm"), ("_nm", "nm"),
-         ("_px", "px"), ("_A", "Å")]
-
 
 # Descriptions of fields whose schema says nothing about them (no description, no comment). Better moved into the
 # schema's own comments; kept here so that every row of the reference says what its field is for.
@@ -92,7 +88,8 @@ NOTES = {
     "optimizer.weight_decay": "weight decay of the optimizer",
     "augment.flips": "random horizontal and vertical flips",
     "augment.rot90": "random quarter turns",
-    "augment.display": "training only: render images as display grey levels (clip, 8 bits), as exported micrographs are",
+    "augment.display": "training only: render images as display grey levels (clip, 8 bits), as exported "
+                       "micrographs are",
     "loss.bce_weight": "weight of the binary cross-entropy term",
     "loss.dice_weight": "weight of the soft Dice term",
     "subsets.name": "the subset's name in results and reports",
@@ -108,13 +105,6 @@ DATA_SOURCE_NOTES = {
     "query": "metadata query narrowing the records (docs/query.md)",
     "format": "parquet (in memory) or webdataset (streamed tar shards)",
 }
-
-
-def unit_of(name: str) -> str:
-    for suffix, unit in UNITS:
-        if name.endswith(suffix):
-            return unit
-    return ""
 
 
 def _closure(func) -> dict:
@@ -180,7 +170,7 @@ def _range(field, annotation) -> str:
         if getattr(m, "min_length", None):
             return f"at least {m.min_length} item(s)"
         if getattr(m, "pattern", None):
-            return f"letters, digits, `_-`" + (" `.`" if "." in m.pattern else "")
+            return "letters, digits, `_-`" + (" `.`" if "." in m.pattern else "")
     for func in _validators(annotation):
         env = _closure(func)
         if "lo" in env and "hi" in env:  # generators.config.ranged: the distribution's whole support

@@ -2,14 +2,14 @@
 packages, the presets and example configs). Read through `importlib.resources`, so an installed wheel finds them
 exactly as a source checkout does; nothing here looks next to the repository.
 
-A leaf like `temsynth.errors`: it imports nothing of the project, so `generators/` and `training/` both use it.
+Nearly a leaf: it imports only the error base (`generators.errors`), so `generators/` and `training/` both use it.
 """
 from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
 
-from .errors import TemsynthError
+from generators.errors import TemsynthError
 
 
 def package_dir(package: str, *parts: str) -> Path:

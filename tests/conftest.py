@@ -6,7 +6,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from generators.config import from_dict  # noqa: E402
+from generators.config import from_dict, set_dotted  # noqa: E402  (after the offline switches above)
 
 
 def tiny_dict(**over):
@@ -24,13 +24,7 @@ def tiny_dict(**over):
 
 def with_fields(d: dict, **over) -> dict:
     """Set dotted fields ("structure.radius_A") of a config dict in place; returns it."""
-    for k, v in over.items():
-        node = d
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return d
+    return set_dotted(d, over)
 
 
 def process_group_gone(pgid: int, timeout: float = 15) -> bool:

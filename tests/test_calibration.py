@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import tiny_dict, with_fields
+
 from generators.calibration.ctf_fit import abtem_ctf_power, ctf_power, fit_ctf
 from generators.calibration.measure import data_kind, measure
 from generators.calibration.spectrum import power_spectrum

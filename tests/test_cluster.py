@@ -10,11 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import process_group_gone
-
-from generators.cluster import (After, ClusterConfig, Task, choose_gpus, cluster_config, job_command, job_env,
-                                job_script, last_error_line, launch_job, run_tasks, stop_jobs)
+from generators.cluster import (
+    After,
+    ClusterConfig,
+    Task,
+    choose_gpus,
+    cluster_config,
+    job_command,
+    job_env,
+    job_script,
+    last_error_line,
+    launch_job,
+    run_tasks,
+    stop_jobs,
+)
 from generators.config import ConfigError
+from tests.conftest import process_group_gone
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM = {"kind": "slurm", "workers": 4, "queue": "gpu", "walltime": "04:00:00", "cores": 8, "memory": "32GB",

@@ -123,3 +123,24 @@ def test_structure_files(built):
         part = atoms.arrays["is_particle"]
         assert part.any() and (~part).any()
         assert set(atoms.numbers[part]) == {79} and set(atoms.numbers[~part]) == {6}
+
+
+def test_every_shard_column_explains_itself(built, tmp_path):
+    """Unit and description in each column's Arrow field metadata, from the one record schema: what
+    `pq.read_schema` (and so datasets' Parquet builder) sees, in the folder's shards and in a subset's."""
+    import pyarrow.parquet as pq
+
+    from generators.records import METADATA_COLUMNS
+    from generators.subsets import write_subset
+
+    write_subset(built, "n_particles >= 1", tmp_path / "sub")
+    for shard in [next((built / "data").glob("*.parquet")), next((tmp_path / "sub" / "data").glob("*.parquet"))]:
+        schema = pq.read_schema(shard)
+        for field in schema:
+            assert field.metadata and field.metadata[b"description"], f"{shard.name}: {field.name} has no description"
+        meta = {f.name: {k.decode(): v.decode() for k, v in f.metadata.items()} for f in schema}
+        assert meta["defocus_nm"] == {"unit": "nm", "description": "C10; negative = underfocus"}
+        assert meta["dose_e_per_A2"]["unit"] == "e⁻/Å²" and meta["particle_radius_A"]["unit"] == "Å"
+        assert meta["n_particles"]["unit"] == "" and meta["image"]["unit"] == "counts"
+        assert {c.name: c.description for c in METADATA_COLUMNS} == \
+            {n: m["description"] for n, m in meta.items() if n in {c.name for c in METADATA_COLUMNS}}

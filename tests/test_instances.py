@@ -3,8 +3,19 @@ particle scores against hand-worked cases."""
 import numpy as np
 import pytest
 
-from training.instances import (aggregate, connected_components, diameters_nm, distance_target, match, measure,
-                                particles_from_logits, relabel, split_touching, summary, touching_pairs)
+from training.instances import (
+    aggregate,
+    connected_components,
+    diameters_nm,
+    distance_target,
+    match,
+    measure,
+    particles_from_logits,
+    relabel,
+    split_touching,
+    summary,
+    touching_pairs,
+)
 
 
 def disc(shape, cx, cy, r):
@@ -26,7 +37,8 @@ def test_a_disc_of_known_size_at_a_known_pixel_size():
     assert t["diameter_nm"][0] == pytest.approx(2.0, rel=0.005)
     assert t["area_nm2"][0] == pytest.approx(np.pi * 1.0 ** 2, rel=0.01)
     assert (t["centroid_x_px"][0], t["centroid_y_px"][0]) == pytest.approx((60, 70), abs=0.01)
-    assert t["major_axis_nm"][0] == pytest.approx(2.0, rel=0.01) and t["minor_axis_nm"][0] == pytest.approx(2.0, rel=0.01)
+    assert t["major_axis_nm"][0] == pytest.approx(2.0, rel=0.01)
+    assert t["minor_axis_nm"][0] == pytest.approx(2.0, rel=0.01)
     assert t["circularity"][0] == pytest.approx(1.0, abs=0.015)
     assert not t["touches_border"][0] and np.isnan(t["mean_confidence"][0])
 

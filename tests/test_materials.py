@@ -10,8 +10,14 @@ import pytest
 from scipy.spatial import cKDTree
 
 from generators.config import ConfigError, Defects, from_dict
-from generators.materials import (BUILT_IN, _analysis, czone_generator, pair_min_distances, structure_min_distances,
-                                  symmetric_cell)
+from generators.materials import (
+    BUILT_IN,
+    _analysis,
+    czone_generator,
+    pair_min_distances,
+    structure_min_distances,
+    symmetric_cell,
+)
 from generators.structures import build_core_shell, build_particle
 from tests.conftest import tiny_dict, with_fields
 
@@ -102,8 +108,9 @@ def test_every_built_in_crystal_matches_pymatgen_distances_and_density(name):
 def test_handbook_lattice_distances_of_the_new_crystals():
     """Nearest neighbours from ../shared/README.md's lattice constants, by hand: the registry holds those values."""
     want = {"Pd": 3.891 / 2**0.5, "Cu": 3.615 / 2**0.5, "Fe": 2.8665 * 3**0.5 / 2, "Si": 5.431 * 3**0.5 / 4,
-            "C": 3.567 * 3**0.5 / 4, "CeO2": 5.411 * 3**0.5 / 4, "TiO2_rutile": min(4.594 * 0.3048 * 2**0.5,  # Ti-O: two apical, four equatorial bonds
-                                  (2 * ((0.5 - 0.3048) * 4.594)**2 + (2.959 / 2)**2)**0.5)}
+            "C": 3.567 * 3**0.5 / 4, "CeO2": 5.411 * 3**0.5 / 4,
+            # Ti-O: two apical, four equatorial bonds
+            "TiO2_rutile": min(4.594 * 0.3048 * 2**0.5, (2 * ((0.5 - 0.3048) * 4.594)**2 + (2.959 / 2)**2)**0.5)}
     for name, d in want.items():
         assert BUILT_IN[name].nearest_neighbour_A == pytest.approx(d, rel=1e-3), name
 
@@ -112,7 +119,8 @@ def test_handbook_lattice_distances_of_the_new_crystals():
 def _wurtzite_zno():
     from pymatgen.core import Lattice, Structure
 
-    return Structure.from_spacegroup(186, Lattice.hexagonal(3.25, 5.207), ["Zn", "O"], [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])
+    return Structure.from_spacegroup(186, Lattice.hexagonal(3.25, 5.207), ["Zn", "O"],
+                                     [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.382]])
 
 
 def _write_cif(structure, path, symprec=None):
@@ -168,8 +176,8 @@ def test_wurtzite_from_a_file_takes_stacking_faults_with_intact_bonds(tmp_path):
     _write_cif(_wurtzite_zno(), tmp_path / "zno.cif", symprec=0.01)
     cfg = _cfg(tmp_path, {"ZnO": {"cif": "zno.cif"}}, **{"structure.material": "ZnO",
                                                           "structure.defects": {"type": "stacking_fault"}})
-    pos, numbers, counts = build_particle(cfg.material_registry()["ZnO"], 12.0, "stacking_fault", 2, cfg.structure.defects,
-                                          seed=5)
+    pos, numbers, counts = build_particle(cfg.material_registry()["ZnO"], 12.0, "stacking_fault", 2,
+                                          cfg.structure.defects, seed=5)
     assert counts["n_stacking_faults"] >= 1
     zn, o = pos[numbers == 30], pos[numbers == 8]
     d, _ = cKDTree(o).query(zn)
@@ -204,7 +212,8 @@ def test_crystal_from_space_group_lattice_and_basis(tmp_path):
 def _bad_materials(tmp_path):
     (tmp_path / "garbage.cif").write_text("data_nothing\n_cell_length_a 4.0\nloop_\n_foo_bar\n1\n")
     one = lambda el="Ti", **lat: {"spacegroup": 136, "lattice": {"a": 4.594, "c": 2.959, **lat},
-                                   "basis": [{"element": el, "frac": [0, 0, 0]}, {"element": "O", "frac": [0.3, 0.3, 0]}]}
+                                   "basis": [{"element": el, "frac": [0, 0, 0]},
+                                             {"element": "O", "frac": [0.3, 0.3, 0]}]}
     return {
         "unreadable CIF": ({"X": {"cif": "garbage.cif"}}, "garbage.cif holds no crystal"),
         "missing CIF": ({"X": {"cif": "nowhere.cif"}}, "nowhere.cif cannot be read"),

@@ -9,7 +9,8 @@ import pytest
 
 from training.config import train_config
 from training.models import load_model
-from training.train import PARTICLE_COLUMNS, read_metrics, run
+from training.results import PARTICLE_SCORES as PARTICLE_COLUMNS
+from training.train import read_metrics, run
 
 
 def _cfg(data_dir, out, **over):

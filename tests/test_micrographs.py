@@ -7,10 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from generators.micrographs import (MicrographError, assign_splits, import_folder, read_mask, read_micrograph,
-                                    resample, resample_mask, tile, tile_starts, unit_to_A)
 from dm_files import write_dm  # tests/ has no __init__.py, so pytest puts it on sys.path
+
+from generators.micrographs import (
+    MicrographError,
+    assign_splits,
+    import_folder,
+    read_mask,
+    read_micrograph,
+    resample,
+    resample_mask,
+    tile,
+    tile_starts,
+    unit_to_A,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "dataset_scripts" / "import_experimental.py"
@@ -369,6 +379,16 @@ def test_import_manifest_and_splits_per_source(imported):
     for split, files in by_split.items():
         assert {r["source_file"] for r in rows if r["split"] == split} == files
     assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(m))
+
+
+def test_imported_shards_explain_their_columns(imported):
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(next((imported[0] / "data").glob("*.parquet")))
+    meta = {f.name: {k.decode(): v.decode() for k, v in f.metadata.items()} for f in schema}
+    assert meta["source_pixel_size_A"] == {"unit": "Å", "description": "pixel size of the source micrograph as used "
+                                                                     "for resampling"}
+    assert meta["tile_index"]["unit"] == "" and meta["mask"]["description"].startswith("rows of pixels")
 
 
 def test_tiles_are_at_the_target_pixel_size(imported):

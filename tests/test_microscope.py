@@ -4,11 +4,11 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import tiny_dict, with_fields
+from test_calibration import CARBON_A, carbon_cfg
+
 from generators.config import ConfigError, from_dict
 from generators.imaging import beam_energy_keV, chromatic_focal_spread_nm
-from test_calibration import CARBON_A, carbon_cfg
 
 
 def test_focal_spread_from_cc_hand_worked():

@@ -153,7 +153,7 @@ def test_exit_waves_have_the_same_bits_in_fresh_processes_busy_or_not(tmp_path):
     difference. Plans measured per process give different bits here in most pairs of runs (FFTW's timing picks
     one of several algorithms); replayed wisdom gives one answer."""
     env = {**os.environ, "TEMSYNTH_CACHE": str(tmp_path / "machine_cache")}
-    run = lambda: subprocess.run([sys.executable, "-c", WAVE_SHA], env=env, cwd=ROOT, capture_output=True,  # noqa
+    run = lambda: subprocess.run([sys.executable, "-c", WAVE_SHA], env=env, cwd=ROOT, capture_output=True,
                                  text=True, timeout=300, check=True).stdout.strip()
     quiet = [run(), run()]
     burners = _burn(os.cpu_count() or 2)

@@ -95,7 +95,8 @@ def test_score_pools_dice_over_fields_and_measures_bare_carbon(tmp_path, monkeyp
     if oracle == "truth":
         assert r["pooled_dice"] == 1.0 and r["bare_carbon_false_positive_fraction"] == 0.0
         # the particles are the labels' own components: every one found, none extra
-        assert r["particles"]["all"]["particle_f1"] == 1.0 and r["particles"]["with_border"]["all"]["particle_f1"] == 1.0
+        assert r["particles"]["all"]["particle_f1"] == 1.0
+        assert r["particles"]["with_border"]["all"]["particle_f1"] == 1.0
     else:
         assert r["pooled_dice"] == pytest.approx(2 * labelled / (pixels + labelled))
         assert r["bare_carbon_false_positive_fraction"] > 0.99
@@ -212,7 +213,8 @@ def test_the_configuration_reference_is_generated_from_the_schemas_and_current()
     rows = {line.split("|")[1].strip().strip("`"): [c.strip() for c in line.split("|")[2:7]]
             for line in text.splitlines() if line.startswith("| `")}
     # type, range, unit, default: from the schema (a Field bound, a ranged() support, a choice_of list, a name)
-    assert rows["imaging.dose_e_per_A2"][:4] == ["distribution", "[0.001, 1e+07]", "e⁻/Å²", "`uniform: [100.0, 1200.0]`"]
+    assert rows["imaging.dose_e_per_A2"][:4] == ["distribution", "[0.001, 1e+07]", "e⁻/Å²",
+                                                 "`uniform: [100.0, 1200.0]`"]
     assert rows["simulation.sampling_A"][:3] == ["float", "(0.01, 1]", "Å"]
     assert rows["structure.material"][1].startswith("`Au`, `Ag`")
     assert rows["optimizer.lr"][0] == "float" and rows["benchmarks[].name"][3] == "required"

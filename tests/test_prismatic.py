@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
-from temsynth.cli import main
+from generators import simulate_prismatic as sp
 from generators.config import from_dict
 from generators.simulate import SimulationError, SimulatorUnavailable, make_simulator
-from generators import simulate_prismatic as sp
+from temsynth.cli import main
 from tests.conftest import tiny_dict
 
 OK, REASON, _ = sp.prismatic_status()

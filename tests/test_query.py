@@ -1,12 +1,11 @@
 """Metadata queries: equal to a plain-Python reference, refuse code and bad input, named configs, subsets, trace."""
 import json
-import math
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from generators.query import Query, QueryError, select, select_table
+from generators.query import Query, QueryError, select
 from generators.records import arrow_schema
 
 QUERIES = [

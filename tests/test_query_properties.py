@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402  (after importorskip: skipped without hypothesis)
+from hypothesis import strategies as st  # noqa: E402  (after importorskip: skipped without hypothesis)
 
-from generators import micrographs, records  # noqa: E402
-from generators.query import Query, QueryError, select, select_table, wds_filter  # noqa: E402
+from generators import micrographs, records  # noqa: E402  (after importorskip: skipped without hypothesis)
+from generators.query import Query, QueryError, select, select_table, wds_filter  # noqa: E402  (after importorskip: skipped without hypothesis)
 
 # Real columns of every kind: text, int32, int64, float64, fixed-size int lists, booleans, and per-particle
 # (variable-length) lists of floats, text and booleans, queried through any(...) / all(...).

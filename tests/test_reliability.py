@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import tiny_dict
-from temsynth.cli import main
+
 from generators.config import ConfigError, from_dict, load_config
 from generators.run import RunError
+from temsynth.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -386,7 +386,8 @@ def test_broken_model_folders_are_one_line(tmp_path, capsys):
         assert needle in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("kind,needle", [("constant", "constant image"), ("one_px", "one_px.npy: 1 x 1 px is smaller than 32 px"),
+@pytest.mark.parametrize("kind,needle", [("constant", "constant image"),
+                                         ("one_px", "one_px.npy: 1 x 1 px is smaller than 32 px"),
                                          ("tiny", "smaller than"), ("nan", "NaN"), ("shrinks", "smaller than")])
 def test_predict_refuses_what_no_model_can_answer(tmp_path, capsys, kind, needle):
     img = tmp_path / f"{kind}.npy"
@@ -447,7 +448,8 @@ def test_test_time_augmentation_makes_predictions_equivariant_under_rotations_an
     torch.manual_seed(0)
     model, _ = load_model(_model_folder(tmp_path, depth=2, norm="group"))
     yy, xx = np.mgrid[:96, :128]
-    x = (np.sin(xx / 3.0) * np.cos(yy / 5.0) + 0.02 * xx + np.random.default_rng(4).random((96, 128))).astype(np.float32)
+    noise = np.random.default_rng(4).random((96, 128))
+    x = (np.sin(xx / 3.0) * np.cos(yy / 5.0) + 0.02 * xx + noise).astype(np.float32)
     avg = logits_dihedral(model, x)
     for k, flip in ((1, False), (2, True), (3, True)):
         moved = np.ascontiguousarray(_dihedral(x, k, flip))

@@ -1,18 +1,17 @@
-"""Running generate: bad configs, foreign folders, kill-and-resume through Dask (the prismatic backend: test_prismatic)."""
-import json
+"""Running generate: bad configs, foreign folders, kill-and-resume through Dask (the prismatic backend:
+test_prismatic)."""
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from temsynth.cli import main
-from generators.config import ConfigError, from_dict, load_preset
+from generators.config import from_dict, load_preset
 from generators.run import RunError, generate
+from temsynth.cli import main
 from tests.conftest import tiny_dict
 
 

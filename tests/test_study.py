@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-from tests.conftest import process_group_gone
 import yaml
 
 from generators.config import ConfigError
+from tests.conftest import process_group_gone
 from training.results import RESULT_SCHEMA
 from training.study import load_study, run_study
 
@@ -23,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def study_dict(data_dir, out, **over):
     d = {"name": "tiny-study", "output_dir": str(out), "seeds": 2, "workers": 0,
          "subsets": [{"name": "first_condition", "sources": [{"path": str(data_dir), "query": "condition_index == 0"}]},
-                     {"name": "second_condition", "sources": [{"path": str(data_dir), "query": "condition_index == 1"}]}],
+                     {"name": "second_condition",
+                      "sources": [{"path": str(data_dir), "query": "condition_index == 1"}]}],
          "benchmarks": [{"name": "validation", "path": str(data_dir)},
                         {"name": "test", "path": str(data_dir), "split": "test"}],
          "training": {"epochs": 1, "batch_size": 4, "model": {"unet": {"depth": 2, "base_width": 4}}},
@@ -96,7 +96,7 @@ def test_kill_and_rerun_on_dask_skips_finished_jobs(built, tmp_path):
     proc = subprocess.Popen(cmd + ["--workers", "0"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600  # a busy shared machine runs a tiny job in minutes, not seconds
-    done = lambda: sorted((tmp_path / "s" / "jobs").glob("*/*/done.json"))  # noqa: E731
+    done = lambda: sorted((tmp_path / "s" / "jobs").glob("*/*/done.json"))
     while len(done()) < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the study ended before it could be killed"
@@ -200,3 +200,29 @@ def test_a_job_asking_for_two_devices_runs_under_accelerate_launch(built, tmp_pa
     job = tmp_path / "s" / "jobs" / "first_condition-s0" / "train"
     assert json.loads((job / "model" / "config.json").read_text())["world_size"] == 2
     assert "accelerate.commands.launch" in (job / "job.log").read_text()
+
+
+def test_one_metrics_schema_for_the_epoch_file_and_the_results_table(tmp_path):
+    """metrics.csv is written and read through METRICS_SCHEMA (values come back typed, a blank particle score as
+    None), and the results table's score columns are the very same fields."""
+    from training.results import (
+        EPOCH_SCORES,
+        METRICS_SCHEMA,
+        RESULT_SCHEMA,
+        append_metrics,
+        read_metrics,
+        rewrite_metrics,
+    )
+
+    row = {f.name: None for f in METRICS_SCHEMA} | {"run": "r", "phase": "train", "epoch": 3, "phase_epoch": 3,
+                                                      "benchmark": "validation", "n_images": 4, "dice": 0.1 + 0.2,
+                                                      "iou": 1 / 3, "dice_pooled": 0.5, "particle_f1": 0.25,
+                                                      "train_loss": 1e-7, "lr": 0.01, "epoch_seconds": 2.5}
+    path = tmp_path / "metrics.csv"
+    rewrite_metrics(path, [row])
+    append_metrics(path, [row | {"epoch": 4, "phase_epoch": 4}])
+    back = read_metrics(path)
+    assert back[0] == row and [r["epoch"] for r in back] == [3, 4]  # floats round-trip exactly, ints stay ints
+    assert back[0]["count_error"] is None and isinstance(back[0]["n_images"], int)
+    for f in EPOCH_SCORES:
+        assert RESULT_SCHEMA.field(f.name) == METRICS_SCHEMA.field(f.name) == f

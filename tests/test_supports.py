@@ -2,9 +2,9 @@
 nitride, silica), their geometry, the particle's contact with them, their exit-wave phase, and the records."""
 import numpy as np
 import pytest
+from conftest import tiny_dict, with_fields
 from scipy.spatial import cKDTree
 
-from conftest import tiny_dict, with_fields
 from generators.config import ConfigError, from_dict
 from generators.structures import build_structure
 

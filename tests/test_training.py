@@ -1,5 +1,4 @@
 """Training: learning, metrics, resume after a kill, two processes, model folders, fine-tuning, errors."""
-import csv
 import json
 import os
 import signal
@@ -28,7 +27,8 @@ def cfg_dict(data_dir, out, **over):
     d = {"name": "tiny-unet", "output_dir": str(out), "epochs": 12, "batch_size": 4, "seed": 3,
          "data": {"path": str(data_dir)},
          "benchmarks": [{"name": "validation", "path": str(data_dir)},
-                        {"name": "test_twins", "path": str(data_dir), "split": "test", "query": "any(particle_n_twins >= 1)"}],
+                        {"name": "test_twins", "path": str(data_dir), "split": "test",
+                         "query": "any(particle_n_twins >= 1)"}],
          "model": {"unet": {"depth": 3, "base_width": 8}}, "optimizer": {"lr": 0.01, "lr_decay_per_epoch": 0.9}}
     d.update(over)
     return d
@@ -111,7 +111,8 @@ def test_sample_normalisation_is_per_image(built):
 
 
 def test_parquet_and_webdataset_give_the_same_records(built):
-    src = train_config(cfg_dict(built, "x", data={"path": str(built), "query": "any(particle_defect_type != 'none')"})).data
+    query = "any(particle_defect_type != 'none')"
+    src = train_config(cfg_dict(built, "x", data={"path": str(built), "query": query})).data
     images, _, _ = read_arrays(src)
     stream = WdsSet(src.model_copy(update={"format": "webdataset"}), AugmentConfig(flips=False, rot90=False))
     streamed = [s["image"][0].numpy() for s in stream]
@@ -144,8 +145,9 @@ def test_finetune_continues_the_curves(trained, built, tmp_path):
 
     out, summary = trained
     f = tmp_path / "ft.yaml"
-    f.write_text(yaml.safe_dump({"name": "tiny-ft", "output_dir": str(tmp_path / "ft"), "init_from": summary["model_dir"],
-                                 "epochs": 3, "batch_size": 2, "data": {"path": str(built), "split": "test", "n_images": 2},
+    f.write_text(yaml.safe_dump({"name": "tiny-ft", "output_dir": str(tmp_path / "ft"),
+                                 "init_from": summary["model_dir"], "epochs": 3, "batch_size": 2,
+                                 "data": {"path": str(built), "split": "test", "n_images": 2},
                                  "benchmarks": cfg_dict(built, "x")["benchmarks"]}))
     cfg = finetune_config(f)
     assert cfg.optimizer.lr == pytest.approx(0.005) and cfg.patience == 10 and cfg.model.unet.depth == 3
@@ -155,7 +157,8 @@ def test_finetune_continues_the_curves(trained, built, tmp_path):
     assert phases == [("train", e) for e in range(1, 13)] + [("finetune", e) for e in range(13, 16)]
     config = json.loads((Path(ft["model_dir"]) / "config.json").read_text())
     assert config["init_from"]["path"] == str(Path(summary["model_dir"]).resolve())
-    assert config["train_data"][0]["n_images"] == 2 and "Parent model" in (Path(ft["model_dir"]) / "README.md").read_text()
+    assert config["train_data"][0]["n_images"] == 2
+    assert "Parent model" in (Path(ft["model_dir"]) / "README.md").read_text()
 
 
 def _write_cfg(tmp_path, d):
@@ -200,8 +203,9 @@ def test_two_processes_gather_the_same_metrics_as_one(built, tmp_path):
     d["benchmarks"].append({"name": "train_all", "path": str(built), "split": "train"})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                        "29533", "-m", "training.train", "--quiet", "--config", str(_write_cfg(tmp_path, d))],
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", "29533", "-m", "training.train", "--quiet",
+                        "--config", str(_write_cfg(tmp_path, d))],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     model_dir = tmp_path / "two" / "model"
@@ -319,8 +323,9 @@ def test_several_sources_are_pooled(built):
 def test_sources_of_different_image_sizes_pool_as_crops(built, monkeypatch):
     """Real 144-px tiles beside 256-px simulated fields: with a crop no larger than the smallest image every draw
     is one size and both sources feed the batches; without one, a one-line error says which field to set."""
-    import training.data as data
     from torch.utils.data import DataLoader
+
+    import training.data as data
 
     stacks = {0: np.zeros((3, 40, 40), np.float32), 1: np.zeros((2, 32, 48), np.float32)}
     for a in stacks.values():
@@ -366,4 +371,5 @@ def test_weight_average_is_what_is_scored_saved_and_resumed(built, tmp_path):
         assert torch.equal(raw[name], averaged["module." + name])
     row = [r for r in read_metrics(tmp_path / "ema" / "metrics.csv")
            if r["benchmark"] == "validation" and int(r["phase_epoch"]) == summary["best_epoch"]][0]
-    assert evaluate(summary["model_dir"], built, split="validation")["dice"] == pytest.approx(float(row["dice"]), abs=1e-12)
+    again = evaluate(summary["model_dir"], built, split="validation")
+    assert again["dice"] == pytest.approx(float(row["dice"]), abs=1e-12)

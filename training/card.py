@@ -5,7 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from generators.files import atomic_path, versions as all_versions
+from generators.files import atomic_path
+from generators.files import versions as all_versions
 from generators.writers import CARDS_DIR
 
 TRAINING_PACKAGES = ("torch", "accelerate", "transformers", "safetensors")

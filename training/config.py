@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from generators.config import ConfigError, Strict, format_errors, read_yaml, reject_non_finite
+from generators.config import ConfigError, Strict, format_errors, read_yaml, reject_non_finite, set_dotted
 
 
 class DataSource(Strict):
@@ -15,7 +15,8 @@ class DataSource(Strict):
     split: str = "train"
     query: str | None = None
     format: Literal["parquet", "webdataset"] = "parquet"
-    n_images: int | None = Field(None, ge=1, description="keep N records, drawn with the run's seed (fine-tuning amounts)")
+    n_images: int | None = Field(None, ge=1,
+                                 description="keep N records, drawn with the run's seed (fine-tuning amounts)")
 
     @property
     def label(self) -> str:
@@ -177,16 +178,13 @@ def train_config(data: dict, source: str = "<dict>") -> TrainConfig:
 
 def read_with_overrides(path: str | Path, overrides: dict | None = None) -> dict:
     """The YAML mapping with dotted `key.sub=value` overrides applied (the command line's --set)."""
-    data = read_yaml(path, "training config")
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {p} is not a section of the config")
-        node[leaf] = value
-    return data
+    return set_dotted(read_yaml(path, "training config"), overrides or {}, "--set")
+
+
+def differing_keys(old: dict, new: dict, ignore=()) -> list[str]:
+    """The top-level keys whose values differ between two configs' JSON forms, but those in `ignore`; sorted.
+    What a run, a study or a study's finished job compares before it reuses a folder."""
+    return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:

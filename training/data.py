@@ -6,7 +6,6 @@ projection geometry; intensities are only rescaled per image, never mixed betwee
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +14,10 @@ import pyarrow.dataset as pads
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from generators.info import reading, require_intact
+from generators.dataset import DatasetFolder, reading
+from generators.errors import TemsynthError
+from generators.folder import RunError
 from generators.query import Query, QueryError, wds_filter
-from generators.run import RunError
-from generators.subsets import fingerprint
-from temsynth.errors import TemsynthError
 
 from .config import AugmentConfig, DataSource
 
@@ -79,18 +77,31 @@ def to_sample(image: np.ndarray, mask: np.ndarray, kind: str) -> dict:
 
 
 # ---------------------------------------------------------------- Parquet
-def _split_files(src: DataSource, field: str, fmt: str = "parquet") -> list[str]:
-    """The split's shards as the folder's manifest lists them, after checking the folder against it (a missing
-    shard must stop training, not shrink the data). A folder without a manifest is read by name."""
+def open_source(src: DataSource, field: str = "data") -> DatasetFolder | None:
+    """The source's folder, opened and checked once (a missing shard must stop training, not shrink the data);
+    None for a folder without a manifest, which is read by name."""
     root = Path(src.path)
     if not (root / "data").is_dir():
         raise DataError(f"{field}.path: {root} is not a dataset folder (no data/); build one with `temsynth generate` "
                         "or dataset_scripts/import_experimental.py")
-    if (root / "manifest.json").exists():
-        try:
-            files = require_intact(root, fmt, src.split)
-        except RunError as err:
-            raise DataError(f"{field}.path: {err}") from None
+    if not (root / "manifest.json").exists():
+        return None
+    try:
+        return DatasetFolder.open(root)
+    except RunError as err:
+        raise DataError(f"{field}.path: {err}") from None
+
+
+_UNOPENED = object()  # a reader called without the folder opens it itself
+
+
+def _split_files(src: DataSource, field: str, fmt: str = "parquet", folder=_UNOPENED) -> list[str]:
+    """The split's shards as the folder's manifest lists them; a folder without a manifest is read by name."""
+    root = Path(src.path)
+    if folder is _UNOPENED:
+        folder = open_source(src, field)
+    if folder is not None:
+        files = folder.files(fmt, src.split)
     else:
         files = sorted(str(p) for p in (root / "data").glob(f"{src.split}-*.parquet"))
     if not files and fmt == "parquet":
@@ -99,13 +110,14 @@ def _split_files(src: DataSource, field: str, fmt: str = "parquet") -> list[str]
     return files
 
 
-def read_arrays(src: DataSource, seed: int = 0, field: str = "data", instances: bool = False):
+def read_arrays(src: DataSource, seed: int = 0, field: str = "data", instances: bool = False, folder=_UNOPENED):
     """(images (n, h, w) float32, masks (n, h, w) uint8, record ids) of one split, query pushed into the scan.
 
     instances: a fourth item, {"instance_mask": (n, h, w) uint8, "pixel_size_A": (n,) float64 or None}: the
     particles the instance scores and instance training need (imported experimental records have no instance
-    labels: their binary mask stands in, and its connected components are their particles)."""
-    ds = pads.dataset(_split_files(src, field), format="parquet")
+    labels: their binary mask stands in, and its connected components are their particles).
+    folder: the source's `open_source`, when the caller opened it already."""
+    ds = pads.dataset(_split_files(src, field, folder=folder), format="parquet")
     try:
         q = Query(src.query, ds.schema) if src.query else None
     except QueryError as err:
@@ -223,10 +235,11 @@ class WdsSet(IterableDataset):
     """Streams a split's tar shards; the query reads only each sample's json, before any image is decoded."""
 
     def __init__(self, src: DataSource, augment_cfg: AugmentConfig, seed: int = 0, shuffle_buffer: int = 256,
-                 field: str = "data"):
+                 field: str = "data", folder=_UNOPENED):
         root = Path(src.path)
-        if (root / "manifest.json").exists():
-            self.urls = _split_files(src, field, "webdataset")
+        folder = open_source(src, field) if folder is _UNOPENED else folder
+        if folder is not None:
+            self.urls = folder.files("webdataset", src.split)
         else:
             self.urls = sorted(str(p) for p in (root / "wds").glob(f"{src.split}-*.tar"))
         if not self.urls:
@@ -234,7 +247,7 @@ class WdsSet(IterableDataset):
                             "use format: parquet")
         if src.n_images is not None:
             raise DataError(f"{field}.n_images needs format: parquet (a stream has no fixed subset to draw from)")
-        ds = pads.dataset(_split_files(src, field), format="parquet")
+        ds = pads.dataset(_split_files(src, field, folder=folder), format="parquet")
         try:
             self.keep = wds_filter(src.query, ds.schema) if src.query else None
             q = Query(src.query, ds.schema) if src.query else None
@@ -291,15 +304,20 @@ def with_distance(masks: np.ndarray, instance_masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: int, instances: bool = False):
+def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: int, instances: bool = False,
+                 folders: list | None = None):
+    """folders: the sources' `open_source`, in order, when the caller opened them already."""
+    folders = folders if folders is not None else [_UNOPENED] * len(sources)
     if sources[0].format == "webdataset":
         if instances:
             raise DataError("data.format: instance models (model.instances) train from Parquet records; "
                             "use format: parquet")
-        return WdsSet(sources[0], augment_cfg, seed)
+        return WdsSet(sources[0], augment_cfg, seed, folder=folders[0])
     more = {"instances": True} if instances else {}
-    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data", **more)
-             for i, s in enumerate(sources)]
+    # a folder the caller opened is passed on; one it did not is opened by read_arrays itself
+    parts = [read_arrays(s, seed, field=f"data[{i}]" if len(sources) > 1 else "data", **more,
+                         **({} if f is _UNOPENED else {"folder": f}))
+             for i, (s, f) in enumerate(zip(sources, folders))]
     if instances:
         parts = [(p[0], with_distance(p[1], p[3]["instance_mask"]), p[2]) for p in parts]
     sizes = sorted({p[0].shape[1:] for p in parts})
@@ -317,26 +335,27 @@ def training_set(sources: list[DataSource], augment_cfg: AugmentConfig, seed: in
     return ArraySet(images, masks, ids, augment_cfg, train=True, seed=seed)
 
 
-def benchmark_set(src: DataSource, augment_cfg: AugmentConfig, field: str, instances: bool = False) -> ArraySet:
+def benchmark_set(src: DataSource, augment_cfg: AugmentConfig, field: str, instances: bool = False,
+                  folder=_UNOPENED) -> ArraySet:
     """instances: samples carry the true particles and pixel size, for the particle scores."""
     if not instances:
-        images, masks, ids = read_arrays(src, field=field)
+        images, masks, ids = read_arrays(src, field=field, folder=folder)
         return ArraySet(images, masks, ids, augment_cfg, train=False)
-    images, masks, ids, extra = read_arrays(src, field=field, instances=True)
+    images, masks, ids, extra = read_arrays(src, field=field, instances=True, folder=folder)
     return ArraySet(images, masks, ids, augment_cfg, train=False, instances=extra["instance_mask"],
                     pixel_size_A=extra["pixel_size_A"])
 
 
-def source_json(src: DataSource) -> dict:
+def source_json(src: DataSource, folder=_UNOPENED) -> dict:
     """What a model card and a results table record of a data source: where, which records, which content,
-    and the pixel sizes a model trained on it expects."""
-    try:
-        fp = fingerprint(src.path)
-    except RunError:  # a folder without a manifest still trains; it just has no content fingerprint
-        fp = None
-    ds = pads.dataset(_split_files(src, "data"), format="parquet")
-    sizes = []
-    if "pixel_size_A" in ds.schema.names:
-        q = Query(src.query, ds.schema) if src.query else None
-        sizes = sorted(set(_read(ds, src, "data", q, columns=["pixel_size_A"])["pixel_size_A"].to_pylist()))
-    return {**json.loads(src.model_dump_json()), "fingerprint": fp, "pixel_sizes_A": sizes}
+    and the pixel size a model trained on it expects: the folder's own (`DatasetFolder.pixel_size_A`)."""
+    folder = open_source(src, "data") if folder is _UNOPENED else folder
+    if folder is not None:
+        fp, sizes = folder.fingerprint, [folder.pixel_size_A]
+    else:  # a folder without a manifest still trains; it has no content fingerprint, and only its records
+        fp, sizes = None, []  # say their pixel size
+        ds = pads.dataset(_split_files(src, "data", folder=None), format="parquet")
+        if "pixel_size_A" in ds.schema.names:
+            q = Query(src.query, ds.schema) if src.query else None
+            sizes = sorted(set(_read(ds, src, "data", q, columns=["pixel_size_A"])["pixel_size_A"].to_pylist()))
+    return {**src.model_dump(mode="json"), "fingerprint": fp, "pixel_sizes_A": sizes}

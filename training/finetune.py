@@ -3,9 +3,9 @@
     python -m training.finetune --config finetune.yaml      (or: accelerate launch -m training.finetune ...)
 
 The config is a training config with `init_from: MODEL_DIR`. What it leaves out follows the seed study's
-fine-tuning recipe: the parent's architecture and augmentations, half the parent's learning rate, 50 epochs, early stopping after
-10 epochs without a better monitor Dice. The metrics file starts with the parent's rows and numbers the new
-epochs after them, so the curves continue across the two phases.
+fine-tuning recipe: the parent's architecture and augmentations, half the parent's learning rate, 50 epochs, early
+stopping after 10 epochs without a better monitor Dice. The metrics file starts with the parent's rows and numbers the
+new epochs after them, so the curves continue across the two phases.
 """
 from __future__ import annotations
 

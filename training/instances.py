@@ -1,8 +1,8 @@
 """Particles from masks: instance labels, per-particle measurements, and particle-level scores.
 
 Pure numpy/scipy (scikit-image is not a dependency of the package): labels by `scipy.ndimage.label`, a seeded
-watershed by descending levels of a distance map (`_flood`, built on `distance_transform_edt`), outlines and perimeters by contourpy's marching squares (the library
-matplotlib draws its contours with).
+watershed by descending levels of a distance map (`_flood`, built on `distance_transform_edt`), outlines and
+perimeters by contourpy's marching squares (the library matplotlib draws its contours with).
 
 Conventions, used everywhere in the package:
 - An instance is a 4-connected set of pixels with one label; 0 is background.
@@ -375,7 +375,8 @@ def merge_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     near_d[ids[order][first]] = d[order][first]
     if iy is not None:
         yy, xx = np.nonzero(pix)
-        near_label[ids[order][first]] = big[iy[yy[order][first], xx[order][first]], ix[yy[order][first], xx[order][first]]]
+        y, x = yy[order][first], xx[order][first]
+        near_label[ids[order][first]] = big[iy[y, x], ix[y, x]]
     target = np.where(near_d <= 1.5, near_label, 0)
     out[pix] = target[ids]
     return relabel(out)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
+from generators.errors import TemsynthError
 from generators.files import atomic_path
-from temsynth.errors import TemsynthError
 
 from .config import AugmentConfig, ModelConfig
 
@@ -33,8 +33,9 @@ def _norm(kind: str, ch: int) -> nn.Module:
 
 class _Block(nn.Sequential):
     def __init__(self, cin: int, cout: int, norm: str):
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout), nn.ReLU(inplace=True))
+        bias = norm == "none"
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True))
 
 
 class UNet(nn.Module):

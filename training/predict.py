@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generators.micrographs import MicrographError, check_min_side, read_micrograph, resample, resample_mask
 from generators.files import atomic_path
+from generators.micrographs import MicrographError, check_min_side, read_micrograph, resample, resample_mask
 
 from .config import Benchmark
-from .data import DataError, benchmark_set, normalise, source_json
+from .data import DataError, benchmark_set, normalise, open_source, source_json
 from .metrics import counts, scores
 from .models import load_model
 
@@ -229,9 +229,10 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, query: str | None =
     model, config = load_model(model_dir)
     bench = Benchmark(name="evaluate", path=str(dataset_dir), split=split, query=query)
     augment = config.augment
-    data = benchmark_set(bench, augment, "dataset", instances=True)
+    folder = open_source(bench, "dataset")  # read and checked once, for its records and its provenance
+    data = benchmark_set(bench, augment, "dataset", instances=True, folder=folder)
     loader = DataLoader(data, batch_size=batch_size)
-    src = source_json(bench)
+    src = source_json(bench, folder)
     _, _, tile = _geometry(model)
     out, matches, records = [], [], []
     with torch.no_grad():

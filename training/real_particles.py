@@ -73,6 +73,11 @@ def field_row(m: dict, with_border: dict) -> dict:
     of all particles)."""
     c = m["counts"]
     return {"particles_predicted_all": with_border["counts"]["n_pred"],
-            "particles_labelled_all": with_border["counts"]["n_true"], "particles_predicted": c["n_pred"], "particles_labelled": c["n_true"], "particles_matched": c["tp"],
-            "median_diameter_predicted_nm": float(np.median(m["pred_diameters_nm"])) if len(m["pred_diameters_nm"]) else None,
-            "median_diameter_labelled_nm": float(np.median(m["true_diameters_nm"])) if len(m["true_diameters_nm"]) else None}
+            "particles_labelled_all": with_border["counts"]["n_true"], "particles_predicted": c["n_pred"],
+            "particles_labelled": c["n_true"], "particles_matched": c["tp"],
+            "median_diameter_predicted_nm": _median(m["pred_diameters_nm"]),
+            "median_diameter_labelled_nm": _median(m["true_diameters_nm"])}
+
+
+def _median(values) -> float | None:
+    return float(np.median(values)) if len(values) else None

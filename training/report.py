@@ -4,6 +4,8 @@
 
 Writes report.html (self-contained), report.md with the PNG figures beside it, statistics.csv and pairwise.csv
 into STUDY_DIR/report/ unless --out says otherwise, and prints the path of the report.
+
+Over 400 lines: each figure and table of the report is a short function; the page is their sum.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from generators.errors import TemsynthError, exit_status
 from generators.writers import CARDS_DIR
-from temsynth.errors import TemsynthError
 
 from .results import RESULTS_FILE, STUDY_FILE
 from .stats import MODEL_KEY, bootstrap_median_ci, final_scores, min_attainable_p, pairwise_mannwhitney
@@ -123,7 +125,7 @@ def _sort(df: pd.DataFrame, subsets, benchmarks, subset_cols) -> pd.DataFrame:
         return df
     keys = {"benchmark": benchmarks.index, **{c: subsets.index for c in subset_cols}}
     by = ["benchmark", "phase", "finetune_images", *subset_cols]
-    key = lambda col: col.map(keys[col.name]) if col.name in keys else (  # noqa: E731
+    key = lambda col: col.map(keys[col.name]) if col.name in keys else (
         col.ne("train") if col.name == "phase" else col)
     return df.sort_values(by, key=key, kind="stable").reset_index(drop=True)
 
@@ -346,7 +348,7 @@ def pairwise_display(pairwise: pd.DataFrame) -> pd.DataFrame:
 
 def markdown_table(df: pd.DataFrame) -> str:
     # DataFrame.to_markdown needs tabulate, which nothing else here uses.
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    cell = lambda v: str(v).replace("|", "\\|")
     lines = ["| " + " | ".join(map(cell, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(map(cell, row)) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
@@ -368,13 +370,14 @@ def overview(table: pd.DataFrame, final: pd.DataFrame, subsets, benchmarks) -> l
     return lines
 
 
-PARTICLE_SCORES = ("particle_f1", "count_error", "median_diameter_error", "wasserstein_nm")
+# the particle scores the report tabulates (of results.PARTICLE_SCORES: the rest are in results.parquet)
+REPORTED_PARTICLE_SCORES = ("particle_f1", "count_error", "median_diameter_error", "wasserstein_nm")
 
 
 def particle_table(final: pd.DataFrame, subsets, benchmarks) -> pd.DataFrame:
     """Median particle scores over the models of each subset × benchmark × stage (empty for results made before
     particle scores were kept)."""
-    cols = [c for c in PARTICLE_SCORES if c in final.columns]
+    cols = [c for c in REPORTED_PARTICLE_SCORES if c in final.columns]
     if not cols or final[cols].isna().all().all():
         return pd.DataFrame()
     rows = []
@@ -397,14 +400,15 @@ def captions(tuned: bool) -> list[str]:
     if not tuned:
         return ["Dice of every model at its last training epoch, one panel per benchmark. Boxes: quartiles and "
                 "median; points: individual models (seeds), jittered. There is no fine-tuning phase.",
-                "Mean Dice over models per epoch (band: min–max over models), one row per subset and one column per benchmark. "
-                "Late epochs average the models that ran that long."]
+                "Mean Dice over models per epoch (band: min–max over models), one row per subset and one column "
+                "per benchmark. Late epochs average the models that ran that long."]
     return ["Dice of every model at its last epoch, one panel per benchmark: after training on simulated data "
             "(train) and after fine-tuning on experimental images (one colour per amount). Boxes: quartiles and "
             "median; points: individual models (seeds), jittered.",
-            "Mean Dice over models per epoch (band: min–max over models), one row per subset and one column per benchmark. "
-            "Fine-tuning curves continue the training curve from the dashed line, the median last training epoch "
-            "of the fine-tuned models (grey span: its range, where early stopping made it differ), and average "
+            "Mean Dice over models per epoch (band: min–max over models), one row per subset and one column "
+            "per benchmark. Fine-tuning curves continue the training curve from the dashed line, the median last "
+            "training epoch of the fine-tuned models (grey span: its range, where early stopping made it differ), "
+            "and average "
             "the models at equal fine-tuning epochs. Late epochs average the models that ran that long."]
 
 
@@ -489,12 +493,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help=f"output folder (default: STUDY_DIR/{REPORT_DIR})")
     parser.add_argument("--format", choices=("html", "md"), default="html", help="which report path to print")
     args = parser.parse_args(argv)
-    try:
-        print(write_report(args.study_dir, args.out, args.format))
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(parser.prog, lambda: print(write_report(args.study_dir, args.out, args.format)) or 0)
 
 
 if __name__ == "__main__":

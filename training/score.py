@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from temsynth.errors import TemsynthError
+from generators.errors import TemsynthError, exit_status
 from temsynth.resources import real_set_dir
 
 BARE_FRACTION = 0.005
@@ -125,7 +125,8 @@ def score(model_dir: str, real_dir: Path | None = None, only: set[str] | None = 
                      "bare_carbon": bool(is_bare), **field_row(*particles[-1][1:])})
     dice = lambda a: float(2 * a[0] / max(a[1] + a[2], 1))
     return {"model": str(model_dir), "real": str(real_dir), "tta": tta, "n_fields": len(rows),
-            "pooled_dice": dice(pool), "dice_by_class": {k: dice(v) for k, v in sorted(classes.items(), key=_class_order)},
+            "pooled_dice": dice(pool),
+            "dice_by_class": {k: dice(v) for k, v in sorted(classes.items(), key=_class_order)},
             "bare_carbon_false_positive_fraction": (float(np.mean(bare)) if bare else None),
             "bare_carbon_fields": len(bare), "particles": summarise_both(particles), "fields": rows}
 
@@ -261,16 +262,15 @@ def run(args) -> dict:
 
 
 def main(argv=None, prog: str = "temsynth score", epilog: str | None = None) -> int:
-    import sys
 
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     args = p.parse_args(argv)
-    try:
+
+    def score() -> int:  # ScoreError, ModelFolderError, MicrographError ...: status 2
         result = run(args)
-    except TemsynthError as err:  # ScoreError, ModelFolderError, MicrographError ...
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else table(result))
-    return 0
+        print(json.dumps(result, indent=2) if args.json else table(result))
+        return 0
+
+    return exit_status(prog, score)

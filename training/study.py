@@ -10,6 +10,8 @@ done.json exists (written last, atomically), so a re-run skips it; a killed job 
 A failed job leaves error.json (exit status and its error line) and is skipped (and listed) until
 `--retry-failed`. results.parquet is rewritten after every finished job, so a kill loses no finished result;
 a killed study (Ctrl-C, SIGTERM) stops its job processes.
+
+Over 400 lines: the study file, its jobs, their processes and the results table are one resumable run.
 """
 from __future__ import annotations
 
@@ -20,25 +22,43 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from generators.cluster import (RUNNING_FILE, After, ClusterConfig, Task, add_cluster_arguments, choose_gpus,
-                                cluster_config, cluster_from_args, job_command, job_env, job_script, last_error_line,
-                                launch_job, run_tasks, signals_raise, stop_jobs, worker_index)
+from generators.cluster import (
+    RUNNING_FILE,
+    After,
+    ClusterConfig,
+    Task,
+    add_cluster_arguments,
+    choose_gpus,
+    cluster_config,
+    cluster_from_args,
+    job_command,
+    job_env,
+    job_script,
+    last_error_line,
+    launch_job,
+    run_tasks,
+    signals_raise,
+    stop_jobs,
+    worker_index,
+)
 from generators.config import ConfigError, Strict, format_errors, read_yaml
+from generators.errors import TemsynthError, exit_status
 from generators.files import atomic_path, sha256_file
-from temsynth.errors import TemsynthError
 
 from .card import versions
-from .config import Benchmark, DataSource, train_config
-from .finetune import DEFAULTS as FINETUNE_DEFAULTS, finetune_lr
+from .config import Benchmark, DataSource, differing_keys, train_config
+from .finetune import DEFAULTS as FINETUNE_DEFAULTS
+from .finetune import finetune_lr
 from .models import read_model_config
 from .report import write_report
-from .results import RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE
-from .train import PARTICLE_COLUMNS, RESUMABLE_CHANGES, RUN_CONFIG_FILE, read_metrics
+from .results import EPOCH_SCORES, RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE, read_metrics
+from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE
 
 JOB_CONFIG_FILE = "job_config.json"  # the job's complete training config, as its process reads it
 JOB_LOG = "job.log"  # the job process's stdout and stderr, every attempt appended
@@ -132,22 +152,52 @@ class StudyConfig(Strict):
 
 
 # ---------------------------------------------------------------- jobs
-def _job_configs(study: StudyConfig, source: str) -> list[dict]:
+@dataclass(frozen=True)
+class StudyJob:
+    """One training or fine-tuning run of a study: its id ("{subset}-s{seed}", + "-ft{amount}"), the subset and
+    seed it stands for, its phase, the experimental images it fine-tunes on (0: a training job), the job it starts
+    from (a fine-tuning job's parent) and its complete, validated training config (JSON form)."""
+    job_id: str
+    subset: str
+    seed: int
+    phase: str
+    finetune_images: int
+    parent: str | None
+    config: dict
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.config["output_dir"])
+
+    def __getitem__(self, key: str):
+        """`job.config`: the dict form callers written against the first study code still use."""
+        return getattr(self, key)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a job's process is started on its worker: threads, GPUs the worker owns, devices per job, where."""
+    threads: int | None = None
+    gpus_per_worker: int = 0
+    devices: int = 1
+    cwd: str | None = None
+
+
+def _job_configs(study: StudyConfig, source: str) -> list[StudyJob]:
     """Every job's validated training config, in an order where a fine-tuning job follows its parent."""
     root = Path(study.output_dir) / "jobs"
-    bench = [json.loads(b.model_dump_json()) for b in study.benchmarks]
+    bench = [b.model_dump(mode="json") for b in study.benchmarks]
     jobs = []
     for subset in study.subsets:
         for seed in study.seed_list:
             base = f"{subset.name}-s{seed}"
             d = {**study.training, "name": base, "output_dir": str(root / base / "train"), "seed": seed,
-                 "data": [json.loads(s.model_dump_json()) for s in subset.sources], "benchmarks": bench}
+                 "data": [s.model_dump(mode="json") for s in subset.sources], "benchmarks": bench}
             train = _validated(d, f"{source}: job {base} (fields from `training:` and subsets[{subset.name}])")
-            jobs.append({"job_id": base, "subset": subset.name, "seed": seed, "phase": "train",
-                         "finetune_images": 0, "parent": None, "config": train})
+            jobs.append(StudyJob(base, subset.name, seed, "train", 0, None, train))
             for n in (study.finetune.amounts if study.finetune else []):
                 job_id = f"{base}-ft{n}"
-                data = {**json.loads(study.finetune.data.model_dump_json()), "n_images": n}
+                data = {**study.finetune.data.model_dump(mode="json"), "n_images": n}
                 ft = {**FINETUNE_DEFAULTS, **study.training, **study.finetune.settings,
                       "name": job_id, "output_dir": str(root / base / f"finetune-{n}"), "seed": seed, "data": data,
                       "benchmarks": bench, "init_from": str(root / base / "train" / "model")}
@@ -155,17 +205,16 @@ def _job_configs(study: StudyConfig, source: str) -> list[dict]:
                 # Unless the study says otherwise, the fine-tuning recipe sets the learning rate from the parent's.
                 ft["optimizer"] = {**train["optimizer"], **ft_opt,
                                    "lr": ft_opt.get("lr", finetune_lr(train["optimizer"]["lr"]))}
-                jobs.append({"job_id": job_id, "subset": subset.name, "seed": seed, "phase": "finetune",
-                             "finetune_images": n, "parent": base,
-                             "config": _validated(ft, f"{source}: job {job_id} (fields from `finetune.settings:`)")})
+                jobs.append(StudyJob(job_id, subset.name, seed, "finetune", n, base,
+                                     _validated(ft, f"{source}: job {job_id} (fields from `finetune.settings:`)")))
     return jobs
 
 
 def _validated(d: dict, where: str) -> dict:
-    return json.loads(train_config(d, where).model_dump_json())
+    return train_config(d, where).model_dump(mode="json")
 
 
-def load_study(path: str | Path) -> tuple[StudyConfig, list[dict]]:
+def load_study(path: str | Path) -> tuple[StudyConfig, list[StudyJob]]:
     data = read_yaml(path, "study config")
     try:
         study = StudyConfig.model_validate(data)
@@ -174,33 +223,29 @@ def load_study(path: str | Path) -> tuple[StudyConfig, list[dict]]:
     return study, _job_configs(study, str(path))
 
 
-def _job_dir(job: dict) -> Path:
-    return Path(job["config"]["output_dir"])
-
-
-def run_job(job: dict, parent: dict | None = None, launch: dict | None = None) -> dict:
+def run_job(job: StudyJob, parent: dict | None = None, launch: Launch | None = None) -> dict:
     """One training or fine-tuning run in its own fresh process (`python -m training.train`, or `accelerate
     launch` for several devices), started from a Dask task or from this process; never raises for a failed job
-    (errors are results). The process gets `launch["threads"]` threads and the GPUs this worker owns, writes
+    (errors are results). The process gets `launch.threads` threads and the GPUs this worker owns, writes
     its output to JOB_DIR/job.log, and is stopped with its process group if this call is interrupted."""
-    launch = launch or {}
-    out = _job_dir(job)
+    launch = launch or Launch()
+    out = job.folder
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     started = time.time()
-    base = {"job_id": job["job_id"], "started": started}
+    base = {"job_id": job.job_id, "started": started}
     if parent is not None and parent.get("status") != "done":
-        return _failed(out, {**base, "status": "failed", "seconds": 0.0, "error": f"parent job {job['parent']} "
+        return _failed(out, {**base, "status": "failed", "seconds": 0.0, "error": f"parent job {job.parent} "
                              f"did not finish: {parent.get('error', parent.get('status', 'unknown'))}"})
-    devices = launch.get("devices", 1)
-    gpus = choose_gpus(devices, launch.get("gpus_per_worker", 0), worker_index())
+    devices = launch.devices
+    gpus = choose_gpus(devices, launch.gpus_per_worker, worker_index())
     with atomic_path(out / JOB_CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps(job["config"], indent=2))
+        tmp.write_text(json.dumps(job.config, indent=2))
     # The job config is complete (a fine-tuning job's too: init_from, data, schedule), so train runs both.
     cmd = job_command(["training.train", "--config", str((out / JOB_CONFIG_FILE).resolve()), "--quiet"], devices)
-    env = job_env(launch.get("threads"), gpus, devices)
+    env = job_env(launch.threads, gpus, devices)
     try:
-        rc = launch_job(cmd, out, env, launch.get("cwd"), JOB_LOG)
+        rc = launch_job(cmd, out, env, launch.cwd, JOB_LOG)
     except OSError as err:  # the program could not be started (python or accelerate missing on the node)
         return _failed(out, {**base, "status": "failed", "seconds": time.perf_counter() - t0,
                              "error": f"could not start {cmd[0]}: {err}"})
@@ -227,8 +272,8 @@ def _failed(out: Path, result: dict) -> dict:
     return result
 
 
-def job_state(job: dict) -> dict | None:
-    d = _job_dir(job)
+def job_state(job: StudyJob) -> dict | None:
+    d = job.folder
     for name in ("done.json", "error.json"):
         if (d / name).exists():
             return json.loads((d / name).read_text())
@@ -236,23 +281,18 @@ def job_state(job: dict) -> dict | None:
 
 
 # ---------------------------------------------------------------- results
-def _job_rows(study: StudyConfig, job: dict, state: dict) -> list[dict]:
-    subset = next(s for s in study.subsets if s.name == job["subset"])
+def _job_rows(study: StudyConfig, job: StudyJob, state: dict) -> list[dict]:
+    subset = next(s for s in study.subsets if s.name == job.subset)
     paths = ";".join(s.path for s in subset.sources)
     fps = ";".join(d.get("fingerprint") or "" for d in _train_data_info(state))
     rows = []
     for r in read_metrics(Path(state["summary"]["metrics_file"])):
-        if r["phase"] != job["phase"]:
+        if r["phase"] != job.phase:
             continue  # a fine-tuning job's file starts with its parent's rows; those belong to the parent
-        rows.append({"study": study.name, "job_id": job["job_id"], "subset": subset.name,
+        rows.append({"study": study.name, "job_id": job.job_id, "subset": subset.name,
                      "subset_query": subset.query_text, "data_path": paths, "data_fingerprint": fps,
-                     "seed": job["seed"], "phase": job["phase"], "finetune_images": job["finetune_images"],
-                     "epoch": int(r["epoch"]), "phase_epoch": int(r["phase_epoch"]), "benchmark": r["benchmark"],
-                     "n_images": int(r["n_images"]), "dice": float(r["dice"]), "iou": float(r["iou"]),
-                     "dice_pooled": float(r["dice_pooled"]),
-                     **{k: float(r[k]) if r.get(k) not in (None, "") else None for k in PARTICLE_COLUMNS},
-                     "train_loss": float(r["train_loss"]),
-                     "lr": float(r["lr"]), "model_fingerprint": state["model_fingerprint"]})
+                     "seed": job.seed, "phase": job.phase, "finetune_images": job.finetune_images,
+                     **{f.name: r[f.name] for f in EPOCH_SCORES}, "model_fingerprint": state["model_fingerprint"]})
     return rows
 
 
@@ -261,7 +301,7 @@ def _train_data_info(state: dict) -> list[dict]:
     return read_model_config(state["summary"]["model_dir"]).first_phase_data
 
 
-def write_results(study: StudyConfig, jobs: list[dict], cache: dict | None = None) -> Path:
+def write_results(study: StudyConfig, jobs: list[StudyJob], cache: dict | None = None) -> Path:
     """Rewrite results.parquet from every finished job; `cache` keeps rows already read (a finished job's
     metrics never change), so rewriting after each of n jobs reads each job's files once, not n times."""
     import pyarrow.parquet as pq
@@ -269,12 +309,12 @@ def write_results(study: StudyConfig, jobs: list[dict], cache: dict | None = Non
     cache = {} if cache is None else cache
     rows = []
     for job in jobs:
-        if job["job_id"] not in cache:
+        if job.job_id not in cache:
             state = job_state(job)
             if not state or state["status"] != "done":
                 continue
-            cache[job["job_id"]] = _job_rows(study, job, state)
-        rows += cache[job["job_id"]]
+            cache[job.job_id] = _job_rows(study, job, state)
+        rows += cache[job.job_id]
     table = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
     path = Path(study.output_dir) / RESULTS_FILE
     with atomic_path(path) as tmp:
@@ -296,12 +336,12 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
     out = Path(study.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_folder(study, out)
-    states = {j["job_id"]: job_state(j) for j in jobs}
+    states = {j.job_id: job_state(j) for j in jobs}
     _check_done_jobs(jobs, states)
-    todo = [j for j in jobs if not states[j["job_id"]] or
-            (states[j["job_id"]]["status"] == "failed" and retry_failed)]
-    skipped_failed = [j["job_id"] for j in jobs if states[j["job_id"]] and
-                      states[j["job_id"]]["status"] == "failed" and not retry_failed]
+    todo = [j for j in jobs if not states[j.job_id] or
+            (states[j.job_id]["status"] == "failed" and retry_failed)]
+    skipped_failed = [j.job_id for j in jobs if states[j.job_id] and
+                      states[j.job_id]["status"] == "failed" and not retry_failed]
     done_before = sum(1 for s in states.values() if s and s["status"] == "done")
     log(f"study {study.name}: {len(jobs)} jobs, {done_before} done before, {len(todo)} to run "
         f"({cluster.describe()})"
@@ -311,7 +351,7 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
     results = _run_jobs(study, jobs, todo, cluster, progress, cache) if todo else []
     wall = time.perf_counter() - t0
     write_results(study, jobs, cache)
-    final = {j["job_id"]: job_state(j) or {} for j in jobs}
+    final = {j.job_id: job_state(j) or {} for j in jobs}
     failed = {k: s.get("error") for k, s in final.items() if s.get("status") == "failed"}
     interrupted = [r["job_id"] for r in results if r["status"] == "interrupted"]
     job_seconds = sum(r["seconds"] for r in results)
@@ -332,36 +372,35 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
     f = out / STUDY_FILE
     if f.exists():
         old = json.loads(f.read_text()).get("config", {})
-        mine = json.loads(study.model_dump_json())
+        mine = study.model_dump(mode="json")
         # Seeds, subsets and amounts may grow: each job checks its own config (_check_done_jobs).
         free = ("workers", "scheduler", "cluster", "seeds", "subsets", "finetune")
         # A field added since that study ran counts as its default there (devices_per_job: 1).
         old = {k: f.default for k, f in StudyConfig.model_fields.items() if k not in old} | old
-        diff = sorted(k for k in set(old) | set(mine) if k not in free and old.get(k) != mine.get(k))
+        diff = differing_keys(old, mine, free)
         if diff:
             raise StudyError(f"{out} holds a study with another config (differs in {', '.join(diff)}); "
                              "choose a new output_dir. Adding seeds, subsets or fine-tuning amounts is allowed.")
 
 
-def _check_done_jobs(jobs: list[dict], states: dict) -> None:
+def _check_done_jobs(jobs: list[StudyJob], states: dict) -> None:
     """A finished job is only reused for the config it ran with (a subset's query may have been edited)."""
     for job in jobs:
-        if (states[job["job_id"]] or {}).get("status") != "done":
+        if (states[job.job_id] or {}).get("status") != "done":
             continue
-        ran = json.loads((_job_dir(job) / RUN_CONFIG_FILE).read_text())
-        diff = sorted(k for k in set(ran) | set(job["config"])
-                      if k not in RESUMABLE_CHANGES and ran.get(k) != job["config"].get(k))
+        ran = json.loads((job.folder / RUN_CONFIG_FILE).read_text())
+        diff = differing_keys(ran, job.config, RESUMABLE_CHANGES)
         if diff:
-            raise StudyError(f"job {job['job_id']} finished with another config (differs in {', '.join(diff)}); "
+            raise StudyError(f"job {job.job_id} finished with another config (differs in {', '.join(diff)}); "
                              "a changed subset or training field needs a new output_dir")
 
 
 def _write_study_json(study, out, jobs, timing, failed) -> None:
-    doc = {"name": study.name, "config": json.loads(study.model_dump_json()),
-           "subsets": [{"name": s.name, "query": s.query_text, "sources": [json.loads(x.model_dump_json())
+    doc = {"name": study.name, "config": study.model_dump(mode="json"),
+           "subsets": [{"name": s.name, "query": s.query_text, "sources": [x.model_dump(mode="json")
                                                                            for x in s.sources]}
                        for s in study.subsets],
-           "benchmarks": [b.name for b in study.benchmarks], "jobs": [j["job_id"] for j in jobs],
+           "benchmarks": [b.name for b in study.benchmarks], "jobs": [j.job_id for j in jobs],
            "failed": failed, "timing": timing, "versions": versions()}
     with atomic_path(out / STUDY_FILE) as tmp:
         tmp.write_text(json.dumps(doc, indent=2))
@@ -372,16 +411,15 @@ def _run_jobs(study, jobs, todo, cluster: ClusterConfig, progress, cache) -> lis
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo), disable=not progress, unit="job", desc=f"study {study.name}", dynamic_ncols=True)
-    launch = {"threads": cluster.threads(), "gpus_per_worker": cluster.gpus_per_worker(),
-              "devices": study.devices_per_job, "cwd": os.getcwd()}
-    by_id, planned = {j["job_id"]: j for j in jobs}, {j["job_id"] for j in todo}
+    launch = Launch(cluster.threads(), cluster.gpus_per_worker(), study.devices_per_job, os.getcwd())
+    by_id, planned = {j.job_id: j for j in jobs}, {j.job_id for j in todo}
     finished, since = [], time.time()
     tasks = []
     for job in todo:
         parent = None
-        if job["parent"]:  # a parent run in this study is an earlier task; one done before is its state
-            parent = After(job["parent"]) if job["parent"] in planned else job_state(by_id[job["parent"]])
-        tasks.append(Task(key=job["job_id"], fn=run_job, args=(job, parent, launch), info=job))
+        if job.parent:  # a parent run in this study is an earlier task; one done before is its state
+            parent = After(job.parent) if job.parent in planned else job_state(by_id[job.parent])
+        tasks.append(Task(key=job.job_id, fn=run_job, args=(job, parent, launch), info=job))
 
     def record(task, r):
         finished.append(r)
@@ -393,7 +431,7 @@ def _run_jobs(study, jobs, todo, cluster: ClusterConfig, progress, cache) -> lis
 
     def stop_all(client):
         """Interrupted: stop the job processes (here and, on a remote cluster, on every worker's host)."""
-        dirs = [str(_job_dir(j)) for j in todo]
+        dirs = [str(j.folder) for j in todo]
         stop_jobs(dirs)
         if client is not None and (cluster.scheduler or cluster.kind != "local"):
             try:
@@ -410,18 +448,18 @@ def _run_jobs(study, jobs, todo, cluster: ClusterConfig, progress, cache) -> lis
     return finished
 
 
-def _running(job: dict, since: float) -> bool:
+def _running(job: StudyJob, since: float) -> bool:
     """Dask hands tasks to workers ahead of time, so only the job's own marker says it is running now."""
-    f = _job_dir(job) / RUNNING_FILE
+    f = job.folder / RUNNING_FILE
     try:
         return f.stat().st_mtime >= since
     except FileNotFoundError:
         return False
 
 
-def _worker_lost(job: dict, err: Exception) -> dict:
-    return _failed(_job_dir(job), {"job_id": job["job_id"], "status": "failed", "seconds": 0.0,
-                                   "error": f"worker lost: {type(err).__name__}: {err}"})
+def _worker_lost(job: StudyJob, err: Exception) -> dict:
+    return _failed(job.folder, {"job_id": job.job_id, "status": "failed", "seconds": 0.0,
+                                "error": f"worker lost: {type(err).__name__}: {err}"})
 
 
 # ---------------------------------------------------------------- command line
@@ -442,27 +480,28 @@ def main(argv=None, prog: str = "temsynth study", epilog: str | None = None) -> 
     rep.add_argument("study_dir")
     rep.add_argument("--out", help="report folder (default: STUDY_DIR/report)")
     args = p.parse_args(argv)
-    try:
-        if args.verb == "run":
-            study, _ = load_study(args.study)
-            cluster = study.cluster_config(args)
-            if args.job_script:
-                print(job_script(cluster))
-                return 0
-            try:
-                s = run_study(args.study, retry_failed=args.retry_failed, progress=not args.quiet, cluster=cluster)
-            except KeyboardInterrupt:
-                print(f"temsynth study run: interrupted; its job processes were stopped. Re-run the same command "
-                      "to resume (finished jobs are kept, running ones continue from their checkpoints)",
-                      file=sys.stderr)
-                return 130
-            print(json.dumps({k: v for k, v in s.items()}, indent=2))
-            return 1 if s["failed"] else 0
-        print(write_report(args.study_dir, args.out))
-        return 0
-    except TemsynthError as err:  # ConfigError, QueryError, StudyError, ReportError, ...
-        print(f"temsynth study {args.verb}: {err}", file=sys.stderr)
-        return 2
+    # ConfigError, QueryError, StudyError, ReportError, ...: one line, status 2
+    return exit_status(f"temsynth study {args.verb}", lambda: _run_verb(args))
+
+
+def _run_verb(args) -> int:
+    if args.verb == "run":
+        study, _ = load_study(args.study)
+        cluster = study.cluster_config(args)
+        if args.job_script:
+            print(job_script(cluster))
+            return 0
+        try:
+            s = run_study(args.study, retry_failed=args.retry_failed, progress=not args.quiet, cluster=cluster)
+        except KeyboardInterrupt:
+            print("temsynth study run: interrupted; its job processes were stopped. Re-run the same command "
+                  "to resume (finished jobs are kept, running ones continue from their checkpoints)",
+                  file=sys.stderr)
+            return 130
+        print(json.dumps({k: v for k, v in s.items()}, indent=2))
+        return 1 if s["failed"] else 0
+    print(write_report(args.study_dir, args.out))
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from its last checkpoint and produces the same numbers as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -22,22 +21,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from generators.errors import TemsynthError, exit_status
 from generators.files import atomic_path
-from temsynth.errors import TemsynthError
 
 from .card import write_model_card
-from .config import TrainConfig, load_train_config
-from .data import EpochSampler, benchmark_set, source_json, training_set
+from .config import TrainConfig, differing_keys, load_train_config
+from .data import EpochSampler, benchmark_set, open_source, source_json, training_set
 from .instances import aggregate, match, particles_from_logits
 from .metrics import counts, scores, segmentation_loss
-from .models import CONFIG_FILE, MODEL_FILE, build_model, load_model, save_model
+from .models import CONFIG_FILE, MODEL_FILE, ModelFolderConfig, build_model, load_model, save_model
+from .results import METRICS_FILE, PARTICLE_SCORES, append_metrics, read_metrics, rewrite_metrics
 
-# Particle scores (training/instances.py): matched at IoU >= 0.5, particles on the field's border ignored.
-PARTICLE_COLUMNS = ("particle_precision", "particle_recall", "particle_f1", "count_error", "median_diameter_error",
-                    "wasserstein_nm", "touching_pairs_separated")
-METRIC_COLUMNS = ("run", "phase", "epoch", "phase_epoch", "benchmark", "n_images", "dice", "iou", "dice_pooled",
-                  *PARTICLE_COLUMNS, "train_loss", "lr", "epoch_seconds")
-METRICS_FILE = "metrics.csv"
 RUN_CONFIG_FILE = "train_config.json"
 # Changing these between a killed run and its re-run does not change what was computed so far.
 RESUMABLE_CHANGES = ("epochs", "num_workers", "patience")
@@ -64,10 +58,10 @@ class TrainState:
 def _check_folder(cfg: TrainConfig, out: Path) -> None:
     """A run folder belongs to one config: refuse to mix two runs' checkpoints and metrics."""
     f = out / RUN_CONFIG_FILE
-    mine = json.loads(cfg.model_dump_json())
+    mine = cfg.model_dump(mode="json")
     if f.exists():
         theirs = json.loads(f.read_text())
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k) and k not in RESUMABLE_CHANGES)
+        diff = differing_keys(theirs, mine, RESUMABLE_CHANGES)
         if diff:
             raise TrainError(f"{out} holds a run with another config (differs in {', '.join(diff)}); "
                              "choose a new output_dir, or delete the folder to start over")
@@ -77,26 +71,6 @@ def _write_run_config(cfg: TrainConfig, out: Path) -> None:
     with atomic_path(out / RUN_CONFIG_FILE) as tmp:
         tmp.write_text(cfg.model_dump_json(indent=2))
 
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _rewrite_metrics(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, METRIC_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _append_metrics(path: Path, rows: list[dict]) -> None:
-    with open(path, "a", newline="") as f:
-        csv.DictWriter(f, METRIC_COLUMNS).writerows(rows)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -144,7 +118,7 @@ def evaluate_benchmark(model, loader, accelerator=None) -> dict:
         particles.extend(m)
     model.train(was_training)
     part = aggregate(particles)
-    return {**scores(np.concatenate(pixel) if pixel else np.zeros((0, 3))), **{k: part[k] for k in PARTICLE_COLUMNS}}
+    return {**scores(np.concatenate(pixel) if pixel else np.zeros((0, 3))), **{k: part[k] for k in PARTICLE_SCORES}}
 
 
 def _prior(cfg: TrainConfig) -> tuple[list[dict], int]:
@@ -152,7 +126,7 @@ def _prior(cfg: TrainConfig) -> tuple[list[dict], int]:
     if not cfg.init_from:
         return [], 0
     rows = read_metrics(Path(cfg.init_from) / METRICS_FILE)
-    return rows, max((int(r["epoch"]) for r in rows), default=0)
+    return rows, max((r["epoch"] for r in rows), default=0)
 
 
 # ---------------------------------------------------------------- the run
@@ -167,9 +141,14 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
     set_seed(cfg.seed)
     log = accelerator.print if echo else (lambda *a, **k: None)
 
-    train_set = training_set(cfg.data_sources, cfg.augment, cfg.seed, instances=cfg.model.instances)
-    benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]", instances=True)
-               for b in cfg.benchmarks}
+    # Each source's folder is opened (its manifest read and checked) once, here, for its records and its card.
+    folders = [open_source(s, f"data[{i}]" if len(cfg.data_sources) > 1 else "data")
+               for i, s in enumerate(cfg.data_sources)]
+    bench_folders = [open_source(b, f"benchmarks[{b.name}]") for b in cfg.benchmarks]
+    train_set = training_set(cfg.data_sources, cfg.augment, cfg.seed, instances=cfg.model.instances, folders=folders)
+    benches = {b.name: benchmark_set(b, cfg.augment, f"benchmarks[{b.name}]", instances=True, folder=f)
+               for b, f in zip(cfg.benchmarks, bench_folders)}
+    parent = None
     if cfg.init_from:
         model, parent = load_model(cfg.init_from)
         if parent.model != cfg.model:
@@ -210,16 +189,17 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         _write_run_config(cfg, out)
         # Rows past the checkpoint came from an epoch that a kill cut short: it is run again.
-        kept = [r for r in read_metrics(metrics_path) if r["phase"] != cfg.phase or int(r["phase_epoch"]) <= state.epoch]
-        _rewrite_metrics(metrics_path, kept if ckpts else prior_rows)
+        kept = [r for r in read_metrics(metrics_path) if r["phase"] != cfg.phase or r["phase_epoch"] <= state.epoch]
+        rewrite_metrics(metrics_path, kept if ckpts else prior_rows)
     accelerator.wait_for_everyone()
 
     n_batches = len(train_dl) if sized else None
     bar = _bar(cfg, n_batches, state.epoch, progress and accelerator.is_local_main_process)
     info = {"name": cfg.name, "phase": cfg.phase, "seed": cfg.seed, "world_size": accelerator.num_processes,
-            "mixed_precision": cfg.mixed_precision, "training_config": json.loads(cfg.model_dump_json()),
-            "train_data": [source_json(s) for s in cfg.data_sources], "benchmarks": [source_json(b) for b in cfg.benchmarks],
-            "init_from": _parent_info(cfg), "epoch_offset": offset}
+            "mixed_precision": cfg.mixed_precision, "training_config": cfg.model_dump(mode="json"),
+            "train_data": [source_json(s, f) for s, f in zip(cfg.data_sources, folders)],
+            "benchmarks": [source_json(b, f) for b, f in zip(cfg.benchmarks, bench_folders)],
+            "init_from": _parent_info(cfg, parent), "epoch_offset": offset}
     for epoch in range(state.epoch, cfg.epochs):
         if cfg.patience and state.bad_epochs >= cfg.patience:
             log(f"early stop: no better {cfg.monitor_name} Dice for {state.bad_epochs} epochs")
@@ -259,7 +239,7 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
         if improved:
             state.best_dice, state.best_epoch = dice, epoch + 1
         if accelerator.is_main_process:
-            _append_metrics(metrics_path, rows)
+            append_metrics(metrics_path, rows)
             if improved:
                 save_model(accelerator.unwrap_model(scored()), out / "best", cfg.model,
                            {**info, "epoch": offset + epoch + 1, "phase_epoch": epoch + 1, "scores": results})
@@ -282,12 +262,13 @@ def _bar(cfg: TrainConfig, n_batches, start_epoch: int, enabled: bool):
                 desc=f"{cfg.phase} {cfg.name}", dynamic_ncols=True)
 
 
-def _parent_info(cfg: TrainConfig) -> dict | None:
-    if not cfg.init_from:
+def _parent_info(cfg: TrainConfig, parent: ModelFolderConfig | None) -> dict | None:
+    """What a fine-tuned model records of its parent, from the parent's config.json as `load_model` typed it."""
+    if parent is None:
         return None
-    parent = json.loads((Path(cfg.init_from) / CONFIG_FILE).read_text())
-    return {"path": str(Path(cfg.init_from).resolve()), "name": parent.get("name"), "epoch": parent.get("epoch"),
-            "train_data": parent.get("train_data"), "seed": parent.get("seed")}
+    provenance = parent.model_extra or {}  # keys the run wrote beside the typed ones
+    return {"path": str(Path(cfg.init_from).resolve()), "name": parent.name, "epoch": provenance.get("epoch"),
+            "train_data": parent.train_data, "seed": provenance.get("seed")}
 
 
 def _finish(cfg: TrainConfig, out: Path, state: TrainState, info: dict) -> dict:
@@ -296,11 +277,9 @@ def _finish(cfg: TrainConfig, out: Path, state: TrainState, info: dict) -> dict:
     mine = [r for r in rows if r["phase"] == cfg.phase]
     if not mine:
         raise TrainError(f"{out}: no epoch finished; nothing to save")
-    last_epoch = max(int(r["phase_epoch"]) for r in mine)
-    last = {r["benchmark"]: _row_scores(r)
-            for r in mine if int(r["phase_epoch"]) == last_epoch}
-    best = {r["benchmark"]: _row_scores(r)
-            for r in mine if int(r["phase_epoch"]) == state.best_epoch}
+    last_epoch = max(r["phase_epoch"] for r in mine)
+    last = {r["benchmark"]: _row_scores(r) for r in mine if r["phase_epoch"] == last_epoch}
+    best = {r["benchmark"]: _row_scores(r) for r in mine if r["phase_epoch"] == state.best_epoch}
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
     for name in (MODEL_FILE, CONFIG_FILE):
@@ -315,10 +294,8 @@ def _finish(cfg: TrainConfig, out: Path, state: TrainState, info: dict) -> dict:
 
 
 def _row_scores(r: dict) -> dict:
-    """A metrics.csv row's scores as numbers (a particle score left blank, e.g. no particle: None)."""
-    out = {k: float(r[k]) for k in ("dice", "iou", "dice_pooled")}
-    out.update({k: float(r[k]) if r.get(k) not in (None, "") else None for k in PARTICLE_COLUMNS})
-    return out
+    """A metrics row's scores (a particle score with no particle: None)."""
+    return {k: r[k] for k in ("dice", "iou", "dice_pooled", *PARTICLE_SCORES)}
 
 
 def _report(summary: dict) -> str:
@@ -358,13 +335,12 @@ def build_parser(prog: str, epilog: str | None = None) -> argparse.ArgumentParse
 def cli(argv, prog: str, prepare=lambda cfg_path, overrides: load_train_config(cfg_path, overrides),
         epilog: str | None = None) -> int:
     args = build_parser(prog, epilog).parse_args(argv)
-    try:
-        cfg = prepare(args.config, parse_overrides(args.set))
-        run(cfg, progress=not args.quiet)
-    except TemsynthError as err:  # ConfigError, QueryError, DataError, TrainError, ModelFolderError, ...
-        print(f"{prog}: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    def train() -> int:  # ConfigError, QueryError, DataError, TrainError, ModelFolderError, ...: status 2
+        run(prepare(args.config, parse_overrides(args.set)), progress=not args.quiet)
+        return 0
+
+    return exit_status(prog, train)
 
 
 def main(argv=None, prog: str = "training.train", epilog: str | None = None) -> int:

@@ -123,9 +123,9 @@ N_NOISE = 3  # n0, n2, n4: the CTF term's amplitude is the next coefficient
 
 def _columns(k: np.ndarray, shape: np.ndarray, flexible: bool = False) -> list[np.ndarray]:
     """The linear parts: noise n0 + n2 k^2 + n4 k^4 (a scintillator's MTF bends the noise down across the band;
-    with n0 + n2 k^2 alone a near-focus CTF term took that bend for a passband) and the CTF term's amplitude a0 (flexible: a0 + a1 k + a2 k^2, which
-    also takes up part of the envelope: tried as the defocus search's model, it fitted a strong envelope on a
-    near-focus passband in place of the true ring as often as not)."""
+    with n0 + n2 k^2 alone a near-focus CTF term took that bend for a passband) and the CTF term's amplitude a0
+    (flexible: a0 + a1 k + a2 k^2, which also takes up part of the envelope: tried as the defocus search's model, it
+    fitted a strong envelope on a near-focus passband in place of the true ring as often as not)."""
     k2 = np.broadcast_to(k**2, shape.shape)
     cols = [np.ones_like(shape), k2, k2**2, shape]
     return cols + [shape * k, shape * k**2] if flexible else cols
@@ -206,7 +206,8 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
             by_df[better], arg[better] = costs[better], (sg, b)
     # Several local minima can be close in the radial average (a near-focus passband under a strong envelope
     # mimics a ring further out): refine the three best in 2-D, where the astigmatic pattern decides.
-    minima = [i for i in range(len(dfs)) if by_df[i] <= by_df[max(i - 1, 0)] and by_df[i] <= by_df[min(i + 1, len(dfs) - 1)]]
+    minima = [i for i in range(len(dfs))
+              if by_df[i] <= by_df[max(i - 1, 0)] and by_df[i] <= by_df[min(i + 1, len(dfs) - 1)]]
     minima = sorted(minima, key=lambda i: by_df[i])[:3]
 
     def cost1(x):

@@ -11,8 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import stats
 
-from temsynth.errors import TemsynthError
-
+from ..errors import TemsynthError
 from ..waves import wavelength_A
 from .ctf_fit import CTFFit, FitError, fit_ctf
 from .spectrum import Spectrum, power_spectrum, radial_profile

@@ -80,12 +80,13 @@ def simulate_fields(data: dict, n_structures: int = SIMULATED_STRUCTURES, seed_o
     """A few fields of the proposed config, built as `generate` builds records (same code, no folder)."""
     from ..run import simulate_structure
 
-    cfg = from_dict({**data, "n_structures": max(n_structures, 1), "conditions_per_structure": 2}, "the proposed config")
+    cfg = from_dict({**data, "n_structures": max(n_structures, 1), "conditions_per_structure": 2},
+                    "the proposed config")
     cache = Path(tempfile.mkdtemp(prefix="temsynth-calibrate-"))
     try:
         fields = []
         for i in range(n_structures):
-            images = simulate_structure(cfg, i + seed_offset, cache_dir=cache)[0]
+            images = simulate_structure(cfg, i + seed_offset, cache_dir=cache).images
             fields.extend(list(images))
         return fields
     finally:
@@ -156,7 +157,8 @@ def write_report(folder: Path, measurements: list[Measurement], images: list[np.
 <style>body{{font-family:sans-serif;margin:1.5em}} td{{padding:2px 8px;font-size:13px}}
 table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
 <h1>Calibration of {len(measurements)} micrographs</h1>
-<h2>What the proposed config measured and what it kept</h2><ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
+<h2>What the proposed config measured and what it kept</h2>
+<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in notes)}</ul>
 <h2>The proposed config against the micrographs, at {px:g} Å per pixel</h2>
 <p>Mean spectrum shape of the real fields and of {len(sim)} simulated fields of the proposed config: distance
 {distance:.3f} (RMS of the log10 difference; 0.30 is a factor of 2 everywhere).</p>

@@ -3,13 +3,36 @@
 
 The names below are the package's public surface; import them from here.
 """
-from .importer import (COLUMNS, Source, arrow_schema, assign_splits, hf_features, import_folder, pair_files,
-                       plan_source, read_pixel_sizes, source_table, write_card)
-from .readers import (EXTENSIONS, MASK_SUFFIX, MIN_SIDE_PX, READER_PACKAGES, SPLITS, MicrographError, check_min_side,
-                      parse_mask_values, read_mask, read_micrograph, unit_to_A)
+from .importer import (
+                       COLUMNS,
+                       Source,
+                       arrow_schema,
+                       assign_splits,
+                       hf_features,
+                       import_folder,
+                       pair_files,
+                       plan_source,
+                       read_pixel_sizes,
+                       source_table,
+                       write_card,
+)
+from .readers import (
+                       EXTENSIONS,
+                       MASK_SUFFIX,
+                       MIN_SIDE_PX,
+                       READER_PACKAGES,
+                       SPLITS,
+                       MicrographError,
+                       check_min_side,
+                       parse_mask_values,
+                       read_mask,
+                       read_micrograph,
+                       unit_to_A,
+)
 from .tiles import Tile, resample, resample_mask, resampled_shape, tile, tile_count, tile_starts
 
-__all__ = ["COLUMNS", "EXTENSIONS", "MASK_SUFFIX", "MIN_SIDE_PX", "READER_PACKAGES", "SPLITS", "MicrographError", "Source", "Tile",
-           "arrow_schema", "assign_splits", "check_min_side", "hf_features", "import_folder", "pair_files", "parse_mask_values",
+__all__ = ["COLUMNS", "EXTENSIONS", "MASK_SUFFIX", "MIN_SIDE_PX", "READER_PACKAGES", "SPLITS", "MicrographError",
+           "Source", "Tile", "arrow_schema", "assign_splits", "check_min_side", "hf_features", "import_folder",
+           "pair_files", "parse_mask_values",
            "plan_source", "read_mask", "read_micrograph", "read_pixel_sizes", "resample", "resample_mask",
            "resampled_shape", "source_table", "tile", "tile_count", "tile_starts", "unit_to_A", "write_card"]

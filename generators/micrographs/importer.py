@@ -4,6 +4,9 @@ The folder holds Parquet and WebDataset shards of square tiles at one target pix
 manifest with per-shard checksums, so the trainer reads it like synthetic data: the `finetune` split for
 fine-tuning, the `benchmark` split for evaluation. Splits are drawn per source micrograph, so tiles of one
 micrograph (which overlap in content and share its noise, focus and thickness) never leak across splits.
+
+Over 400 lines: the import's schema, pairing, planning, tiling and folder writing are one pass over the files,
+kept together so the folder it writes is decided in one place.
 """
 from __future__ import annotations
 
@@ -19,14 +22,23 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from .. import __version__
-from .. import records
+from .. import __version__, records
+from ..files import sha256_file, versions
 from ..folder import new_manifest, tile_record_id
 from ..records import Column, fixed_list, nested_list_array
-from ..files import sha256_file, versions
 from ..writers import write_dataset_card, write_manifest, write_split
-from .readers import (EXTENSIONS, MASK_SUFFIX, READER_PACKAGES, SPLITS, MicrographError, _supported,
-                      check_min_side, parse_mask_values, read_mask, read_micrograph)
+from .readers import (
+    EXTENSIONS,
+    MASK_SUFFIX,
+    READER_PACKAGES,
+    SPLITS,
+    MicrographError,
+    _supported,
+    check_min_side,
+    parse_mask_values,
+    read_mask,
+    read_micrograph,
+)
 from .tiles import resample, resample_mask, resampled_shape, tile, tile_count
 
 # ---------------------------------------------------------------- schema
@@ -155,8 +167,9 @@ def plan_source(image_path: Path, mask_path: Path, pixel_size_A: float | None, t
         log(f"warning: {image_path.name}: {flag} overrides the file's {file_px:.4g} Å")
     shape = resampled_shape(image.shape, px, target_pixel_size_A)
     if min(shape) < tile_px:  # padding it up to a tile would make a record that is mostly invented pixels
-        raise MicrographError(f"{image_path.name}: {image.shape[1]} x {image.shape[0]} px ({shape[1]} x {shape[0]} px at "
-                              f"the target {target_pixel_size_A:g} Å/px) is smaller than one {tile_px}-px tile; "
+        raise MicrographError(f"{image_path.name}: {image.shape[1]} x {image.shape[0]} px "
+                              f"({shape[1]} x {shape[0]} px at the target {target_pixel_size_A:g} Å/px) is smaller "
+                              f"than one {tile_px}-px tile; "
                               "choose a smaller --tile-px or a larger --target-pixel-size-A, or leave the file out")
     return Source(image_path, mask_path, fmt, file_px, float(px),
                   pixel_size_source if pixel_size_A is not None else "file", tuple(image.shape), shape,

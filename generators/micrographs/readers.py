@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from temsynth.errors import TemsynthError
+from ..errors import TemsynthError
 
 EXTENSIONS = {".tif": "tiff", ".tiff": "tiff", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".npy": "npy",
               ".dm3": "dm3", ".dm4": "dm4", ".emd": "emd", ".mrc": "mrc"}

@@ -11,6 +11,7 @@ import numpy as np
 
 from .readers import MicrographError
 
+
 # ---------------------------------------------------------------- resampling and tiling
 def resampled_shape(shape: tuple[int, int], from_A: float, to_A: float) -> tuple[int, int]:
     """The shape `resample` returns: the same field of view at `to_A`, to the nearest pixel."""
