@@ -26,10 +26,11 @@ MIN_SEED_PX = 4
 MIN_PEAK = 0.1
 # For a model's predicted distance map (`particles_from_logits`): the seed threshold and the smallest particle
 # (pixels at the model's pixel size; smaller ones join a touching particle or go, `merge_small`), chosen on the
-# simulated VALIDATION split of tem_np_realistic_small with benchmarks/tune_instances.py (grid 0.3-0.9 x
-# 0-300 px; best particle F1 0.41 at 0.9 / 200 px, 2026-12-03). The learnt map is flatter than the exact one, so
-# its cores are found near its peaks; 200 px at 0.7 Å is a particle of 1.1 nm (the presets' smallest: 1.6 nm).
-MODEL_SEED_THRESHOLD = 0.9
+# simulated VALIDATION split of tem_np_realistic (the full preset, 720 training steps) with
+# benchmarks/tune_instances.py (grid 0.3-0.95 x 0-400 px; best particle F1 0.77 at 0.7 / 200 px, 2026-12-03;
+# 0.9, chosen on a 200-step model, over-split this one's sharper cores: F1 0.35). 200 px at 0.7 Å is a particle
+# of 1.1 nm (the presets' smallest: 1.6 nm).
+MODEL_SEED_THRESHOLD = 0.7
 MIN_PARTICLE_PX = 200
 # Matching: a predicted and a true particle are the same particle when their IoU reaches this (the usual 0.5,
 # at which a match is unique: two predictions cannot both overlap one particle by more than half their union).
