@@ -14,6 +14,11 @@ here by pymatgen (the same Au, and wurtzite ZnO), 4 particles each, spheres with
 seconds per scene over atoms per scene (whole scene: structure, exit waves, images, masks), and the structure
 alone (czone's particles and the carbon cut) over particle atoms, each the median over scenes measured
 interleaved. A ratio <= 1 means the file-made crystal costs no more per atom than built-in Au.
+
+    python benchmarks/bench_scenes.py --supports [--radius-A 10] [--repeats 3]
+
+The same for supports: built-in Au on 20 Å of amorphous carbon against 20 Å of amorphous Si3N4 and SiO2 and
+bilayer graphene (whole scene per atom; structure = the particles and the support cut, per atom of the scene).
 """
 from __future__ import annotations
 
@@ -60,7 +65,6 @@ def compare_materials(radius_A: float, repeats: int) -> dict:
     from pymatgen.io.cif import CifWriter
 
     from generators.run import simulate_structure
-    from generators.structures import build_structure
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_materials_"))
     CifWriter(Structure.from_spacegroup(225, Lattice.cubic(4.07825), ["Au"], [[0, 0, 0]]), symprec=0.01).write_file(
@@ -72,10 +76,45 @@ def compare_materials(radius_A: float, repeats: int) -> dict:
     simulate_structure(material_config("Au", {}, radius_A, 1, tmp), 0)  # warm-up: FFT plans, carbon, imports
     names = ("Au", "Au_file", "ZnO_file")
     cfgs = {n: material_config(n, materials if n != "Au" else {}, radius_A, repeats, tmp) for n in names}
+    return {"radius_A": radius_A, "repeats": repeats, **interleaved(cfgs, repeats, per="particle")}
+
+
+def support_config(substrate: dict, radius_A: float, repeats: int):
+    from generators.config import from_dict
+
+    return from_dict({
+        "name": "support", "seed": 5, "n_structures": repeats, "conditions_per_structure": 4,
+        "structure": {"n_particles": 4, "radius_A": radius_A, "allow_border_cuts": True,
+                      "substrate": {"bank_size": 1, **substrate}},
+        "simulation": {"sampling_A": 0.2},
+        # 102.4 Å: 41.6 x 24.0 graphene cells, strained 0.9 % to tile the field
+        "imaging": {"image_size_px": 256, "pixel_size_A": 0.4, "detector": {"type": "scintillator"}},
+    })
+
+
+def compare_supports(radius_A: float, repeats: int) -> dict:
+    from generators.run import simulate_structure
+
+    supports = {"carbon": {"thickness_A": 20}, "Si3N4": {"thickness_A": 20, "composition": "Si3N4",
+                                                         "density_g_per_cm3": 3.0, "min_dist_A": 1.6},
+                "SiO2": {"thickness_A": 20, "composition": "SiO2", "density_g_per_cm3": 2.2, "min_dist_A": 1.5},
+                "graphene": {"kind": "graphene", "graphene_layers": 2}}
+    cfgs = {n: support_config(sub, radius_A, repeats) for n, sub in supports.items()}
+    simulate_structure(cfgs["carbon"], 0)  # warm-up: FFT plans, imports
+    return {"radius_A": radius_A, "repeats": repeats, **interleaved(cfgs, repeats, per="scene")}
+
+
+def interleaved(cfgs: dict, repeats: int, per: str) -> dict:
+    """Seconds per atom of each config's scenes, measured interleaved (scene i of every config, then scene i + 1:
+    drifts of a shared machine hit all alike), as ratios to the first config. `per`: the structure's time is
+    divided by the particles' atoms ("particle") or by the whole scene's ("scene")."""
+    from generators.run import simulate_structure
+    from generators.structures import build_structure
+
+    names = list(cfgs)
     for cfg in cfgs.values():
-        simulate_structure(cfg, 0)  # each config's carbon block and crystal template
+        simulate_structure(cfg, 0)  # each config's support block and crystal template
     scene, build, atoms, particle_atoms = ({n: [] for n in names} for _ in range(4))
-    # Interleaved (scene i of every material, then scene i + 1): drifts of a shared machine hit all alike.
     for i in range(repeats):
         for n in names:
             t0 = time.perf_counter()
@@ -85,20 +124,20 @@ def compare_materials(radius_A: float, repeats: int) -> dict:
             simulate_structure(cfgs[n], i)
             scene[n].append(time.perf_counter() - t0)
             atoms[n].append(s.n_atoms)
-            particle_atoms[n].append(len(s.particle_numbers))
+            particle_atoms[n].append(len(s.particle_numbers) if per == "particle" else s.n_atoms)
     rows = {n: {"seconds_per_scene": statistics.median(scene[n]), "atoms_per_scene": statistics.median(atoms[n]),
                 "structure_seconds": statistics.median(build[n]),
-                "particle_atoms": statistics.median(particle_atoms[n]),
+                "structure_atoms": statistics.median(particle_atoms[n]),
                 # medians of the per-scene ratios: one slow scene on a shared machine does not decide them
                 "us_per_atom_scene": 1e6 * statistics.median(t / a for t, a in zip(scene[n], atoms[n])),
-                "us_per_particle_atom_structure": 1e6 * statistics.median(
+                "us_per_atom_structure": 1e6 * statistics.median(
                     t / a for t, a in zip(build[n], particle_atoms[n]))} for n in names}
-    base = rows["Au"]
-    return {"radius_A": radius_A, "repeats": repeats, "rows": rows,
-            "ratio_vs_builtin_Au": {n: {"scene_per_atom": r["us_per_atom_scene"] / base["us_per_atom_scene"],
-                                        "structure_per_particle_atom": r["us_per_particle_atom_structure"]
-                                        / base["us_per_particle_atom_structure"]}
-                                    for n, r in rows.items() if n != "Au"}}
+    base = rows[names[0]]
+    return {"rows": rows,
+            f"ratio_vs_{names[0]}": {n: {"scene_per_atom": r["us_per_atom_scene"] / base["us_per_atom_scene"],
+                                         "structure_per_atom": r["us_per_atom_structure"]
+                                         / base["us_per_atom_structure"]}
+                                     for n, r in rows.items() if n != names[0]}}
 
 
 def main(argv=None) -> int:
@@ -107,9 +146,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--counts", default="0,1,2,4,8")
     p.add_argument("--materials", action="store_true", help="cost per atom: crystals from CIF files vs built-in Au")
+    p.add_argument("--supports", action="store_true", help="cost per atom: Si3N4, SiO2, graphene vs carbon")
     args = p.parse_args(argv)
-    if args.materials:
-        print(json.dumps(compare_materials(args.radius_A, args.repeats), indent=2))
+    if args.materials or args.supports:
+        compare = compare_materials if args.materials else compare_supports
+        print(json.dumps(compare(args.radius_A, args.repeats), indent=2))
         return 0
     from generators.run import simulate_structure
 
