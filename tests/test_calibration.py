@@ -136,6 +136,28 @@ def test_camera_told_from_the_noise_past_the_information_limit(camera):
     assert any(n.startswith("imaging.detector.type: from the noise spectra") for n in notes)
 
 
+def test_support_thickness_from_the_speckle_contrast():
+    """Counts of bare carbon 40 Å thick: its speckle contrast, read off bare carbon simulated at 10-80 Å under the
+    field's fitted conditions, gives its thickness within 25 %; the proposed range holds it, and the defocus is
+    moved to the exit plane by the field's own half thickness."""
+    from generators.calibration.propose import propose
+    from generators.calibration.run import read_thicknesses
+    from generators.run import simulate_structure
+
+    cfg = carbon_cfg(**{"structure.substrate.thickness_A": 40.0, "conditions_per_structure": 1,
+                        "imaging.defocus_nm": -25.0, "imaging.focal_spread_nm": 3.0, "imaging.astigmatism_nm": 1.0,
+                        "imaging.dose_e_per_A2": 2000.0})
+    m = measure(simulate_structure(cfg, 0)[0][0], cfg.imaging.pixel_size_A, "t40.npy")
+    read_thicknesses([m], cfg, log=lambda *a: None)
+    assert m.texture.thickness_A == pytest.approx(40.0, rel=0.25), m.texture.thickness_why
+    data, notes = propose([m], cfg, "thick")
+    lo, hi = data["structure"]["substrate"]["thickness_A"]["loguniform"]
+    assert lo < 40.0 < hi and any(n.startswith("structure.substrate.thickness_A: from the speckle") for n in notes)
+    half_nm = m.texture.thickness_A / 20
+    assert data["imaging"]["defocus_nm"]["empirical"]["values"][0] == pytest.approx(
+        min(m.ctf.defocus_nm - half_nm, -m.ctf.defocus_nm - half_nm), abs=0.01)
+
+
 def test_calibrate_writes_a_config_that_spans_the_fits(carbon_fields, tmp_path, capsys):
     cfg, images, metas = carbon_fields
     folder = tmp_path / "mine"

@@ -53,6 +53,9 @@ class Texture:
     speckle_period_A: float
     speckle_contrast: float | None
     why: str
+    # from the contrast and a simulated curve under the field's fitted conditions (`thickness.py`)
+    thickness_A: float | None = None
+    thickness_why: str = ""
 
 
 @dataclass

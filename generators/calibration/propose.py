@@ -57,10 +57,12 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
     values = []
     ambiguous = 0
     for m in measurements:
-        values.append(m.ctf.defocus_nm - half)
+        t = m.texture.thickness_A
+        h = t / 20 if t and math.isfinite(t) else half  # the field's own support, where it was measured
+        values.append(m.ctf.defocus_nm - h)
         if m.ctf.sign_ambiguous:
             ambiguous += 1
-            values.append(-m.ctf.defocus_nm - half)
+            values.append(-m.ctf.defocus_nm - h)
     im["defocus_nm"] = _empirical(sorted(values), DEFOCUS_JITTER_NM, -5000, 5000)
     notes.append(f"imaging.defocus_nm: measured on {len(measurements)} micrographs (Thon-ring fit, minus "
                  f"{half:.1f} nm from the carbon's mid-plane to its exit plane)"
@@ -86,11 +88,17 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
         notes.append(f"imaging.dose_e_per_A2: kept ({_describe(base.imaging.dose_e_per_A2)}): "
                      + "; ".join(sorted(kinds)))
     notes.append(_camera(measurements, im))
-    contrasts = [m.texture.speckle_contrast for m in measurements if m.texture.speckle_contrast is not None]
-    notes.append("structure.substrate.thickness_A: kept ("
-                 + _describe(base.structure.substrate.thickness_A) + "): "
-                 + (f"carbon speckle contrast {min(contrasts):.3f}-{max(contrasts):.3f} measured, no thickness "
-                    "curve for this microscope yet" if contrasts else measurements[0].texture.why))
+    thick = [t for t in (m.texture.thickness_A for m in measurements) if t and math.isfinite(t)]
+    if thick and len(thick) == len(measurements):
+        lo, hi = max(2.0, min(thick) / 1.25), max(thick) * 1.25
+        data["structure"]["substrate"]["thickness_A"] = {"loguniform": [round(lo, 1), round(hi, 1)]}
+        notes.append(f"structure.substrate.thickness_A: from the speckle contrast of {len(thick)} fields against "
+                     f"simulated support under each field's fitted conditions ({min(thick):.0f}-{max(thick):.0f} Å), "
+                     "widened 1.25x each way")
+    else:
+        notes.append("structure.substrate.thickness_A: kept (" + _describe(base.structure.substrate.thickness_A)
+                     + "): " + next((m.texture.thickness_why or m.texture.why for m in measurements
+                                     if not m.texture.thickness_A), measurements[0].texture.why))
 
     sized = [m for m in measurements if m.particles.get("radii_A") is not None]
     if sized:

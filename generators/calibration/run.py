@@ -57,6 +57,24 @@ def particle_sizes(mask: np.ndarray, pixel_size_A: float) -> dict:
     return {"radii_A": radii, "coverage": float(np.mean(mask)), "n_border": len(border)}
 
 
+def read_thicknesses(measurements: list[Measurement], base: GenerationConfig, log: Callable[[str], None]) -> None:
+    """Each counts field's support thickness from its speckle contrast (`thickness.py`), in place."""
+    import tempfile
+
+    from .thickness import contrast_curve, thickness_from_contrast
+
+    counted = [m for m in measurements if m.texture.speckle_contrast]
+    if not counted:
+        return
+    with tempfile.TemporaryDirectory(prefix="temsynth-thickness-") as tmp:
+        for m in counted:  # one support bank per thickness, shared by the fields (the cache)
+            curve = contrast_curve(base, m.ctf, m.pixel_size_A, Path(tmp))
+            m.texture.thickness_A, how = thickness_from_contrast(m.texture.speckle_contrast, curve)
+            m.texture.thickness_why = f"speckle contrast {m.texture.speckle_contrast:.4f} {how} (" + ", ".join(
+                f"{t:g} Å: {c:.4f}" for t, c in curve) + ")"
+            log(f"{m.file}: support {m.texture.thickness_A:.0f} Å thick ({m.texture.thickness_why})")
+
+
 def base_config(preset: str | None, config: str | Path | None) -> GenerationConfig:
     return load_config(config) if config else load_preset(preset or "realistic")
 
@@ -113,6 +131,7 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
 
     if not measurements:
         raise CalibrationError("no micrograph could be calibrated: " + " | ".join(skipped))
+    read_thicknesses(measurements, base, log)
     name = re.sub(r"[^A-Za-z0-9_\-]", "_", out.stem) or "calibrated"
     data, notes = propose(measurements, base, name)
     notes += [f"left out: {s}" for s in skipped]
