@@ -55,7 +55,7 @@ from .card import versions
 from .config import Benchmark, DataSource, differing_keys, train_config
 from .finetune import DEFAULTS as FINETUNE_DEFAULTS
 from .finetune import finetune_lr
-from .models import read_model_config
+from .models import SourceRecord, read_model_config
 from .report import write_report
 from .results import EPOCH_SCORES, RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE, read_metrics
 from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE
@@ -284,7 +284,7 @@ def job_state(job: StudyJob) -> dict | None:
 def _job_rows(study: StudyConfig, job: StudyJob, state: dict) -> list[dict]:
     subset = next(s for s in study.subsets if s.name == job.subset)
     paths = ";".join(s.path for s in subset.sources)
-    fps = ";".join(d.get("fingerprint") or "" for d in _train_data_info(state))
+    fps = ";".join(d.fingerprint or "" for d in _train_data_info(state))
     rows = []
     for r in read_metrics(Path(state["summary"]["metrics_file"])):
         if r["phase"] != job.phase:
@@ -296,7 +296,7 @@ def _job_rows(study: StudyConfig, job: StudyJob, state: dict) -> list[dict]:
     return rows
 
 
-def _train_data_info(state: dict) -> list[dict]:
+def _train_data_info(state: dict) -> list[SourceRecord]:
     """The training data of the job's first phase (a fine-tuning job inherits its parent's subset)."""
     return read_model_config(state["summary"]["model_dir"]).first_phase_data
 
