@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from generators.dataset import DatasetFolder
 from generators.errors import TemsynthError, exit_status
+from generators.folder import RunError
 from temsynth.resources import real_set_dir
 
 BARE_FRACTION = 0.005
@@ -54,12 +56,19 @@ def fields(real_dir: Path) -> list[dict]:
 
 
 def split_of(imported: Path) -> dict[str, str]:
-    """source file -> split in an imported experimental folder."""
+    """source file -> split in an imported experimental folder, read through the folder object: its manifest
+    read and checked once, its shards as the manifest lists them."""
     import pyarrow.dataset as pads
 
-    if not (Path(imported) / "data").is_dir():
-        raise ScoreError(f"--split-from {imported}: not an imported folder (no data/); make one with `temsynth import`")
-    t = pads.dataset(Path(imported) / "data", format="parquet").to_table(columns=["source_file", "split"])
+    try:
+        folder = DatasetFolder.open(imported)
+    except RunError as err:
+        raise ScoreError(f"--split-from {err}; give the folder `temsynth import` made") from None
+    if not folder.experimental:
+        raise ScoreError(f"--split-from {imported}: a {folder.kind} folder, not an imported one (its records have no "
+                         "source file); give the folder `temsynth import` made")
+    with folder.reading():
+        t = pads.dataset(folder.files("parquet"), format="parquet").to_table(columns=["source_file", "split"])
     return dict(zip(t["source_file"].to_pylist(), t["split"].to_pylist()))
 
 
