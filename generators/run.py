@@ -51,13 +51,41 @@ from .work import (  # noqa: F401  (re-exported)
 from .writers import SPLITS, file_entries, write_card, write_manifest, write_split
 
 
-def _check_folder(cfg: GenerationConfig, out: Path) -> str:
-    """'done' if a finished dataset of this config is there, 'resume'/'new' otherwise; refuse a foreign folder."""
+class _Existing:
+    """The output folder's manifest, read once per run (before the resource check, which a finished folder
+    skips) and reused under the lock; an unreadable one is kept as its error, raised where the run refuses it."""
+
+    def __init__(self, out: Path):
+        self.out, self.manifest, self.error = out, None, None
+        self.read()
+
+    def read(self) -> None:
+        if (self.out / "manifest.json").is_file():
+            try:
+                self.manifest = load_manifest(self.out)
+            except RunError as err:
+                self.error = err
+
+    def get(self) -> dict:
+        """The manifest as written; read here only if another run finished the folder since (a race)."""
+        if self.manifest is None and self.error is None:
+            self.read()
+        if self.error is not None:
+            raise self.error
+        return self.manifest
+
+    def finished_with(self, cfg: GenerationConfig) -> bool:
+        return self.manifest is not None and self.manifest.get("config_sha256") == cfg.sha256()
+
+
+def _check_folder(cfg: GenerationConfig, out: Path, existing: _Existing | None = None) -> str:
+    """'done' if a finished dataset of this config is there, 'resume'/'new' otherwise; refuse a foreign folder.
+    `existing`: the manifest as `generate` read it (else read here)."""
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; choose a folder")
     manifest = out / "manifest.json"
     if manifest.exists():
-        sha = load_manifest(out).get("config_sha256")
+        sha = (existing or _Existing(out)).get().get("config_sha256")
         if sha == cfg.sha256():
             return "done"
         raise RunError(f"{out} already holds a dataset built from another config (sha256 {str(sha)[:12]}…); "
@@ -128,23 +156,17 @@ def generate(cfg: GenerationConfig, out_dir: str | Path, workers: int = 2, sched
                    beam_energy_keV(cfg, 0))
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; choose a folder")
-    if not _finished_with(cfg, out):  # re-running a finished folder needs no resources
+    existing = _Existing(out)
+    if not existing.finished_with(cfg):  # re-running a finished folder needs no resources
         # This machine's memory only bounds local workers (batch jobs book their own).
         check_resources(cfg, out, cluster.workers, cluster.scheduler or (None if cluster.kind == "local"
                                                                           else cluster.kind))
     lock = _lock(out)
     try:
-        return _generate(cfg, out, cluster, progress, log)
+        return _generate(cfg, out, cluster, progress, log, existing)
     finally:
         (out / OWNER_NAME).unlink(missing_ok=True)
         lock.release()
-
-
-def _finished_with(cfg: GenerationConfig, out: Path) -> bool:
-    try:
-        return (out / "manifest.json").is_file() and load_manifest(out).get("config_sha256") == cfg.sha256()
-    except RunError:
-        return False
 
 
 def check_resources(cfg: GenerationConfig, out: Path, workers: int, scheduler: str | None) -> None:
@@ -185,11 +207,11 @@ def _available_memory() -> int | None:
         return None
 
 
-def _generate(cfg: GenerationConfig, out: Path, cluster, progress, log) -> dict:
-    state = _check_folder(cfg, out)
+def _generate(cfg: GenerationConfig, out: Path, cluster, progress, log, existing: _Existing) -> dict:
+    state = _check_folder(cfg, out, existing)
     if state == "done":
         log(f"{out}: complete ({cfg.n_structures} structures); nothing to do")
-        return load_manifest(out)
+        return existing.get()
     (out / "_work" / "parts").mkdir(parents=True, exist_ok=True)
     (out / "_work" / "config.json").write_text(json.dumps({"config_sha256": cfg.sha256(),
                                                            "config": cfg.model_dump(mode="json")}))

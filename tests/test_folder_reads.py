@@ -63,6 +63,27 @@ def test_each_command_reads_the_manifest_once(argv, folder, tmp_path, reads, cap
         assert verify(tmp_path / "sub") == []
 
 
+def test_generate_on_a_finished_folder_reads_its_manifest_once(folder, tmp_path, tiny_cfg, reads, capsys):
+    """Re-running `generate` on its finished folder: one read decides that nothing is to do (and skips the
+    resource check); another config on that folder is refused after that same one read."""
+    import json
+
+    import yaml
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_cfg.model_dump(mode="json")))
+    before = (folder / "manifest.json").read_bytes()
+    reads.clear()
+    assert main(["generate", "--config", str(cfg), "--out", str(folder), "--workers", "0", "--quiet"]) == 0
+    assert "complete" in capsys.readouterr().out and reads[folder.resolve()] == 1
+    assert (folder / "manifest.json").read_bytes() == before  # nothing rewritten
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**json.loads(json.dumps(tiny_cfg.model_dump(mode="json"))), "seed": 99}))
+    reads.clear()
+    assert main(["generate", "--config", str(other), "--out", str(folder), "--workers", "0", "--quiet"]) == 2
+    assert "built from another config" in capsys.readouterr().err and reads[folder.resolve()] == 1
+
+
 def test_training_reads_each_source_manifest_once(folder, tmp_path, reads):
     """Two data sources from one folder and a benchmark from another: one read per source and benchmark, not the
     five per source of reading shards, checking them, fingerprinting and taking the pixel size separately."""

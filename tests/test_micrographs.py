@@ -611,3 +611,25 @@ def test_cli_success_prints_one_line(tmp_path, capsys):
                "--tile-px", "16", "--material", "Pt"])
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and len(out) == 1 and "imported 2 micrographs as 8 tiles" in out[0]
+
+
+def test_score_split_from_reads_the_imported_folder_through_its_manifest(imported, built, tmp_path, monkeypatch):
+    """`temsynth score --split-from`: the source files of each split, as the records say, from the shards the
+    manifest lists (read once); a folder that is not an import, or not a folder, is one line."""
+    import generators.folder as folder_mod
+    from training.score import ScoreError, fields_of_split, split_of
+
+    out, manifest, _ = imported
+    reads = []
+    real = folder_mod.read_manifest_json
+    monkeypatch.setattr(folder_mod, "read_manifest_json", lambda p: reads.append(p) or real(p))
+    splits = split_of(out)
+    assert len(reads) == 1
+    assert {r["source_file"]: r["split"] for r in _tiles(out)} == splits
+    assert set(splits) == {s["file"] for s in manifest["sources"]} and set(splits.values()) <= {"finetune",
+                                                                                              "benchmark"}
+    assert fields_of_split(out, "benchmark") == {f for f, s in splits.items() if s == "benchmark"}
+    with pytest.raises(ScoreError, match="a generated folder, not an imported one"):
+        split_of(built)
+    with pytest.raises(ScoreError, match="--split-from .*nowhere: no such dataset folder"):
+        split_of(tmp_path / "nowhere")

@@ -356,8 +356,27 @@ def test_a_model_folder_config_is_read_typed_once(tmp_path):
     folder = save_model(build_model(cfg), tmp_path / "m", cfg, info)
     m = read_model_config(folder)
     assert m.model == cfg and m.augment.normalise == "percentile" and m.lr == 0.004 and m.pixel_size_A == 0.7
-    assert m.first_phase_data == [{"n_images": 96}]  # a fine-tuned model's simulated data is its parent's
-    assert m.model_extra["seed"] == 3 and m.n_parameters > 0  # provenance keys pass through
+    # a fine-tuned model's simulated data is its parent's; a typed record dumps back to what was written
+    assert [s.model_dump(exclude_unset=True) for s in m.first_phase_data] == [{"n_images": 96}]
+    assert m.seed == 3 and m.n_parameters > 0 and m.init_from.seed is None  # provenance, typed
+    # config.json as a training run writes it (the full training config, its sources' records) reads typed
+    train = {"name": "t", "output_dir": str(tmp_path / "run"), "seed": 5, "optimizer": {"lr": 0.02},
+             "data": {"path": "d", "split": "train", "query": "n_particles >= 1"},
+             "benchmarks": [{"name": "validation", "path": "d"}], "augment": {"normalise": "zscore"}}
+    from training.config import train_config
+    src = {"path": "d", "split": "train", "query": "n_particles >= 1", "format": "parquet", "n_images": None,
+           "fingerprint": "abc", "pixel_sizes_A": [0.25]}
+    full = {"name": "t", "phase": "train", "seed": 5, "world_size": 1, "mixed_precision": "no",
+            "training_config": train_config(train).model_dump(mode="json"), "train_data": [src],
+            "benchmarks": [{**src, "name": "validation", "split": "validation", "query": None}], "init_from": None,
+            "epoch_offset": 0, "epoch": 4, "phase_epoch": 4, "scores": {"validation": {"dice": 0.9}},
+            "written_by_a_later_version": 1}
+    m = read_model_config(save_model(build_model(cfg), tmp_path / "full", cfg, full))
+    assert m.training_config.data.query == "n_particles >= 1" and m.training_config.seed == 5 and m.lr == 0.02
+    assert m.augment.normalise == "zscore" and m.pixel_size_A == 0.25 and m.epoch == 4
+    assert m.first_phase_data[0].fingerprint == "abc" and m.benchmarks[0].name == "validation"
+    assert m.model_extra == {"written_by_a_later_version": 1}  # keys a later version adds pass through
+    assert m.training_config.model_dump(mode="json") == full["training_config"]
     (folder / "config.json").write_text('{"model": {"architecture": "resnet"}}')
     with pytest.raises(ModelFolderError, match="does not describe a model"):
         read_model_config(folder)

@@ -226,3 +226,27 @@ def test_one_metrics_schema_for_the_epoch_file_and_the_results_table(tmp_path):
     assert back[0]["count_error"] is None and isinstance(back[0]["n_images"], int)
     for f in EPOCH_SCORES:
         assert RESULT_SCHEMA.field(f.name) == METRICS_SCHEMA.field(f.name) == f
+
+
+def test_a_job_state_is_written_and_read_typed(tmp_path):
+    from training.study import JobState, StudyError, StudyJob, job_state, write_job_state
+
+    job = StudyJob("a-s0", "a", 0, "train", 0, None, {"output_dir": str(tmp_path / "a-s0")})
+    job.folder.mkdir(parents=True)
+    assert job_state(job) is None  # never ended: the study runs it
+    # a done.json as the study wrote it before the state was typed: the same keys, read back typed
+    old = {"job_id": "a-s0", "started": 1.5, "seconds": 2.0, "finished": 3.5, "returncode": 0, "host": "h",
+           "gpus": [], "devices": 1, "threads": "2", "log": "job.log", "status": "done",
+           "summary": {"model_dir": "m", "metrics_file": "m/metrics.csv"}, "model_fingerprint": "f" * 64}
+    (job.folder / "done.json").write_text(json.dumps(old, indent=2))
+    s = job_state(job)
+    assert s.status == "done" and s.summary["model_dir"] == "m" and s.threads == "2" and s.error is None
+    assert s.model_dump(exclude_unset=True) == old  # written back, it holds what it held
+    (job.folder / "done.json").unlink()
+    failed = write_job_state(job.folder, JobState(job_id="a-s0", status="failed", error="exit status 2: boom"))
+    assert not (job.folder / "done.json").exists() and job_state(job) == failed
+    assert json.loads((job.folder / "error.json").read_text()) == {"job_id": "a-s0", "status": "failed",
+                                                                   "error": "exit status 2: boom"}
+    (job.folder / "error.json").write_text('{"job_id": "a-s0", "status": "finished?"}')
+    with pytest.raises(StudyError, match="error.json is not a job state"):
+        job_state(job)

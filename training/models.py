@@ -17,7 +17,7 @@ from torch import nn
 from generators.errors import TemsynthError
 from generators.files import atomic_path
 
-from .config import AugmentConfig, ModelConfig
+from .config import AugmentConfig, Benchmark, DataSource, ModelConfig, OptimizerConfig, TrainConfig
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -116,37 +116,84 @@ class ModelFolderError(TemsynthError, ValueError):
     pass
 
 
+class SourceRecord(BaseModel):
+    """One data source (or benchmark) as a model folder records it (`data.source_json`): where, which records,
+    the folder's content fingerprint and the pixel sizes a model trained on it expects. Lenient on reading: a
+    record keeps what was written, and `model_dump(exclude_unset=True)` gives back exactly that."""
+    model_config = ConfigDict(extra="allow")
+    path: str | None = None
+    split: str | None = None
+    query: str | None = None
+    format: str | None = None
+    n_images: int | None = None
+    name: str | None = None  # a benchmark's
+    fingerprint: str | None = None
+    pixel_sizes_A: list[float] | None = None
+
+
+class TrainingRecord(TrainConfig):
+    """The training config a model was trained with, as its config.json holds it: the full `TrainConfig`, read
+    leniently (a record is not user input: keys a later version adds pass through; what a hand-made folder
+    leaves out stays unset, and an unrecorded optimizer is None rather than the default's learning rate)."""
+    model_config = ConfigDict(extra="allow")
+    output_dir: str | None = None
+    data: DataSource | list[DataSource] = []
+    benchmarks: list[Benchmark] = []
+    optimizer: OptimizerConfig | None = None
+
+
+class ParentRecord(BaseModel):
+    """What a fine-tuned model records of the model it started from (`train._parent_info`)."""
+    model_config = ConfigDict(extra="allow")
+    path: str | None = None
+    name: str | None = None
+    epoch: int | None = None
+    seed: int | None = None
+    train_data: list[SourceRecord] = []
+
+
 class ModelFolderConfig(BaseModel):
     """A model folder's config.json, read and typed in one place: the architecture, and what predicting,
-    evaluating, fine-tuning and studies take from the run that made it (provenance keys pass through)."""
+    evaluating, fine-tuning and studies take from the run that made it. Keys a later version writes pass
+    through (`model_extra`)."""
     model_config = ConfigDict(extra="allow", protected_namespaces=())
     model: ModelConfig
     name: str | None = None
     n_parameters: int | None = None
-    training_config: dict = {}
-    train_data: list[dict] = []
-    init_from: dict | None = None
+    phase: str | None = None
+    seed: int | None = None
+    world_size: int | None = None
+    mixed_precision: str | None = None
+    training_config: TrainingRecord = TrainingRecord()
+    train_data: list[SourceRecord] = []
+    benchmarks: list[SourceRecord] = []
+    init_from: ParentRecord | None = None
+    epoch_offset: int | None = None
+    epoch: int | None = None
+    phase_epoch: int | None = None
+    scores: dict[str, dict] | None = None
 
     @property
     def augment(self) -> AugmentConfig:
         """The intensity normalisation and augmentations it was trained with (inputs must be normalised alike)."""
-        return AugmentConfig.model_validate(self.training_config.get("augment", {}))
+        return self.training_config.augment
 
     @property
     def lr(self) -> float | None:
-        return self.training_config.get("optimizer", {}).get("lr")
+        return self.training_config.optimizer.lr if self.training_config.optimizer else None
 
     @property
     def pixel_size_A(self) -> float | None:
-        """The one pixel size of its training data, if it had one (fields are resampled to it)."""
-        sizes = {px for src in self.train_data for px in src.get("pixel_sizes_A") or []}
+        """The one pixel size of its training data, if it had one (fields are resampled to it). Each source's was
+        recorded from its data folder object (`DatasetFolder.pixel_size_A`, through `data.source_json`)."""
+        sizes = {px for src in self.train_data for px in src.pixel_sizes_A or []}
         return sizes.pop() if len(sizes) == 1 else None
 
     @property
-    def first_phase_data(self) -> list[dict]:
+    def first_phase_data(self) -> list[SourceRecord]:
         """The simulated data of its first training phase (a fine-tuned model's parent's)."""
         if self.init_from:
-            return self.init_from.get("train_data") or []
+            return self.init_from.train_data
         return self.train_data
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from generators.dataset import DatasetFolder
 from generators.errors import TemsynthError, exit_status
+from generators.folder import RunError
 from temsynth.resources import real_set_dir
 
 BARE_FRACTION = 0.005
@@ -54,12 +56,19 @@ def fields(real_dir: Path) -> list[dict]:
 
 
 def split_of(imported: Path) -> dict[str, str]:
-    """source file -> split in an imported experimental folder."""
+    """source file -> split in an imported experimental folder, read through the folder object: its manifest
+    read and checked once, its shards as the manifest lists them."""
     import pyarrow.dataset as pads
 
-    if not (Path(imported) / "data").is_dir():
-        raise ScoreError(f"--split-from {imported}: not an imported folder (no data/); make one with `temsynth import`")
-    t = pads.dataset(Path(imported) / "data", format="parquet").to_table(columns=["source_file", "split"])
+    try:
+        folder = DatasetFolder.open(imported)
+    except RunError as err:
+        raise ScoreError(f"--split-from {err}; give the folder `temsynth import` made") from None
+    if not folder.experimental:
+        raise ScoreError(f"--split-from {imported}: a {folder.kind} folder, not an imported one (its records have no "
+                         "source file); give the folder `temsynth import` made")
+    with folder.reading():
+        t = pads.dataset(folder.files("parquet"), format="parquet").to_table(columns=["source_file", "split"])
     return dict(zip(t["source_file"].to_pylist(), t["split"].to_pylist()))
 
 
@@ -201,8 +210,10 @@ def draw_scenes(dataset: Path, out: Path, real_dir: Path | None = None, n: int =
     from generators.micrographs import resample
 
     real_dir = Path(real_dir) if real_dir is not None else default_real_dir()
-    t = pads.dataset(dataset / "data", format="parquet").to_table(
-        columns=["record_id", "image", "instance_mask", "n_particles", "pixel_size_A", "image_size_px"])
+    folder = DatasetFolder.open(dataset)  # its shards as the manifest lists them, its pixel size (one place)
+    with folder.reading():
+        t = pads.dataset(folder.files("parquet"), format="parquet").to_table(
+            columns=["record_id", "image", "instance_mask", "n_particles", "image_size_px"])
     t = t.sort_by("record_id")
     picks = [i for i, k in enumerate(t["n_particles"].to_pylist()) if k > 0][:: max(1, len(t) // (4 * n))][:n - 1]
     picks.append(t["n_particles"].to_pylist().index(0) if 0 in t["n_particles"].to_pylist() else n - 1)
@@ -217,7 +228,7 @@ def draw_scenes(dataset: Path, out: Path, real_dir: Path | None = None, n: int =
         axes[0, j].set_title(f"simulated, {t['n_particles'][i].as_py()} particles", fontsize=8)
         axes[1, j].imshow(lab, cmap="tab20", interpolation="nearest", vmin=0, vmax=20)
         axes[1, j].set_title("instance mask", fontsize=8)
-    px = t["pixel_size_A"][0].as_py()
+    px = folder.pixel_size_A
     for j, f in enumerate(real):
         img = resample(_read_pair(real_dir, f)[0], float(f["pixel_size_A"]), px)
         axes[2, j].imshow(img, cmap="gray")

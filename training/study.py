@@ -24,9 +24,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from generators.cluster import (
     RUNNING_FILE,
@@ -55,7 +56,7 @@ from .card import versions
 from .config import Benchmark, DataSource, differing_keys, train_config
 from .finetune import DEFAULTS as FINETUNE_DEFAULTS
 from .finetune import finetune_lr
-from .models import read_model_config
+from .models import SourceRecord, read_model_config
 from .report import write_report
 from .results import EPOCH_SCORES, RESULT_SCHEMA, RESULTS_FILE, STUDY_FILE, read_metrics
 from .train import RESUMABLE_CHANGES, RUN_CONFIG_FILE
@@ -183,6 +184,30 @@ class Launch:
     cwd: str | None = None
 
 
+class JobState(BaseModel):
+    """How a job ended: what `run_job` returns and what its done.json or error.json holds (written by
+    `write_job_state`, read by `job_state`). "interrupted" (stopped from outside) is returned, never written:
+    a re-run resumes that job. Keys a later version adds pass through."""
+    model_config = ConfigDict(extra="allow")
+    job_id: str
+    status: Literal["done", "failed", "interrupted"]
+    started: float | None = None
+    seconds: float = 0.0
+    finished: float | None = None
+    returncode: int | None = None
+    host: str | None = None
+    gpus: list[str] | None = None
+    devices: int | None = None
+    threads: str | None = None
+    log: str | None = None
+    error: str | None = None
+    summary: dict | None = Field(None, description="the training run's summary.json (model_dir, metrics_file, ...)")
+    model_fingerprint: str | None = Field(None, description="sha256 of the job's final model.safetensors")
+
+
+STATE_FILES = {"done": "done.json", "failed": "error.json"}
+
+
 def _job_configs(study: StudyConfig, source: str) -> list[StudyJob]:
     """Every job's validated training config, in an order where a fine-tuning job follows its parent."""
     root = Path(study.output_dir) / "jobs"
@@ -223,7 +248,7 @@ def load_study(path: str | Path) -> tuple[StudyConfig, list[StudyJob]]:
     return study, _job_configs(study, str(path))
 
 
-def run_job(job: StudyJob, parent: dict | None = None, launch: Launch | None = None) -> dict:
+def run_job(job: StudyJob, parent: JobState | None = None, launch: Launch | None = None) -> JobState:
     """One training or fine-tuning run in its own fresh process (`python -m training.train`, or `accelerate
     launch` for several devices), started from a Dask task or from this process; never raises for a failed job
     (errors are results). The process gets `launch.threads` threads and the GPUs this worker owns, writes
@@ -234,9 +259,9 @@ def run_job(job: StudyJob, parent: dict | None = None, launch: Launch | None = N
     t0 = time.perf_counter()
     started = time.time()
     base = {"job_id": job.job_id, "started": started}
-    if parent is not None and parent.get("status") != "done":
-        return _failed(out, {**base, "status": "failed", "seconds": 0.0, "error": f"parent job {job.parent} "
-                             f"did not finish: {parent.get('error', parent.get('status', 'unknown'))}"})
+    if parent is not None and parent.status != "done":
+        return write_job_state(out, JobState(**base, status="failed", seconds=0.0, error=f"parent job {job.parent} "
+                                             f"did not finish: {parent.error or parent.status}"))
     devices = launch.devices
     gpus = choose_gpus(devices, launch.gpus_per_worker, worker_index())
     with atomic_path(out / JOB_CONFIG_FILE) as tmp:
@@ -247,58 +272,61 @@ def run_job(job: StudyJob, parent: dict | None = None, launch: Launch | None = N
     try:
         rc = launch_job(cmd, out, env, launch.cwd, JOB_LOG)
     except OSError as err:  # the program could not be started (python or accelerate missing on the node)
-        return _failed(out, {**base, "status": "failed", "seconds": time.perf_counter() - t0,
-                             "error": f"could not start {cmd[0]}: {err}"})
+        return write_job_state(out, JobState(**base, status="failed", seconds=time.perf_counter() - t0,
+                                             error=f"could not start {cmd[0]}: {err}"))
     seconds = time.perf_counter() - t0
     info = {**base, "seconds": seconds, "finished": time.time(), "returncode": rc, "host": socket.gethostname(),
             "gpus": gpus, "devices": devices, "threads": env["OMP_NUM_THREADS"], "log": str(out / JOB_LOG)}
     if rc == 0:
         summary = json.loads((out / "summary.json").read_text())
-        result = {**info, "status": "done", "summary": summary,
-                  "model_fingerprint": sha256_file(Path(summary["model_dir"]) / "model.safetensors")}
-        (out / "error.json").unlink(missing_ok=True)
-        with atomic_path(out / "done.json") as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
-        return result
+        (out / STATE_FILES["failed"]).unlink(missing_ok=True)
+        return write_job_state(out, JobState(**info, status="done", summary=summary, model_fingerprint=sha256_file(
+            Path(summary["model_dir"]) / "model.safetensors")))
     if -rc in STOP_SIGNALS:  # stopped from outside (a killed study): not a failure; a re-run resumes it
-        return {**info, "status": "interrupted", "error": f"stopped by signal {-rc}"}
+        return JobState(**info, status="interrupted", error=f"stopped by signal {-rc}")
     why = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
-    return _failed(out, {**info, "status": "failed", "error": f"{why}: {last_error_line(out / JOB_LOG)}"})
+    return write_job_state(out, JobState(**info, status="failed", error=f"{why}: {last_error_line(out / JOB_LOG)}"))
 
 
-def _failed(out: Path, result: dict) -> dict:
-    with atomic_path(out / "error.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
-    return result
+def write_job_state(folder: Path, state: JobState) -> JobState:
+    """done.json (written last, atomically: the job is then done) or error.json; the state is returned."""
+    with atomic_path(folder / STATE_FILES[state.status]) as tmp:
+        tmp.write_text(json.dumps(state.model_dump(mode="json", exclude_unset=True), indent=2))
+    return state
 
 
-def job_state(job: StudyJob) -> dict | None:
-    d = job.folder
-    for name in ("done.json", "error.json"):
-        if (d / name).exists():
-            return json.loads((d / name).read_text())
+def job_state(job: StudyJob) -> JobState | None:
+    """The job's done.json, else its error.json, typed; None for a job that never ended."""
+    for name in STATE_FILES.values():
+        f = job.folder / name
+        if f.exists():
+            try:
+                return JobState.model_validate_json(f.read_bytes())
+            except ValidationError as err:
+                first = " ".join(str(err).split())[:200]
+                raise StudyError(f"{f} is not a job state ({first}); delete it to run the job again") from None
     return None
 
 
 # ---------------------------------------------------------------- results
-def _job_rows(study: StudyConfig, job: StudyJob, state: dict) -> list[dict]:
+def _job_rows(study: StudyConfig, job: StudyJob, state: JobState) -> list[dict]:
     subset = next(s for s in study.subsets if s.name == job.subset)
     paths = ";".join(s.path for s in subset.sources)
-    fps = ";".join(d.get("fingerprint") or "" for d in _train_data_info(state))
+    fps = ";".join(d.fingerprint or "" for d in _train_data_info(state))
     rows = []
-    for r in read_metrics(Path(state["summary"]["metrics_file"])):
+    for r in read_metrics(Path(state.summary["metrics_file"])):
         if r["phase"] != job.phase:
             continue  # a fine-tuning job's file starts with its parent's rows; those belong to the parent
         rows.append({"study": study.name, "job_id": job.job_id, "subset": subset.name,
                      "subset_query": subset.query_text, "data_path": paths, "data_fingerprint": fps,
                      "seed": job.seed, "phase": job.phase, "finetune_images": job.finetune_images,
-                     **{f.name: r[f.name] for f in EPOCH_SCORES}, "model_fingerprint": state["model_fingerprint"]})
+                     **{f.name: r[f.name] for f in EPOCH_SCORES}, "model_fingerprint": state.model_fingerprint})
     return rows
 
 
-def _train_data_info(state: dict) -> list[dict]:
+def _train_data_info(state: JobState) -> list[SourceRecord]:
     """The training data of the job's first phase (a fine-tuning job inherits its parent's subset)."""
-    return read_model_config(state["summary"]["model_dir"]).first_phase_data
+    return read_model_config(state.summary["model_dir"]).first_phase_data
 
 
 def write_results(study: StudyConfig, jobs: list[StudyJob], cache: dict | None = None) -> Path:
@@ -311,7 +339,7 @@ def write_results(study: StudyConfig, jobs: list[StudyJob], cache: dict | None =
     for job in jobs:
         if job.job_id not in cache:
             state = job_state(job)
-            if not state or state["status"] != "done":
+            if not state or state.status != "done":
                 continue
             cache[job.job_id] = _job_rows(study, job, state)
         rows += cache[job.job_id]
@@ -339,10 +367,10 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
     states = {j.job_id: job_state(j) for j in jobs}
     _check_done_jobs(jobs, states)
     todo = [j for j in jobs if not states[j.job_id] or
-            (states[j.job_id]["status"] == "failed" and retry_failed)]
+            (states[j.job_id].status == "failed" and retry_failed)]
     skipped_failed = [j.job_id for j in jobs if states[j.job_id] and
-                      states[j.job_id]["status"] == "failed" and not retry_failed]
-    done_before = sum(1 for s in states.values() if s and s["status"] == "done")
+                      states[j.job_id].status == "failed" and not retry_failed]
+    done_before = sum(1 for s in states.values() if s and s.status == "done")
     log(f"study {study.name}: {len(jobs)} jobs, {done_before} done before, {len(todo)} to run "
         f"({cluster.describe()})"
         + (f", {len(skipped_failed)} failed before (--retry-failed to run them again)" if skipped_failed else ""))
@@ -351,17 +379,17 @@ def run_study(path: str | Path, workers: int | None = None, scheduler: str | Non
     results = _run_jobs(study, jobs, todo, cluster, progress, cache) if todo else []
     wall = time.perf_counter() - t0
     write_results(study, jobs, cache)
-    final = {j.job_id: job_state(j) or {} for j in jobs}
-    failed = {k: s.get("error") for k, s in final.items() if s.get("status") == "failed"}
-    interrupted = [r["job_id"] for r in results if r["status"] == "interrupted"]
-    job_seconds = sum(r["seconds"] for r in results)
+    final = [s for s in (job_state(j) for j in jobs) if s is not None]
+    failed = {s.job_id: s.error for s in final if s.status == "failed"}
+    interrupted = [r.job_id for r in results if r.status == "interrupted"]
+    job_seconds = sum(r.seconds for r in results)
     timing = {"wall_seconds": round(wall, 2), "jobs_run": len(results), "job_seconds": round(job_seconds, 2),
               "cluster": cluster.describe(), "workers": None if cluster.scheduler else cluster.workers,
               "scheduler": cluster.scheduler, "threads_per_job": cluster.threads(),
               "jobs_per_hour": round(3600 * len(results) / wall, 1) if results else None}
     _write_study_json(study, out, jobs, timing, failed)
     summary = {"study": study.name, "output_dir": str(out), "jobs": len(jobs),
-               "done": sum(s.get("status") == "done" for s in final.values()),
+               "done": sum(s.status == "done" for s in final),
                "failed": failed, "interrupted": interrupted, "results": str(out / RESULTS_FILE), "timing": timing}
     for job_id, err in failed.items():
         log(f"FAILED {job_id}: {err}")
@@ -386,7 +414,7 @@ def _check_folder(study: StudyConfig, out: Path) -> None:
 def _check_done_jobs(jobs: list[StudyJob], states: dict) -> None:
     """A finished job is only reused for the config it ran with (a subset's query may have been edited)."""
     for job in jobs:
-        if (states[job.job_id] or {}).get("status") != "done":
+        if states[job.job_id] is None or states[job.job_id].status != "done":
             continue
         ran = json.loads((job.folder / RUN_CONFIG_FILE).read_text())
         diff = differing_keys(ran, job.config, RESUMABLE_CHANGES)
@@ -406,7 +434,7 @@ def _write_study_json(study, out, jobs, timing, failed) -> None:
         tmp.write_text(json.dumps(doc, indent=2))
 
 
-def _run_jobs(study, jobs, todo, cluster: ClusterConfig, progress, cache) -> list[dict]:
+def _run_jobs(study, jobs, todo, cluster: ClusterConfig, progress, cache) -> list[JobState]:
     """Each job a task (a fine-tuning job after its parent) that starts the job's own process."""
     from tqdm.auto import tqdm
 
@@ -425,7 +453,7 @@ def _run_jobs(study, jobs, todo, cluster: ClusterConfig, progress, cache) -> lis
         finished.append(r)
         bar.update(1)
         write_results(study, jobs, cache)  # after every job: a kill loses nothing that finished
-        failed = sum(x["status"] == "failed" for x in finished)
+        failed = sum(x.status == "failed" for x in finished)
         running = sum(_running(j, since) for j in todo)
         bar.set_postfix_str(f"done {len(finished) - failed} running {running} failed {failed}")
 
@@ -457,9 +485,9 @@ def _running(job: StudyJob, since: float) -> bool:
         return False
 
 
-def _worker_lost(job: StudyJob, err: Exception) -> dict:
-    return _failed(job.folder, {"job_id": job.job_id, "status": "failed", "seconds": 0.0,
-                                "error": f"worker lost: {type(err).__name__}: {err}"})
+def _worker_lost(job: StudyJob, err: Exception) -> JobState:
+    return write_job_state(job.folder, JobState(job_id=job.job_id, status="failed", seconds=0.0,
+                                                error=f"worker lost: {type(err).__name__}: {err}"))
 
 
 # ---------------------------------------------------------------- command line

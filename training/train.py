@@ -266,9 +266,9 @@ def _parent_info(cfg: TrainConfig, parent: ModelFolderConfig | None) -> dict | N
     """What a fine-tuned model records of its parent, from the parent's config.json as `load_model` typed it."""
     if parent is None:
         return None
-    provenance = parent.model_extra or {}  # keys the run wrote beside the typed ones
-    return {"path": str(Path(cfg.init_from).resolve()), "name": parent.name, "epoch": provenance.get("epoch"),
-            "train_data": parent.train_data, "seed": provenance.get("seed")}
+    return {"path": str(Path(cfg.init_from).resolve()), "name": parent.name, "epoch": parent.epoch,
+            "train_data": [s.model_dump(mode="json", exclude_unset=True) for s in parent.train_data],
+            "seed": parent.seed}
 
 
 def _finish(cfg: TrainConfig, out: Path, state: TrainState, info: dict) -> dict:
