@@ -87,6 +87,46 @@ def test_defocus_and_astigmatism_recovered_on_simulated_carbon(carbon_fields):
         assert 0.5 <= fit.focal_spread_nm <= 8.0
 
 
+def test_defocus_recovered_through_a_renderings_blur(carbon_fields):
+    """A display rendering's resampling blurs signal and noise alike, so the noise floor falls too: read by a
+    polynomial, its Gaussian fall-off was taken for a near-focus passband (a field at -28.5 nm blurred by one pixel
+    fitted -0.3 nm). The fit's noise carries its own fall-off, and the defocus comes back within 2 nm."""
+    from scipy import ndimage
+
+    cfg, images, metas = carbon_fields
+    for img, m in zip(images, metas):
+        blurred = ndimage.gaussian_filter(np.asarray(img, np.float64), 1.0)
+        fit = fit_ctf(power_spectrum(blurred, cfg.imaging.pixel_size_A), cs_mm=0.0)
+        mid = m["defocus_nm"] + CARBON_A / 20
+        assert abs(abs(fit.defocus_nm) - abs(mid)) < 2.0, (mid, fit.defocus_nm, fit.falloff_A2)
+
+
+def test_focal_spread_on_its_search_bound_is_not_proposed(carbon_fields):
+    """A spread that ends on the search's bound was not measured (the fall-off took the envelope): with most
+    fields there, the base config's range is kept and the note says why; otherwise only the fields that
+    resolved it are drawn from."""
+    import dataclasses
+
+    from generators.calibration.propose import propose
+
+    cfg, images, metas = carbon_fields
+    ms = [measure(np.round(img), cfg.imaging.pixel_size_A, f"f{i}.npy") for i, img in enumerate(images)]
+    assert not any(m.ctf.focal_spread_at_bound for m in ms)  # 2-6 nm, inside the search's 0.5-8 nm
+    for n_bound in (3, 1):
+        marked = [dataclasses.replace(m, ctf=dataclasses.replace(m.ctf, focal_spread_at_bound=i < n_bound))
+                  for i, m in enumerate(ms)]
+        data, notes = propose(marked, cfg, "mine")
+        note = next(n for n in notes if n.startswith("imaging.focal_spread_nm"))
+        if n_bound == 3:
+            kept = cfg.model_dump(mode="json", exclude_none=True)["imaging"]["focal_spread_nm"]
+            assert data["imaging"]["focal_spread_nm"] == kept
+            assert "kept" in note and "3 of 4" in note, note
+        else:
+            values = data["imaging"]["focal_spread_nm"]["empirical"]["values"]
+            assert values == [round(m.ctf.focal_spread_nm, 2) for m in ms[1:]], (values, note)
+            assert "1 left out" in note, note
+
+
 def test_dose_and_gain_from_counts():
     """Poisson counts times a gain: past the information limit the spectrum's floor is gain x mean, so the
     gain and the dose come back; grey levels in [0, 1] are display values and give neither."""

@@ -53,6 +53,9 @@ class CTFFit:
     sign_ambiguous: bool
     first_zero_A: float  # period of the first CTF zero along the mean defocus; 0 when none is in the band
     information_limit_A: float  # where the envelope falls to exp(-2)
+    # The focal spread ended on an end of its search range: the fall-off exp(-B k^2) took the envelope (in a short
+    # band, or under a rendering's blur, the two trade off), so the spread itself was not measured.
+    focal_spread_at_bound: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -119,24 +122,31 @@ class FitError(ValueError):
 
 
 N_NOISE = 3  # n0, n2, n4: the CTF term's amplitude is the next coefficient
+# The noise's own fall-off searched (Å^2): none (a counting camera's white noise) to a display rendering's blur.
+NOISE_FALLOFFS = (0.0, 3.0, 10.0, 30.0)
 
 
-def _columns(k: np.ndarray, shape: np.ndarray, flexible: bool = False) -> list[np.ndarray]:
+def _columns(k: np.ndarray, shape: np.ndarray, flexible: bool = False, noise_b: float = 0.0) -> list[np.ndarray]:
     """The linear parts: noise n0 + n2 k^2 + n4 k^4 (a scintillator's MTF bends the noise down across the band;
     with n0 + n2 k^2 alone a near-focus CTF term took that bend for a passband) and the CTF term's amplitude a0
     (flexible: a0 + a1 k + a2 k^2, which also takes up part of the envelope: tried as the defocus search's model, it
-    fitted a strong envelope on a near-focus passband in place of the true ring as often as not)."""
+    fitted a strong envelope on a near-focus passband in place of the true ring as often as not). noise_b: the
+    noise's own fall-off exp(-noise_b k^2), where a blur acts after the noise (a display rendering's
+    resampling, a scintillator's light spread): a polynomial cannot follow that Gaussian fall-off, and the CTF term
+    under a strong fall-off took it for a near-focus passband (a field blurred by 1 px read -30 nm as -0.3 nm)."""
     k2 = np.broadcast_to(k**2, shape.shape)
-    cols = [np.ones_like(shape), k2, k2**2, shape]
+    g = np.exp(-noise_b * k2) if noise_b else np.ones_like(shape)
+    cols = [g, g * k2, g * k2**2, shape]
     return cols + [shape * k, shape * k**2] if flexible else cols
 
 
-def _solve_linear(p: np.ndarray, k: np.ndarray, shape: np.ndarray, flexible: bool = False) -> tuple[float, np.ndarray]:
+def _solve_linear(p: np.ndarray, k: np.ndarray, shape: np.ndarray, flexible: bool = False, noise_b: float = 0.0
+                  ) -> tuple[float, np.ndarray]:
     """Weighted least squares of P = n0 + n2 k^2 + n4 k^4 + a0 shape, relative residuals (an averaged
     periodogram's error is proportional to its value), with a0 >= 0: an inverted CTF term is no fit (its cost
     is then the noise-only model's). Returns (cost, coefficients)."""
     w = 1.0 / p
-    design = np.stack(_columns(k, shape, flexible), axis=-1) * w[:, None]
+    design = np.stack(_columns(k, shape, flexible, noise_b), axis=-1) * w[:, None]
     coef, *_ = np.linalg.lstsq(design, np.ones_like(p), rcond=None)
     if coef[N_NOISE] < 0:
         coef = np.zeros(design.shape[1])
@@ -145,20 +155,20 @@ def _solve_linear(p: np.ndarray, k: np.ndarray, shape: np.ndarray, flexible: boo
     return float(r @ r), coef
 
 
-def _costs_many(p: np.ndarray, k: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+def _costs_many(p: np.ndarray, k: np.ndarray, shapes: np.ndarray, noise_b: float = 0.0) -> np.ndarray:
     """`_solve_linear`'s cost for many shapes at once (normal equations, batched)."""
     w = 1.0 / p
-    u = np.stack(_columns(k, shapes), axis=-1) * w[None, :, None]
+    u = np.stack(_columns(k, shapes, noise_b=noise_b), axis=-1) * w[None, :, None]
     gram = np.einsum("nki,nkj->nij", u, u)
     rhs = u.sum(axis=1)
     try:
         coef = np.linalg.solve(gram, rhs[..., None])[..., 0]
     except np.linalg.LinAlgError:
-        return np.array([_solve_linear(p, k, sh)[0] for sh in shapes])
+        return np.array([_solve_linear(p, k, sh, noise_b=noise_b)[0] for sh in shapes])
     costs = len(k) - np.einsum("ni,ni->n", rhs, coef)
     negative = coef[:, N_NOISE] < 0
     if np.any(negative):
-        costs[negative] = _solve_linear(p, k, np.zeros_like(k))[0]
+        costs[negative] = _solve_linear(p, k, np.zeros_like(k), noise_b=noise_b)[0]
     return costs
 
 
@@ -188,7 +198,7 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
     cs_A = cs_mm * 1e7
 
     # Noise-only reference: how much of the spectrum's shape is left for the CTF term to explain.
-    base_cost, _ = _solve_linear(prof, k, np.zeros_like(k), flexible=False)
+    base_cost = min(_solve_linear(prof, k, np.zeros_like(k), noise_b=nb)[0] for nb in NOISE_FALLOFFS)
 
     # 1-D exhaustive search. The defocus step keeps chi's change at the band's edge under 0.25 rad.
     step_A = 0.25 / (math.pi * lam * k[-1] ** 2)
@@ -196,14 +206,16 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
     sigmas = np.linspace(*focal_spread_range_nm, 8)
     falloffs = np.array([0.0, 3.0, 10.0, 30.0])
     by_df = np.full(len(dfs), np.inf)
-    arg = np.zeros((len(dfs), 2))
+    arg = np.zeros((len(dfs), 3))
     chi = dfs[:, None] * c10[None, :] + cs_A * c30[None, :]
     pure = (np.sin(chi) - AMPLITUDE_CONTRAST * np.cos(chi)) ** 2
-    for sg in sigmas:
-        for b in falloffs:
-            costs = _costs_many(prof, k, pure * (envelope(k, energy_keV, sg) ** 2 * np.exp(-b * k**2))[None, :])
-            better = costs < by_df
-            by_df[better], arg[better] = costs[better], (sg, b)
+    for nb in NOISE_FALLOFFS:
+        for sg in sigmas:
+            for b in falloffs:
+                shapes = pure * (envelope(k, energy_keV, sg) ** 2 * np.exp(-b * k**2))[None, :]
+                costs = _costs_many(prof, k, shapes, noise_b=nb)
+                better = costs < by_df
+                by_df[better], arg[better] = costs[better], (sg, b, nb)
     # Several local minima can be close in the radial average (a near-focus passband under a strong envelope
     # mimics a ring further out): refine the three best in 2-D, where the astigmatic pattern decides.
     minima = [i for i in range(len(dfs))
@@ -211,35 +223,33 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
     minima = sorted(minima, key=lambda i: by_df[i])[:3]
 
     def cost1(x):
-        df, sg = x[:2]
-        b = x[2] if len(x) > 2 else 0.0
-        if not (focal_spread_range_nm[0] <= sg <= focal_spread_range_nm[1]) or not 0 <= b <= 200:
+        df, sg, b, nb = x
+        if not (focal_spread_range_nm[0] <= sg <= focal_spread_range_nm[1]) or not (0 <= b <= 200 and 0 <= nb <= 200):
             return np.inf
         shape = ctf_power(k, energy_keV, df, cs_A, sg, c10=c10, c30=c30) * np.exp(-b * k**2)
-        return _solve_linear(prof, k, shape)[0]
+        return _solve_linear(prof, k, shape, noise_b=nb)[0]
 
     polar_data = polar(s, k, n_angles) if astigmatism else None
     candidates = []
     for i in minima:
-        x0 = [dfs[i], arg[i, 0], arg[i, 1]]
+        x0 = np.array([dfs[i], *arg[i]])
+        simplex = [x0] + [x0 + step for step in np.diag([step_A, 0.7, 3.0, 3.0])]
         r = optimize.minimize(cost1, x0, method="Nelder-Mead",
-                              options={"xatol": 0.3, "fatol": 1e-10,
-                                       "initial_simplex": [x0, [x0[0] + step_A, x0[1], x0[2]],
-                                                           [x0[0], x0[1] + 0.7, x0[2]], [x0[0], x0[1], x0[2] + 3]]})
-        df1, sg1, b1 = r.x
+                              options={"xatol": 0.3, "fatol": 1e-10, "initial_simplex": simplex})
+        df1, sg1, b1, nb1 = r.x
         if polar_data is not None:
-            c2, (df2, astig, angle) = _refine_astigmatism(polar_data, k, energy_keV, cs_A, df1, sg1, b1)
+            c2, (df2, astig, angle) = _refine_astigmatism(polar_data, k, energy_keV, cs_A, df1, sg1, b1, nb1)
         else:
             c2, (df2, astig, angle) = r.fun, (df1, 0.0, 0.0)
-        candidates.append((c2, df2, astig, angle, sg1, b1, float(r.fun)))
-    _, df, astig, angle, sg, b, cost_1d = min(candidates)
+        candidates.append((c2, df2, astig, angle, sg1, b1, nb1, float(r.fun)))
+    _, df, astig, angle, sg, b, nb, cost_1d = min(candidates)
 
     # Sign: the best fit with the defocus's sign forced the other way.
     other = dfs[np.sign(dfs) == -np.sign(df)] if df != 0 else np.array([])
     sign_ambiguous = True
     if len(other):
         d2 = other[int(np.argmin(by_df[np.sign(dfs) == -np.sign(df)]))]
-        alt = optimize.minimize(cost1, [d2, sg, b], method="Nelder-Mead", options={"xatol": 0.5, "fatol": 1e-10})
+        alt = optimize.minimize(cost1, [d2, sg, b, nb], method="Nelder-Mead", options={"xatol": 0.5, "fatol": 1e-10})
         # Within SIGN_MARGIN of the CTF term's gain the two signs are not told apart by this spectrum.
         sign_ambiguous = bool((alt.fun - cost_1d) < SIGN_MARGIN * max(base_cost - cost_1d, 1e-12))
 
@@ -253,10 +263,11 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
     return CTFFit(defocus_nm=float(df) / 10, astigmatism_nm=float(astig) / 10, astigmatism_angle_deg=float(angle),
                   focal_spread_nm=sg, falloff_A2=b, cs_mm=cs_mm, energy_keV=energy_keV,
                   k_min=float(k[0]), k_max=float(k[-1]), explained=float(explained),
-                  sign_ambiguous=sign_ambiguous, first_zero_A=first_zero, information_limit_A=1 / info)
+                  sign_ambiguous=sign_ambiguous, first_zero_A=first_zero, information_limit_A=1 / info,
+                  focal_spread_at_bound=not (1.02 * focal_spread_range_nm[0] < sg < 0.98 * focal_spread_range_nm[1]))
 
 
-def _refine_astigmatism(polar_data, k, energy_keV, cs_A, df, sg, b):
+def _refine_astigmatism(polar_data, k, energy_keV, cs_A, df, sg, b, nb):
     """C10, C12 and phi12 from the polar spectrum: every direction shares the noise and the carbon's amplitude
     (isotropic), and sees its own defocus C10 + C12 cos 2(phi - phi12)."""
     phi, pol = polar_data
@@ -271,7 +282,7 @@ def _refine_astigmatism(polar_data, k, energy_keV, cs_A, df, sg, b):
         d, a, c = x
         local = d + a * cos2 + c * sin2
         shape = ctf_power(k, energy_keV, local, cs_A, sg, c10=c10[None, :], c30=c30[None, :]) * np.exp(-b * k**2)
-        return _solve_linear(p, kk, shape.ravel())[0]
+        return _solve_linear(p, kk, shape.ravel(), noise_b=nb)[0]
 
     starts = [[df, 0.0, 0.0]] + [[df, 30 * math.cos(t), 30 * math.sin(t)] for t in np.arange(4) * math.pi / 4]
     best = min((optimize.minimize(cost, x0, method="Nelder-Mead", options={"xatol": 0.3, "fatol": 1e-10})

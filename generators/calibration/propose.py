@@ -71,10 +71,7 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
     im["astigmatism_nm"] = _empirical([m.ctf.astigmatism_nm for m in measurements], ASTIGMATISM_JITTER_NM, 0, 1000)
     notes.append("imaging.astigmatism_nm: measured (2-D fit of the rings); angle kept uniform (fields rotate "
                  "with the specimen)")
-    im["focal_spread_nm"] = _empirical([m.ctf.focal_spread_nm for m in measurements], FOCAL_SPREAD_JITTER_NM, 0, 100)
-    notes.append("imaging.focal_spread_nm: measured from the rings' envelope (information limit "
-                 f"{min(m.ctf.information_limit_A for m in measurements):.2f}-"
-                 f"{max(m.ctf.information_limit_A for m in measurements):.2f} Å)")
+    notes.append(_focal_spread(measurements, base, im))
     notes.append(f"imaging.cs_mm: kept ({_describe(base.imaging.cs_mm)}): the rings of a near-focus, corrected "
                  "lens do not fix Cs; give --cs-mm for the fit if yours is known")
 
@@ -129,6 +126,30 @@ def _describe(d) -> str:
     if isinstance(d, Choice):
         return f"choice of {list(d.choice)}"
     return " ".join(f"{k} {v}" for k, v in d.model_dump().items())
+
+
+def _focal_spread(measurements: list[Measurement], base: GenerationConfig, im: dict) -> str:
+    """The fitted focal spreads where the fit could tell them from the fall-off; else the base config's range. A
+    spread that ends on its search range's bound was not measured: the fall-off took the envelope (on the bundled
+    real set, display renderings downsampled from larger panels, 12 of 16 fields end there, their blur read as
+    fall-off), and proposing the bound would invent a value."""
+    resolved = [m for m in measurements if not m.ctf.focal_spread_at_bound]
+    n_bound = len(measurements) - len(resolved)
+    if len(resolved) * 2 < len(measurements):
+        kept = (_describe(base.imaging.focal_spread_nm) if base.imaging.chromatic is None
+                else "computed from imaging.chromatic")
+        return (f"imaging.focal_spread_nm: kept ({kept}): on {n_bound} of "
+                f"{len(measurements)} micrographs the fit ended on its search bound, the rings' fall-off taking the "
+                "envelope (the two trade off in a short band or under a rendering's blur), so the spread was not "
+                "measured")
+    im["focal_spread_nm"] = _empirical([m.ctf.focal_spread_nm for m in resolved], FOCAL_SPREAD_JITTER_NM, 0, 100)
+    replaced = " (replaces the base config's chromatic focal spread)" if im.pop("chromatic", None) else ""
+    return ("imaging.focal_spread_nm: measured from the rings' envelope on "
+            f"{len(resolved)} micrograph(s) (information limit "
+            f"{min(m.ctf.information_limit_A for m in resolved):.2f}-"
+            f"{max(m.ctf.information_limit_A for m in resolved):.2f} Å)"
+            + (f"; {n_bound} left out, their fit on the search bound (fall-off took the envelope)" if n_bound else "")
+            + replaced)
 
 
 def _camera(measurements: list[Measurement], im: dict) -> str:
