@@ -56,6 +56,7 @@ class CTFFit:
     # The focal spread ended on an end of its search range: the fall-off exp(-B k^2) took the envelope (in a short
     # band, or under a rendering's blur, the two trade off), so the spread itself was not measured.
     focal_spread_at_bound: bool = False
+    noise_falloff_A2: float = 0.0  # B_n of the noise's exp(-B_n k^2) (a blur after the noise)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -264,7 +265,8 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
                   focal_spread_nm=sg, falloff_A2=b, cs_mm=cs_mm, energy_keV=energy_keV,
                   k_min=float(k[0]), k_max=float(k[-1]), explained=float(explained),
                   sign_ambiguous=sign_ambiguous, first_zero_A=first_zero, information_limit_A=1 / info,
-                  focal_spread_at_bound=not (1.02 * focal_spread_range_nm[0] < sg < 0.98 * focal_spread_range_nm[1]))
+                  focal_spread_at_bound=not (1.02 * focal_spread_range_nm[0] < sg < 0.98 * focal_spread_range_nm[1]),
+                  noise_falloff_A2=float(nb))
 
 
 def _refine_astigmatism(polar_data, k, energy_keV, cs_A, df, sg, b, nb):

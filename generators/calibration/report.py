@@ -44,8 +44,10 @@ def _fit_figure(m: Measurement, image: np.ndarray, path: Path) -> None:
     k = np.arange(m.ctf.k_min, m.ctf.k_max, s.dk)
     prof = radial_profile(s, k)
     model = _model_profile(m, k)
-    # scale the model onto the data the way the fit does: noise floor plus amplitude, least squares in log
-    design = np.stack([np.ones_like(k), k**2, k**4, model], axis=1) / prof[:, None]
+    # scale the model onto the data the way the fit does: noise floor (with its fall-off) plus amplitude, least
+    # squares of relative residuals
+    g = np.exp(-m.ctf.noise_falloff_A2 * k**2)
+    design = np.stack([g, g * k**2, g * k**4, model], axis=1) / prof[:, None]
     coef = np.linalg.lstsq(design, np.ones_like(k), rcond=None)[0]
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
     lo, hi = np.percentile(image, [0.5, 99.5])
@@ -56,7 +58,8 @@ def _fit_figure(m: Measurement, image: np.ndarray, path: Path) -> None:
     kk, phi = frequencies(s)
     c = m.ctf
     model2d = abtem_ctf_power(kk, phi, c.energy_keV, c.defocus_nm, c.astigmatism_nm, c.astigmatism_angle_deg,
-                              c.cs_mm, c.focal_spread_nm)
+                              c.cs_mm, c.focal_spread_nm) * np.exp(-c.falloff_A2 * kk**2)
+    model2d /= max(float(model2d.max()), 1e-30)
     show = half.copy()
     right = kk > 0
     right &= np.broadcast_to(np.arange(s.n)[None, :] > s.n // 2, kk.shape)
@@ -64,7 +67,7 @@ def _fit_figure(m: Measurement, image: np.ndarray, path: Path) -> None:
     show[right] = d_lo + (d_hi - d_lo) * model2d[right]
     ax[1].imshow(show, cmap="magma", vmin=d_lo, vmax=d_hi,
                  extent=[-s.nyquist, s.nyquist, -s.nyquist, s.nyquist])
-    ax[1].set_title("spectrum (left) | fitted CTF² (right), 1/Å", fontsize=8)
+    ax[1].set_title("spectrum (left) | fitted CTF² x fall-off (right), 1/Å", fontsize=8)
     ax[2].semilogy(k, prof, ".", ms=3, label="radial median of the spectrum")
     ax[2].semilogy(k, design[:, :4] @ coef * prof, "-", label="noise + fitted CTF (abTEM)")
     ax[2].set_xlabel("k (1/Å)")
