@@ -127,6 +127,29 @@ def test_focal_spread_on_its_search_bound_is_not_proposed(carbon_fields):
             assert "1 left out" in note, note
 
 
+def test_defocus_intervals_hold_the_truth_and_every_plausible_minimum_is_proposed(carbon_fields):
+    """The 1-D search's runs within one unit of chi-square of its minimum: on fields with rings in the band one of
+    them holds the true defocus; a profile with two equal minima gives two runs, and the proposal keeps both."""
+    import dataclasses
+
+    from generators.calibration.ctf_fit import _intervals
+    from generators.calibration.propose import _plausible_defoci
+
+    cfg, images, metas = carbon_fields
+    for img, m in zip(images, metas):
+        fit = fit_ctf(power_spectrum(img, cfg.imaging.pixel_size_A), cs_mm=0.0)
+        mid = abs(m["defocus_nm"] + CARBON_A / 20)
+        assert any(lo - 1.0 <= s * mid <= hi + 1.0 for lo, hi in fit.defocus_intervals_nm for s in (-1, 1)), (
+            mid, fit.defocus_intervals_nm)
+    dfs = np.linspace(-50, 50, 101)
+    cost = np.minimum((dfs + 30) ** 2, (dfs - 10) ** 2 + 0.5) + 100.0  # two minima, 40 nm apart
+    runs = _intervals(dfs, cost, n=58)  # chi-square unit: 100 / 50 = 2
+    assert len(runs) == 2 and runs[0][0] <= -30 <= runs[0][1] and runs[1][0] <= 10 <= runs[1][1], runs
+    ms = measure(np.round(images[0]), cfg.imaging.pixel_size_A, "f0.npy")
+    two = dataclasses.replace(ms, ctf=dataclasses.replace(ms.ctf, defocus_nm=-30.0, defocus_intervals_nm=runs))
+    assert _plausible_defoci(two) == pytest.approx([-30.0, 10.0], abs=1.0)
+
+
 def test_dose_and_gain_from_counts():
     """Poisson counts times a gain: past the information limit the spectrum's floor is gain x mean, so the
     gain and the dose come back; grey levels in [0, 1] are display values and give neither."""

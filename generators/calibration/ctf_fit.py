@@ -57,6 +57,9 @@ class CTFFit:
     # band, or under a rendering's blur, the two trade off), so the spread itself was not measured.
     focal_spread_at_bound: bool = False
     noise_falloff_A2: float = 0.0  # B_n of the noise's exp(-B_n k^2) (a blur after the noise)
+    # The defoci (nm) the radial spectrum cannot tell from the best: runs of the 1-D search whose cost lies within
+    # one unit of chi-square of its minimum (the profile-likelihood 68 % interval), as (low, high) pairs.
+    defocus_intervals_nm: tuple = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -255,6 +258,7 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
         sign_ambiguous = bool((alt.fun - cost_1d) < SIGN_MARGIN * max(base_cost - cost_1d, 1e-12))
 
     sg, b = float(sg), float(b)
+    intervals = _intervals(dfs / 10, by_df, len(k))
     explained = max(0.0, 1.0 - cost_1d / base_cost) if base_cost > 0 else 0.0
     first_zero = 0.0
     z = np.where(np.diff(np.sign(np.sin(df * c10 + cs_A * c30))) != 0)[0]
@@ -266,7 +270,20 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
                   k_min=float(k[0]), k_max=float(k[-1]), explained=float(explained),
                   sign_ambiguous=sign_ambiguous, first_zero_A=first_zero, information_limit_A=1 / info,
                   focal_spread_at_bound=not (1.02 * focal_spread_range_nm[0] < sg < 0.98 * focal_spread_range_nm[1]),
-                  noise_falloff_A2=float(nb))
+                  noise_falloff_A2=float(nb), defocus_intervals_nm=intervals)
+
+
+# Free parameters of the 1-D fit: three noise terms, the CTF's amplitude, defocus, focal spread and both fall-offs.
+N_PARAMETERS = 8
+
+
+def _intervals(dfs_nm: np.ndarray, cost: np.ndarray, n: int) -> tuple:
+    """Runs of defocus whose cost is within one unit of chi-square of the minimum. The cost is a sum of squared
+    relative residuals; its minimum over the degrees of freedom estimates their variance."""
+    s2 = float(np.min(cost)) / max(n - N_PARAMETERS, 1)
+    inside = cost <= np.min(cost) + s2
+    edges = np.flatnonzero(np.diff(np.r_[0, inside.astype(int), 0]))
+    return tuple((round(float(dfs_nm[a]), 2), round(float(dfs_nm[b - 1]), 2)) for a, b in zip(edges[::2], edges[1::2]))
 
 
 def _refine_astigmatism(polar_data, k, energy_keV, cs_A, df, sg, b, nb):

@@ -55,17 +55,21 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
     # half its thickness before it (measured on simulated fields: the fit reads exit + t/2).
     half = carbon_half_thickness_nm(base)
     values = []
-    ambiguous = 0
+    ambiguous = alternatives = 0
     for m in measurements:
         t = m.texture.thickness_A
         h = t / 20 if t and math.isfinite(t) else half  # the field's own support, where it was measured
-        values.append(m.ctf.defocus_nm - h)
+        found = _plausible_defoci(m)
+        alternatives += len(found) > 1
         if m.ctf.sign_ambiguous:
             ambiguous += 1
-            values.append(-m.ctf.defocus_nm - h)
+            found += [-d for d in found]
+        values += [d - h for d in found]
     im["defocus_nm"] = _empirical(sorted(values), DEFOCUS_JITTER_NM, -5000, 5000)
     notes.append(f"imaging.defocus_nm: measured on {len(measurements)} micrographs (Thon-ring fit, minus "
                  f"{half:.1f} nm from the carbon's mid-plane to its exit plane)"
+                 + (f"; on {alternatives} of them the spectrum allows other defoci as well (within one unit of "
+                    "chi-square of the best), which are kept too" if alternatives else "")
                  + (f"; the sign could not be told on {ambiguous} of them (|Cs| too small for the rings to show "
                     "it), so both signs are kept" if ambiguous else ""))
     im["astigmatism_nm"] = _empirical([m.ctf.astigmatism_nm for m in measurements], ASTIGMATISM_JITTER_NM, 0, 1000)
@@ -118,6 +122,18 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
                      "segmentation)")
     from_dict(data, "the proposed config")  # refuse before anything is written
     return data, notes
+
+
+def _plausible_defoci(m: Measurement) -> list[float]:
+    """The fitted defocus and the middle of every other run of defoci the radial spectrum cannot tell from the
+    best (`CTFFit.defocus_intervals_nm`): a small or rendered field's spectrum often has several such minima
+    (near focus and a ring tens of nm out), and proposing one of them would claim a precision it lacks."""
+    found = [m.ctf.defocus_nm]
+    for lo, hi in m.ctf.defocus_intervals_nm:
+        mid = (lo + hi) / 2
+        if all(abs(abs(mid) - abs(f)) > DEFOCUS_JITTER_NM for f in found):
+            found.append(mid)
+    return found
 
 
 def _describe(d) -> str:
