@@ -3,13 +3,14 @@
 The model is abTEM's contrast transfer function. For a weak phase (and weak amplitude, ratio w) object the
 spectrum is
 
-    P(k, phi) = N(k) + A exp(-B k^2) E_t(k)^2 (sin chi - w cos chi)^2,     N(k) = n0 + n2 k^2 + n4 k^4,
+    P(k, phi) = N(k) + A exp(-B k^2) E_t(k)^2 (sin chi - w cos chi)^2,   N(k) = exp(-B_n k^2) (n0 + n2 k^2 + n4 k^4),
 
 chi(k, phi) = pi lambda k^2 (C10 + C12 cos 2(phi - phi12)) + pi/2 Cs lambda^3 k^4 (abTEM's and this project's
 sign: C10 < 0 is underfocus), E_t the temporal-coherence envelope exp(-(pi lambda sigma k^2)^2 / 2) (abTEM's
 focal_spread is the 1/e width, sqrt(2) sigma), exp(-B k^2) the carbon's own fall-off with the camera's and the
-resampling's, N the noise. chi is linear in its coefficients: abTEM evaluates the chi of unit C10 and unit C30
-once per grid, and a fit scales them (`tests/test_calibration.py` checks the scaled model against abTEM's CTF).
+resampling's, N the noise (B_n: a blur after the noise, a rendering's or a scintillator's). chi is linear in its
+coefficients: abTEM evaluates the chi of unit C10 and unit C30 once per grid, and a fit scales them
+(`tests/test_calibration.py` checks the scaled model against abTEM's CTF).
 
 The search follows CTFFIND's plan: an exhaustive 1-D search of the radially averaged spectrum (defocus, focal
 spread, fall-off; the linear parts solved at each point), then a 2-D refinement on the polar spectrum for the
