@@ -127,11 +127,13 @@ class FitError(ValueError):
 
 
 N_NOISE = 3  # n0, n2, n4: the CTF term's amplitude is the next coefficient
-# The noise's own fall-off searched (Å^2): none (a counting camera's white noise) to a display rendering's blur.
-NOISE_FALLOFFS = (0.0, 3.0, 10.0, 30.0)
+# Fall-offs exp(-B k^2) searched (Å^2), for the CTF term and the noise alike: none (a counting camera's white
+# noise) to a display rendering's blur.
+FALLOFFS_A2 = (0.0, 3.0, 10.0, 30.0)
 
 
-def _columns(k: np.ndarray, shape: np.ndarray, flexible: bool = False, noise_b: float = 0.0) -> list[np.ndarray]:
+def design_columns(k: np.ndarray, shape: np.ndarray, flexible: bool = False, noise_b: float = 0.0
+                   ) -> list[np.ndarray]:
     """The linear parts: noise n0 + n2 k^2 + n4 k^4 (a scintillator's MTF bends the noise down across the band;
     with n0 + n2 k^2 alone a near-focus CTF term took that bend for a passband) and the CTF term's amplitude a0
     (flexible: a0 + a1 k + a2 k^2, which also takes up part of the envelope: tried as the defocus search's model, it
@@ -151,7 +153,7 @@ def _solve_linear(p: np.ndarray, k: np.ndarray, shape: np.ndarray, flexible: boo
     periodogram's error is proportional to its value), with a0 >= 0: an inverted CTF term is no fit (its cost
     is then the noise-only model's). Returns (cost, coefficients)."""
     w = 1.0 / p
-    design = np.stack(_columns(k, shape, flexible, noise_b), axis=-1) * w[:, None]
+    design = np.stack(design_columns(k, shape, flexible, noise_b), axis=-1) * w[:, None]
     coef, *_ = np.linalg.lstsq(design, np.ones_like(p), rcond=None)
     if coef[N_NOISE] < 0:
         coef = np.zeros(design.shape[1])
@@ -163,7 +165,7 @@ def _solve_linear(p: np.ndarray, k: np.ndarray, shape: np.ndarray, flexible: boo
 def _costs_many(p: np.ndarray, k: np.ndarray, shapes: np.ndarray, noise_b: float = 0.0) -> np.ndarray:
     """`_solve_linear`'s cost for many shapes at once (normal equations, batched)."""
     w = 1.0 / p
-    u = np.stack(_columns(k, shapes, noise_b=noise_b), axis=-1) * w[None, :, None]
+    u = np.stack(design_columns(k, shapes, noise_b=noise_b), axis=-1) * w[None, :, None]
     gram = np.einsum("nki,nkj->nij", u, u)
     rhs = u.sum(axis=1)
     try:
@@ -203,20 +205,19 @@ def fit_ctf(s: Spectrum, energy_keV: float = 300.0, cs_mm: float = 0.0, defocus_
     cs_A = cs_mm * 1e7
 
     # Noise-only reference: how much of the spectrum's shape is left for the CTF term to explain.
-    base_cost = min(_solve_linear(prof, k, np.zeros_like(k), noise_b=nb)[0] for nb in NOISE_FALLOFFS)
+    base_cost = min(_solve_linear(prof, k, np.zeros_like(k), noise_b=nb)[0] for nb in FALLOFFS_A2)
 
     # 1-D exhaustive search. The defocus step keeps chi's change at the band's edge under 0.25 rad.
     step_A = 0.25 / (math.pi * lam * k[-1] ** 2)
     dfs = np.arange(defocus_range_nm[0] * 10, defocus_range_nm[1] * 10 + step_A, step_A)
     sigmas = np.linspace(*focal_spread_range_nm, 8)
-    falloffs = np.array([0.0, 3.0, 10.0, 30.0])
     by_df = np.full(len(dfs), np.inf)
     arg = np.zeros((len(dfs), 3))
     chi = dfs[:, None] * c10[None, :] + cs_A * c30[None, :]
     pure = (np.sin(chi) - AMPLITUDE_CONTRAST * np.cos(chi)) ** 2
-    for nb in NOISE_FALLOFFS:
+    for nb in FALLOFFS_A2:
         for sg in sigmas:
-            for b in falloffs:
+            for b in FALLOFFS_A2:
                 shapes = pure * (envelope(k, energy_keV, sg) ** 2 * np.exp(-b * k**2))[None, :]
                 costs = _costs_many(prof, k, shapes, noise_b=nb)
                 better = costs < by_df

@@ -147,7 +147,7 @@ def _describe(d) -> str:
 def _focal_spread(measurements: list[Measurement], base: GenerationConfig, im: dict) -> str:
     """The fitted focal spreads where the fit could tell them from the fall-off; else the base config's range. A
     spread that ends on its search range's bound was not measured: the fall-off took the envelope (on the bundled
-    real set, display renderings downsampled from larger panels, 12 of 16 fields end there, their blur read as
+    real set, display renderings downsampled from larger panels, 11 of 15 fitted fields end there, their blur read as
     fall-off), and proposing the bound would invent a value."""
     resolved = [m for m in measurements if not m.ctf.focal_spread_at_bound]
     n_bound = len(measurements) - len(resolved)

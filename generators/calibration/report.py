@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import from_dict
 from ..micrographs.tiles import resample
-from .ctf_fit import abtem_ctf_power
+from .ctf_fit import abtem_ctf_power, design_columns
 from .measure import Measurement
 from .spectrum import frequencies, power_spectrum, psd_distance, radial_profile
 
@@ -46,8 +46,7 @@ def _fit_figure(m: Measurement, image: np.ndarray, path: Path) -> None:
     model = _model_profile(m, k)
     # scale the model onto the data the way the fit does: noise floor (with its fall-off) plus amplitude, least
     # squares of relative residuals
-    g = np.exp(-m.ctf.noise_falloff_A2 * k**2)
-    design = np.stack([g, g * k**2, g * k**4, model], axis=1) / prof[:, None]
+    design = np.stack(design_columns(k, model, noise_b=m.ctf.noise_falloff_A2), axis=1) / prof[:, None]
     coef = np.linalg.lstsq(design, np.ones_like(k), rcond=None)[0]
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
     lo, hi = np.percentile(image, [0.5, 99.5])
