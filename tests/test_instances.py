@@ -199,3 +199,58 @@ def test_small_particles_join_their_neighbour_or_go():
     assert out.max() == 2
     assert (out == out[10, 10]).sum() == 440 and out[33, 33] == 0 and (out == out[35, 5]).sum() == 100
     assert np.array_equal(merge_small(lab, 0), lab)
+
+
+@pytest.mark.parametrize("centres_apart", [2.0, 1.5, 1.0])
+def test_touching_discs_split_at_their_neck_stay_two(centres_apart):
+    # two discs of radius 30 px whose centres are 2, 1.5 or 1 radius apart, split at the mid-line as the watershed
+    # does: the neck (0 to 51 px) is narrower than either disc's pieces (~54-60 px across), so they stay two
+    from training.instances import NECK_RATIO, merge_wide_necks
+
+    r, shape = 30, (200, 200)
+    both = disc(shape, 60, 100, r) | disc(shape, 60 + centres_apart * r, 100, r)
+    x = np.mgrid[:shape[0], :shape[1]][1]
+    lab = np.where(both, np.where(x < 60 + centres_apart * r / 2, 1, 2), 0).astype(np.int32)
+    assert merge_wide_necks(lab).max() == 2
+    assert NECK_RATIO > 0.97     # the most overlapping of these pairs, as worked out beside NECK_RATIO
+
+
+@pytest.mark.parametrize("cut", ["centre", "off_centre", "diagonal", "in_three"])
+def test_a_disc_cut_by_the_watershed_comes_back_whole(cut):
+    # one convex particle cut along a chord (as a watershed with two seeds in one particle cuts it): the chord is
+    # wider than the smaller piece (sqrt(2) x its diameter and more), so the pieces join again
+    from training.instances import merge_wide_necks
+
+    shape = (200, 200)
+    d = disc(shape, 100, 100, 30)
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    lab = d.astype(np.int32)
+    if cut == "centre":
+        lab[d & (x > 100)] = 2
+    elif cut == "off_centre":
+        lab[d & (x > 118)] = 2      # 0.6 radius off: chord 48 px, the small piece 31 px across
+    elif cut == "diagonal":
+        lab[d & (x + y > 200)] = 2
+    else:
+        lab[d & (x > 90)] = 2
+        lab[d & (x > 110)] = 3
+    out = merge_wide_necks(lab)
+    assert out.max() == 1 and (out > 0).sum() == d.sum()
+    assert merge_wide_necks(lab, float("inf")).max() == lab.max()      # inf: no join
+
+
+def test_instance_logits_rejoin_a_particle_cut_by_two_humps():
+    # an instance model's distance map with two humps inside one disc (a seed in each at 0.7 of the peak): the
+    # watershed cuts the disc in two, and the wide chord between the halves joins them; two discs that touch
+    # keep their own humps and stay apart
+    shape = (160, 260)
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    one = disc(shape, 70, 80, 40)
+    hump = np.exp(-((x - 50) ** 2 + (y - 80) ** 2) / 200.0) + np.exp(-((x - 90) ** 2 + (y - 80) ** 2) / 200.0)
+    pair = disc(shape, 170, 80, 25) | disc(shape, 220, 80, 25)
+    hump2 = np.clip(1 - np.hypot(x - 170, y - 80) / 25, 0, None) + np.clip(1 - np.hypot(x - 220, y - 80) / 25, 0, None)
+    p = np.where(one, hump / hump.max(), 0) + np.where(pair, hump2, 0)
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    logits = np.stack([np.where(one | pair, 5.0, -5.0), np.log(p / (1 - p))])
+    assert particles_from_logits(logits.astype(np.float32), neck_ratio=float("inf")).max() == 4   # cut, and the pair
+    assert particles_from_logits(logits.astype(np.float32)).max() == 3

@@ -32,6 +32,13 @@ MIN_PEAK = 0.1
 # of 1.1 nm (the presets' smallest: 1.6 nm).
 MODEL_SEED_THRESHOLD = 0.7
 MIN_PARTICLE_PX = 200
+# Two pieces of a watershed are one particle when the line they share is at least this many times the smaller
+# piece's equivalent-circle diameter (`merge_wide_necks`). Particles are convex in projection: a cut through one
+# convex particle is a chord of at least sqrt(2) = 1.41 times the smaller piece's diameter (a disc cut through its
+# centre; more off it), while two touching convex particles meet at a neck narrower than either (equal discs whose
+# centres are 1.5 radii apart: 0.68; one radius apart, overlapping by half: 0.97). 1.2 lies between the two; a
+# rod of aspect 2 cut across its middle (1.0) stays two.
+NECK_RATIO = 1.2
 # Matching: a predicted and a true particle are the same particle when their IoU reaches this (the usual 0.5,
 # at which a match is unique: two predictions cannot both overlap one particle by more than half their union).
 IOU_MATCH = 0.5
@@ -383,14 +390,67 @@ def merge_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     return relabel(out)
 
 
+def _shared_lines(labels: np.ndarray) -> dict[tuple[int, int], float]:
+    """For each pair of labels that share an edge (4-neighbours): the length (px) of the line between them, the
+    extent of the edge midpoints along their principal axis (a straight run of n midpoints 1 px apart: n; a
+    diagonal staircase: its length, not its number of steps)."""
+    keys, ys, xs = [], [], []
+    for a, b, dy, dx in ((labels[:, :-1], labels[:, 1:], 0.0, 0.5), (labels[:-1], labels[1:], 0.5, 0.0)):
+        diff = (a != b) & (a > 0) & (b > 0)
+        if not diff.any():
+            continue
+        iy, ix = np.nonzero(diff)
+        lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
+        keys.append(lo.astype(np.int64) * (int(labels.max()) + 1) + hi)
+        ys.append(iy + dy)
+        xs.append(ix + dx)
+    if not keys:
+        return {}
+    keys, ys, xs = np.concatenate(keys), np.concatenate(ys), np.concatenate(xs)
+    order = np.argsort(keys, kind="stable")
+    keys, ys, xs = keys[order], ys[order], xs[order]
+    starts = np.r_[0, np.nonzero(np.diff(keys))[0] + 1]
+    out = {}
+    for s, e in zip(starts, np.r_[starts[1:], len(keys)]):
+        cov = np.cov(np.vstack([xs[s:e], ys[s:e]]), bias=True) if e - s > 1 else np.zeros((2, 2))
+        span = float(np.sqrt(12 * max(np.linalg.eigvalsh(cov)[-1], 0.0) + 1))
+        out[divmod(int(keys[s]), int(labels.max()) + 1)] = span
+    return out
+
+
+def merge_wide_necks(labels: np.ndarray, ratio: float = NECK_RATIO) -> np.ndarray:
+    """Join two touching particles where the line they share is at least `ratio` times the smaller one's
+    equivalent-circle diameter: a watershed that found two cores in one convex particle cut it along a chord,
+    which is wider than two touching particles' neck (see NECK_RATIO). The widest neck first, one join at a
+    time, so that a particle cut in three comes back whole. ratio = inf: no join."""
+    labels = relabel(labels)
+    if not np.isfinite(ratio) or labels.max(initial=0) < 2:
+        return labels
+    while True:
+        lines = _shared_lines(labels)
+        if not lines:
+            return labels
+        area = np.bincount(labels.ravel())
+        pairs = list(lines)
+        score = [lines[p] / (2 * np.sqrt(min(area[p[0]], area[p[1]]) / np.pi)) for p in pairs]
+        best = int(np.argmax(score))
+        if score[best] < ratio:
+            return labels
+        a, b = pairs[best]
+        labels[labels == b] = a
+        labels = relabel(labels)
+
+
 def particles_from_logits(logits: np.ndarray, min_px: int | None = None,
-                          seed_threshold: float = MODEL_SEED_THRESHOLD) -> np.ndarray:
+                          seed_threshold: float = MODEL_SEED_THRESHOLD, neck_ratio: float = NECK_RATIO) -> np.ndarray:
     """A model's particles from its (C, H, W) logits: connected components of channel 0 > 0 for binary models;
-    for instance models (C = 2) the mask split by the watershed seeded from the distance channel.
+    for instance models (C = 2) the mask split by the watershed seeded from the distance channel, pieces that
+    share a line wider than a neck joined again (`merge_wide_necks`).
     min_px: smaller particles are merged into a touching one or dropped (`merge_small`)."""
     mask = logits[0] > 0
     if logits.shape[0] > 1:
         labels = split_touching(mask, 1.0 / (1.0 + np.exp(-logits[1].astype(np.float32))), seed_threshold)
+        labels = merge_wide_necks(labels, neck_ratio)
     else:
         labels = connected_components(mask)
     return merge_small(labels, MIN_PARTICLE_PX if min_px is None else min_px)
