@@ -147,9 +147,11 @@ def test_match_counts_hand_worked():
     pred[30:34, 30:34] = 3                     # D, false
     pred[0:4, 31:36] = 4                       # C', IoU 20 / 24
     pred[36:40, 0:3] = 5                       # E, unmatched on the border
+    truth[0:5, 15:21] = 4                      # G, on the border
+    pred[1:5, 15:21] = 6                       # G', inside, but G's (IoU 0.8): G's cut size, so ignored too
     r = match(pred, truth, pixel_size_A=10.0)  # 1 nm pixels
     c = r["counts"]
-    assert (c["tp"], c["fp"], c["fn"]) == (1, 2, 1)   # A; B' and D false; B missed; C, C', E ignored
+    assert (c["tp"], c["fp"], c["fn"]) == (1, 2, 1)   # A; B' and D false; B missed; C, C', E, G, G' ignored
     assert (c["n_pred"], c["n_true"]) == (3, 2)
     agg = aggregate([r])
     assert agg["particle_precision"] == pytest.approx(1 / 3) and agg["particle_recall"] == pytest.approx(1 / 2)
@@ -163,7 +165,7 @@ def test_match_counts_hand_worked():
     assert agg["wasserstein_nm"] == pytest.approx((d36 - d16) / 3)
     # every particle counted, border ones too: C matched by C', E false
     c = match(pred, truth, pixel_size_A=10.0, ignore_border=False)["counts"]
-    assert (c["tp"], c["fp"], c["fn"], c["n_pred"], c["n_true"]) == (2, 3, 1, 5, 3)
+    assert (c["tp"], c["fp"], c["fn"], c["n_pred"], c["n_true"]) == (3, 3, 1, 6, 4)
 
 
 def test_aggregate_sums_fields_and_handles_empty_ones():

@@ -176,13 +176,7 @@ def touching_border(labels: np.ndarray) -> np.ndarray:
 def diameters_nm(labels: np.ndarray, pixel_size_A: float, include_border: bool = False) -> np.ndarray:
     """Equivalent-circle diameters (nm) of the instances, border-touching ones left out unless asked."""
     n = int(labels.max(initial=0))
-    if n == 0 or not np.isfinite(pixel_size_A):  # no pixel size: no sizes (not sizes in pixels called nm)
-        return np.zeros(0)
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    keep = area > 0
-    if not include_border:
-        keep &= ~touching_border(labels)
-    return 2 * np.sqrt(area[keep] / np.pi) * pixel_size_A / 10
+    return _diameters_kept(labels, pixel_size_A, np.ones(n, bool) if include_border else ~touching_border(labels))
 
 
 def _perimeter_px(own: np.ndarray) -> float:
@@ -315,12 +309,24 @@ def match(pred: np.ndarray, true: np.ndarray, pixel_size_A: float = 1.0, ignore_
     if len(pairs):
         pairs = pairs[~b_t[pairs[:, 0] - 1] & ~b_t[pairs[:, 1] - 1]]
     separated = int(((t_match[pairs[:, 0]] > 0) & (t_match[pairs[:, 1]] > 0)).sum()) if len(pairs) else 0
+    # a prediction matched to a true particle on the border is that particle (cut by the border, its size unknown)
+    # even where its own outline stops short of the edge: left out of the count and the sizes, as of tp and fp
+    b_p = b_p | ((p_match[1:] > 0) & b_t[np.maximum(p_match[1:], 1) - 1])
     counts = {"tp": tp, "fp": fp, "fn": fn, "n_pred": int((~b_p).sum()), "n_true": int((~b_t).sum()),
               "touching_pairs": int(len(pairs)), "pairs_separated": separated}
-    return {"counts": counts, "pred_diameters_nm": diameters_nm(pred, pixel_size_A, not ignore_border),
-            "true_diameters_nm": diameters_nm(true, pixel_size_A, not ignore_border),
+    return {"counts": counts, "pred_diameters_nm": _diameters_kept(pred, pixel_size_A, ~b_p),
+            "true_diameters_nm": _diameters_kept(true, pixel_size_A, ~b_t),
             # per particle 1..n of each side (as `relabel` numbers them): its match's label on the other, 0: none
             "pred_match": p_match[1:], "true_match": t_match[1:]}
+
+
+def _diameters_kept(labels: np.ndarray, pixel_size_A: float, keep: np.ndarray) -> np.ndarray:
+    """Equivalent-circle diameters (nm) of the labels 1..n where `keep`."""
+    n = int(labels.max(initial=0))
+    if n == 0 or not np.isfinite(pixel_size_A):  # no pixel size: no sizes (not sizes in pixels called nm)
+        return np.zeros(0)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    return 2 * np.sqrt(area[keep & (area > 0)] / np.pi) * pixel_size_A / 10
 
 
 def _rel(a: float | None, b: float | None) -> float | None:
