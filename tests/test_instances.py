@@ -175,6 +175,8 @@ def test_aggregate_sums_fields_and_handles_empty_ones():
     one = match(a, a, 1.0)
     agg = aggregate([empty, one, one])
     assert agg["n_tp"] == 2 and agg["particle_f1"] == 1.0 and agg["count_error"] == 0.0
+    only_pred = match(a, np.zeros((16, 16), np.int32), 1.0)          # a field with no true particle
+    assert (only_pred["counts"]["fp"], only_pred["counts"]["n_pred"], only_pred["counts"]["n_true"]) == (1, 1, 0)
     nothing = aggregate([empty])
     assert nothing["particle_f1"] is None and nothing["wasserstein_nm"] is None and nothing["count_error"] is None
 

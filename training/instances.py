@@ -311,7 +311,7 @@ def match(pred: np.ndarray, true: np.ndarray, pixel_size_A: float = 1.0, ignore_
     separated = int(((t_match[pairs[:, 0]] > 0) & (t_match[pairs[:, 1]] > 0)).sum()) if len(pairs) else 0
     # a prediction matched to a true particle on the border is that particle (cut by the border, its size unknown)
     # even where its own outline stops short of the edge: left out of the count and the sizes, as of tp and fp
-    b_p = b_p | ((p_match[1:] > 0) & b_t[np.maximum(p_match[1:], 1) - 1])
+    b_p = b_p | np.r_[False, b_t][p_match[1:]]
     counts = {"tp": tp, "fp": fp, "fn": fn, "n_pred": int((~b_p).sum()), "n_true": int((~b_t).sum()),
               "touching_pairs": int(len(pairs)), "pairs_separated": separated}
     return {"counts": counts, "pred_diameters_nm": _diameters_kept(pred, pixel_size_A, ~b_p),
