@@ -178,8 +178,8 @@ def _materials_args(ma):
 
 def _calibrate_args(c):
     c.add_argument("micrographs", nargs="+", help="micrograph files or folders (masks *_mask.* are skipped)")
-    px = c.add_mutually_exclusive_group(required=True)
-    px.add_argument("--pixel-size-A", type=float, help="one pixel size for every micrograph")
+    px = c.add_mutually_exclusive_group()
+    px.add_argument("--pixel-size-A", type=float, help="one pixel size for every micrograph (else the files' own)")
     px.add_argument("--pixel-sizes", help="CSV with columns file,pixel_size_A")
     c.add_argument("--out", required=True, help="the proposed generation config (.yaml); measurements go beside "
                    "it as .calibration.json")

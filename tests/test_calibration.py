@@ -342,3 +342,48 @@ def test_particle_sizes_and_coverage_from_a_mask_set_the_scene_ranges():
     data200, notes200 = propose([Measurement("a.npy", 0.5, (200, 200), fit200, m.noise, m.texture)], base, "at200")
     assert data200["simulation"]["energy_keV"] == 200.0 and from_dict(data200).simulation.energies_keV == (200.0,)
     assert any(n.startswith("simulation.energy_keV: 200") for n in notes200)
+
+
+def test_another_microscope_uncorrected_lens_and_calibrated_files(tmp_path):
+    # an uncorrected 300 kV lens (Cs 1.2 mm) around its Scherzer focus (-58 nm), recorded into TIFFs that carry
+    # their own pixel size (ImageJ): calibrate needs no pixel-size option, reads the sign of the defocus through
+    # Cs, and the proposed config simulates with that Cs (the preset's |Cs| <= 0.03 mm would draw other rings)
+    import tifffile
+
+    from generators.run import simulate_structure
+
+    cfg = carbon_cfg(**{"imaging.cs_mm": 1.2,
+                        "imaging.defocus_nm": {"linspace": {"start": -70, "stop": -40, "num": N_FIELDS}}})
+    images, _, _, metas, _ = simulate_structure(cfg, 0)
+    paths = []
+    for i, img in enumerate(images[:3]):
+        paths.append(str(tmp_path / f"f{i}.tif"))
+        tifffile.imwrite(paths[-1], np.round(img).astype(np.float32), imagej=True,
+                         resolution=(1 / 0.035, 1 / 0.035), metadata={"unit": "nm"})
+    out = tmp_path / "scope.yaml"
+    assert main(["calibrate", *paths, "--cs-mm", "1.2", "--out", str(out)]) == 0
+    proposed = load_config(out)
+    assert proposed.imaging.cs_mm.support() == (1.2, 1.2)
+    assert "as given (--cs-mm)" in out.read_text()
+    record = json.loads(out.with_suffix(".calibration.json").read_text())
+    values = proposed.imaging.defocus_nm.empirical.values
+    for m, truth in zip(record["measurements"], metas[:3]):
+        assert m["pixel_size_A"] == pytest.approx(0.35)
+        # every field's exit-plane defocus is among the proposed draws (up to the fit's error)
+        assert min(abs(v - truth["defocus_nm"]) for v in values) < 2.5, (values, truth["defocus_nm"])
+        if truth["dose_e_per_A2"] >= 1000:
+            # the rings' mid-plane defocus (exit plane + half the carbon), its sign read through Cs. (At the
+            # lowest dose, 150 e/Å², the 2-D fit prefers -46 nm with 1.5 nm of astigmatism for the field at
+            # -70 nm; its 1-D search holds the truth as a plausible alternative, which the config keeps.)
+            assert not m["ctf"]["sign_ambiguous"]
+            assert m["ctf"]["defocus_nm"] == pytest.approx(truth["defocus_nm"] + CARBON_A / 20, abs=2.0)
+
+
+def test_a_file_without_pixel_size_and_no_option_is_refused(tmp_path, capsys):
+    f = tmp_path / "plain.npy"
+    np.save(f, np.random.default_rng(0).normal(100, 5, (128, 128)).astype(np.float32))
+    out = tmp_path / "my.yaml"
+    assert main(["calibrate", str(f), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "plain.npy" in err and "--pixel-size-A" in err, err
+    assert not out.exists()

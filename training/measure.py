@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from generators.micrographs import MicrographError, read_micrograph, read_pixel_sizes
+from generators.micrographs import MicrographError, given_pixel_sizes, pixel_size_of, read_micrograph
 
 from .instances import PARTICLE_COLUMNS, measure, particles_from_logits, summary
 from .models import load_model
@@ -40,21 +40,6 @@ SUMMARY_COLUMNS = ("micrograph", "pixel_size_A", "model_pixel_size_A", "width_px
 
 class MeasureError(MicrographError):
     pass
-
-
-def pixel_sizes(paths: list[Path], pixel_size_A: float | None, csv_path: str | None) -> dict[Path, float | None]:
-    """Each micrograph's pixel size from --pixel-size-A or --pixel-sizes (None: take the file's own)."""
-    if pixel_size_A is not None and csv_path is not None:
-        raise MeasureError("give --pixel-size-A or --pixel-sizes, not both")
-    if pixel_size_A is not None:
-        if not (np.isfinite(pixel_size_A) and pixel_size_A > 0):
-            raise MeasureError(f"--pixel-size-A must be a positive number, got {pixel_size_A}")
-        return {p: float(pixel_size_A) for p in paths}
-    if csv_path is not None:
-        root = Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
-        sizes, _ = read_pixel_sizes(csv_path, [p.resolve() for p in paths], root)
-        return {p: sizes[p.resolve()] for p in paths}
-    return {p: None for p in paths}
 
 
 def measure_field(model, config, image: np.ndarray, pixel_size_A: float, tta: bool = False,
@@ -86,7 +71,7 @@ def run(model_dir: str, images: list[str], out: str, pixel_size_A: float | None 
             raise MeasureError(f"{p}: no such file")
     if len({p.name for p in paths}) != len(paths):
         raise MeasureError("two micrographs share a file name; their rows and overlays would collide: rename one")
-    given = pixel_sizes(paths, pixel_size_A, pixel_sizes_csv)
+    given = given_pixel_sizes(paths, pixel_size_A, pixel_sizes_csv)
     model, config = load_model(model_dir)
     with _folder_in_place(out) as tmp:
         result = _measure_all(model, config, paths, given, tmp, include_border, tta, figures)
@@ -108,10 +93,7 @@ def _measure_all(model, config, paths, given, tmp: Path, include_border: bool, t
     per_field, diam, fields_px, tables = [], [], 0, []
     for p in paths:
         image, file_px, fmt = read_micrograph(p)
-        px = given[p] or file_px
-        if px is None:
-            raise MeasureError(f"{p.name}: the file carries no pixel size; give --pixel-size-A X or --pixel-sizes "
-                               "CSV (columns file,pixel_size_A)")
+        px = pixel_size_of(p, given[p], file_px)
         if float(image.max()) == float(image.min()):
             raise MeasureError(f"{p.name}: every pixel is {float(image.min()):g}; a constant image holds nothing "
                                "to measure")

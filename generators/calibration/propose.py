@@ -36,8 +36,11 @@ def _empirical(values, jitter, low=None, high=None) -> dict:
     return {"empirical": d}
 
 
-def propose(measurements: list[Measurement], base: GenerationConfig, name: str) -> tuple[dict, list[str]]:
-    """(config as a plain mapping, one note per field: measured or kept, and why)."""
+def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
+            cs_given: float | None = None) -> tuple[dict, list[str]]:
+    """(config as a plain mapping, one note per field: measured or kept, and why).
+    cs_given: the microscope's Cs (mm) as the user gave it (--cs-mm): the rings were fitted with it, so the
+    simulation uses it too."""
     data = base.model_dump(mode="json", exclude_none=True)
     data["name"] = name
     im = data["imaging"]
@@ -76,8 +79,13 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str) 
     notes.append("imaging.astigmatism_nm: measured (2-D fit of the rings); angle kept uniform (fields rotate "
                  "with the specimen)")
     notes.append(_focal_spread(measurements, base, im))
-    notes.append(f"imaging.cs_mm: kept ({_describe(base.imaging.cs_mm)}): the rings of a near-focus, corrected "
-                 "lens do not fix Cs; give --cs-mm for the fit if yours is known")
+    if cs_given is not None:
+        # another microscope's Cs (an uncorrected lens: ~1 mm) moves every ring; the defoci above were fitted with it
+        im["cs_mm"] = float(cs_given)
+        notes.append(f"imaging.cs_mm: {cs_given:g}, as given (--cs-mm), with which the rings were fitted")
+    else:
+        notes.append(f"imaging.cs_mm: kept ({_describe(base.imaging.cs_mm)}): the rings of a near-focus, corrected "
+                     "lens do not fix Cs; give --cs-mm for the fit if yours is known")
 
     doses = [m.noise.dose_e_per_A2 for m in measurements if m.noise.dose_e_per_A2]
     if doses and len(doses) == len(measurements):

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from ..config import GenerationConfig, load_config, load_preset
 from ..files import atomic_path
-from ..micrographs.importer import MASK_SUFFIX, _micrograph_files, read_pixel_sizes
+from ..micrographs.importer import MASK_SUFFIX, _micrograph_files, given_pixel_sizes, pixel_size_of
 from ..micrographs.readers import read_micrograph
 from .measure import CalibrationError, Measurement, measure
 from .propose import propose
@@ -88,9 +88,9 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
     out = Path(out)
     if out.suffix.lower() not in (".yaml", ".yml"):
         raise CalibrationError(f"--out {out}: give a .yaml file name for the proposed config")
-    if (pixel_size_A is None) == (pixel_sizes_csv is None):
-        raise CalibrationError("give exactly one of --pixel-size-A X (every micrograph) or --pixel-sizes CSV "
-                               "(columns file,pixel_size_A)")
+    if pixel_size_A is not None and pixel_sizes_csv is not None:
+        raise CalibrationError("give one of --pixel-size-A X (every micrograph) or --pixel-sizes CSV (columns "
+                               "file,pixel_size_A), not both; without either, the files' own calibration is used")
     if pixel_size_A is not None and not pixel_size_A > 0:
         raise CalibrationError(f"--pixel-size-A {pixel_size_A}: give a positive pixel size in Å")
     base = base_config(preset, config)
@@ -100,15 +100,14 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
     energy = float(energy_keV or base.simulation.energies_keV[0])
     cs = cs_mm if cs_mm is not None else float(np.mean(base.imaging.cs_mm.support()))
     paths, root = micrograph_paths(inputs)
-    sizes = ({p: pixel_size_A for p in paths} if pixel_size_A is not None
-             else read_pixel_sizes(pixel_sizes_csv, paths, root)[0])
+    sizes = given_pixel_sizes(paths, pixel_size_A, pixel_sizes_csv, root)
 
     measurements, images, skipped = [], [], []
     for p in paths:
-        image, _, _ = read_micrograph(p)
+        image, file_px, _ = read_micrograph(p)
         if image.ndim != 2:
             raise CalibrationError(f"{p.name}: a {image.ndim}-D array; give one 2-D micrograph per file")
-        px = sizes[p]
+        px = pixel_size_of(p, sizes[p], file_px)
         mask = segment(image, px) if segment is not None else None
         try:
             m = measure(image, px, p.name, energy_keV=energy, cs_mm=cs,
@@ -133,7 +132,7 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
         raise CalibrationError("no micrograph could be calibrated: " + " | ".join(skipped))
     read_thicknesses(measurements, base, log)
     name = re.sub(r"[^A-Za-z0-9_\-]", "_", out.stem) or "calibrated"
-    data, notes = propose(measurements, base, name)
+    data, notes = propose(measurements, base, name, cs_given=cs_mm)
     notes += [f"left out: {s}" for s in skipped]
     header = ["# Generation config proposed by `temsynth calibrate` from " + f"{len(paths)} micrograph(s) "
               f"({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''}),",

@@ -251,6 +251,34 @@ def read_pixel_sizes(csv_path, images: list[Path], images_dir: Path,
     return sizes, strata
 
 
+def given_pixel_sizes(paths: list[Path], pixel_size_A: float | None, csv_path=None,
+                      root: Path | None = None) -> dict[Path, float | None]:
+    """Each micrograph's pixel size from --pixel-size-A or --pixel-sizes; None where neither is given (the
+    caller takes the file's own, `read_micrograph`, and refuses a file that carries none). `root`: the folder the
+    CSV's relative `file` paths start from (default: the micrographs' common folder)."""
+    if pixel_size_A is not None and csv_path is not None:
+        raise MicrographError("give --pixel-size-A or --pixel-sizes, not both")
+    if pixel_size_A is not None:
+        if not (math.isfinite(pixel_size_A) and pixel_size_A > 0):
+            raise MicrographError(f"--pixel-size-A must be a positive number of Å, got {pixel_size_A}")
+        return {p: float(pixel_size_A) for p in paths}
+    if csv_path is not None:
+        root = root or Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+        sizes, _ = read_pixel_sizes(csv_path, [p.resolve() for p in paths], root)
+        return {p: sizes[p.resolve()] for p in paths}
+    return {p: None for p in paths}
+
+
+def pixel_size_of(path: Path, given: float | None, from_file: float | None) -> float:
+    """The pixel size to use for one micrograph: the one given, else the file's own; a file that carries none,
+    with none given, is refused in one line."""
+    px = given or from_file
+    if px is None:
+        raise MicrographError(f"{Path(path).name}: the file carries no pixel size; give --pixel-size-A X or "
+                              "--pixel-sizes CSV (columns file,pixel_size_A)")
+    return float(px)
+
+
 def assign_splits(names: list[str], finetune_fraction: float, seed: int,
                   strata: dict[str, str] | None = None) -> dict[str, str]:
     """Source name -> split from a seeded permutation of the sorted names. With two or more sources and a
