@@ -26,11 +26,12 @@ MIN_SEED_PX = 4
 MIN_PEAK = 0.1
 # For a model's predicted distance map (`particles_from_logits`): the seed threshold and the smallest particle
 # (pixels at the model's pixel size; smaller ones join a touching particle or go, `merge_small`), chosen on the
-# simulated VALIDATION split of tem_np_realistic (the full preset, 720 training steps) with
-# benchmarks/tune_instances.py (grid 0.3-0.95 x 0-400 px; best particle F1 0.77 at 0.7 / 200 px, 2026-12-03;
-# 0.9, chosen on a 200-step model, over-split this one's sharper cores: F1 0.35). 200 px at 0.7 Å is a particle
-# of 1.1 nm (the presets' smallest: 1.6 nm).
-MODEL_SEED_THRESHOLD = 0.7
+# simulated VALIDATION split of tem_np_realistic with benchmarks/tune_instances.py, as the best mean particle F1
+# of two trainings of realistic_instances.yaml (seeds 0 and 1, 720 steps each) with the neck join below:
+# 0.5 / 0.6 / 0.7 gave 0.774 / 0.810 / 0.784 (2026-12-03). Trainings differ: alone, seed 0 peaked at 0.6 and an
+# earlier one at 0.7. The smallest particle stays at the earlier grid's choice (0-400 px): 200 px at 0.7 Å is a
+# particle of 1.1 nm (the presets' smallest: 1.6 nm).
+MODEL_SEED_THRESHOLD = 0.6
 MIN_PARTICLE_PX = 200
 # Two pieces of a watershed are one particle when the line they share is at least this many times the smaller
 # piece's equivalent-circle diameter (`merge_wide_necks`). Particles are convex in projection: a cut through one
