@@ -97,6 +97,9 @@ def test_score_pools_dice_over_fields_and_measures_bare_carbon(tmp_path, monkeyp
         # the particles are the labels' own components: every one found, none extra
         assert r["particles"]["all"]["particle_f1"] == 1.0
         assert r["particles"]["with_border"]["all"]["particle_f1"] == 1.0
+        # the table says so in words: 17 labelled particles away from the border, all found, at their sizes
+        a = r["particles"]["all"]
+        assert f"1.000  ({a['count_true']} found for {a['count_true']} labelled" in sc.table(r)
     else:
         assert r["pooled_dice"] == pytest.approx(2 * labelled / (pixels + labelled))
         assert r["bare_carbon_false_positive_fraction"] > 0.99

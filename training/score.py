@@ -155,11 +155,26 @@ def table(result: dict) -> str:
     lines += [f"{'  Dice ' + k:<40}{v:>8.4f}" for k, v in result["dice_by_class"].items()]
     lines.append(f"{'bare-carbon false-positive area':<40}" +
                  (f"{fp:>8.4f}  (mean over {result['bare_carbon_fields']} fields)" if fp is not None else "     n/a"))
+    lines += _particle_lines(result["particles"])
     lines.append(f"\n{'field':<48}{'class':<12}{'Dice':>7}{'pred':>7}{'label':>7}")
     for r in result["fields"]:
         lines.append(f"{r['file']:<48}{r['class']:<12}{r['dice']:>7.3f}{r['predicted_fraction']:>7.3f}"
                      f"{r['labelled_fraction']:>7.3f}" + ("  bare carbon" if r["bare_carbon"] else ""))
     return "\n".join(lines)
+
+
+def _particle_lines(particles: dict) -> list[str]:
+    """Particle scores away from the border (labelled particles that touch count as one), overall and per size."""
+    def line(name: str, a: dict) -> str:
+        if not a["count_true"] and not a["count_pred"]:
+            return f"{name:<40}     n/a  (no particle away from the border)"
+        f1 = f"{a['particle_f1']:>8.3f}" if a["particle_f1"] is not None else "     n/a"
+        med = (f", median diameter {a['median_diameter_pred_nm']:.2f} nm for {a['median_diameter_true_nm']:.2f}"
+               if a["median_diameter_error"] is not None else "")
+        return f"{name:<40}{f1}  ({a['count_pred']} found for {a['count_true']} labelled{med})"
+
+    out = ["particles away from the border, F1 (IoU >= 0.5):", line("  all", particles["all"])]
+    return out + [line(f"  {k}", a) for k, a in particles["by_size"].items()]
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
