@@ -56,8 +56,10 @@ def _calibration(scale: float, units: str) -> list:
     return [("Origin", np.float32(0)), ("Scale", np.float32(scale)), ("Units", units)]
 
 
-def write_dm(path, image: np.ndarray, pixel_size: float, units: str = "nm", version: int = 4) -> None:
-    """Write one 2-D image with a square-pixel calibration of `pixel_size` `units`."""
+def write_dm(path, image: np.ndarray, pixel_size: float, units: str = "nm", version: int = 4,
+             voltage_V: float | None = None) -> None:
+    """Write one 2-D image with a square-pixel calibration of `pixel_size` `units` (and, given `voltage_V`, the
+    microscope's accelerating voltage in its ImageTags, as Gatan's software records it)."""
     if version not in (3, 4):
         raise ValueError("DM version is 3 or 4")
     image = np.ascontiguousarray(image)
@@ -72,7 +74,8 @@ def write_dm(path, image: np.ndarray, pixel_size: float, units: str = "nm", vers
         ("Dimensions", [("", np.uint32(cols)), ("", np.uint32(rows))]),
         ("PixelDepth", np.uint32(image.dtype.itemsize)),
     ]
-    root = [("ImageList", [("", [("ImageData", image_data), ("ImageTags", []), ("Name", "test image")])])]
+    tags = [("Microscope Info", [("Voltage", np.float64(voltage_V))])] if voltage_V is not None else []
+    root = [("ImageList", [("", [("ImageData", image_data), ("ImageTags", tags), ("Name", "test image")])])]
     enc = _Encoder(version)
     body = enc.group(root)
     length = struct.pack(">I", len(body)) if version == 3 else struct.pack(">Q", len(body))

@@ -387,3 +387,36 @@ def test_a_file_without_pixel_size_and_no_option_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "plain.npy" in err and "--pixel-size-A" in err, err
     assert not out.exists()
+
+
+def test_energy_read_from_the_files_and_mixed_energies_refused(tmp_path, capsys):
+    # a 200 kV microscope's DM4 files (calibrated, with the voltage in their tags): calibrate fits the rings at the
+    # files' energy, with no option, and the proposed config simulates at it; mixing energies is refused
+    from dm_files import write_dm
+
+    from generators.run import simulate_structure
+
+    cfg = carbon_cfg(**{"simulation.energy_keV": 200.0})
+    images, _, _, metas, _ = simulate_structure(cfg, 0)
+    paths = []
+    for i in (1, 3):  # fields at 1100 and 3000 e/Å²
+        paths.append(str(tmp_path / f"f{i}.dm4"))
+        write_dm(paths[-1], np.round(images[i]).astype(np.float32), 0.035, "nm", voltage_V=200e3)
+    out = tmp_path / "scope.yaml"
+    assert main(["calibrate", *paths, "--out", str(out)]) == 0
+    assert "beam energy 200 keV, as the files record it" in capsys.readouterr().out
+    proposed = load_config(out)
+    assert proposed.simulation.energies_keV == (200.0,)
+    record = json.loads(out.with_suffix(".calibration.json").read_text())
+    assert record["energy_keV"] == 200.0
+    for m, i in zip(record["measurements"], (1, 3)):
+        # |defocus| (a corrected lens: the sign may stay open) at the carbon's mid-plane
+        assert abs(m["ctf"]["defocus_nm"]) == pytest.approx(abs(metas[i]["defocus_nm"] + CARBON_A / 20), abs=2.0)
+
+    other = tmp_path / "at300.dm4"
+    write_dm(other, np.round(images[0]).astype(np.float32), 0.035, "nm", voltage_V=300e3)
+    out2 = tmp_path / "mixed.yaml"
+    assert main(["calibrate", paths[0], str(other), "--out", str(out2)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "200, 300 keV" in err and "--energy-keV" in err, err
+    assert not out2.exists()

@@ -18,7 +18,7 @@ from scipy import ndimage
 from ..config import GenerationConfig, load_config, load_preset
 from ..files import atomic_path
 from ..micrographs.importer import MASK_SUFFIX, _micrograph_files, given_pixel_sizes, pixel_size_of
-from ..micrographs.readers import read_micrograph
+from ..micrographs.readers import beam_energy_keV, read_micrograph
 from .measure import CalibrationError, Measurement, measure
 from .propose import propose
 
@@ -79,6 +79,31 @@ def base_config(preset: str | None, config: str | Path | None) -> GenerationConf
     return load_config(config) if config else load_preset(preset or "realistic")
 
 
+def beam_energy(paths: list[Path], given: float | None, base: GenerationConfig, log: Callable[[str], None]) -> float:
+    """The energy (keV) the rings are fitted at: --energy-keV, else the one the files record (DM, Velox EMD),
+    else the base config's. The rings scale with the wavelength, so micrographs of several energies cannot share
+    one fit: they are refused unless --energy-keV says which to assume."""
+    recorded = {p.name: e for p in paths if (e := beam_energy_keV(p)) is not None}
+    if given is not None:
+        if not (np.isfinite(given) and given > 0):
+            raise CalibrationError(f"--energy-keV {given}: give the beam energy in keV, e.g. 300")
+        differ = sorted({f"{e:g}" for e in recorded.values() if abs(e - given) > 0.5})
+        if differ:
+            log(f"warning: --energy-keV {given:g} overrides the {', '.join(differ)} keV the files record")
+        return float(given)
+    energies = sorted(set(recorded.values()))
+    if len(energies) > 1:
+        raise CalibrationError("the micrographs were recorded at " + ", ".join(f"{e:g}" for e in energies)
+                               + " keV: calibrate each energy's micrographs apart, or give --energy-keV")
+    if energies:
+        log(f"beam energy {energies[0]:g} keV, as the files record it")
+        return float(energies[0])
+    if len(base.simulation.energies_keV) > 1:
+        raise CalibrationError(f"the base config draws beam energies {list(base.simulation.energies_keV)} keV and the "
+                               "files record none: give --energy-keV, the micrographs' own")
+    return float(base.simulation.energies_keV[0])
+
+
 def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float | None = None,
               pixel_sizes_csv: str | Path | None = None, preset: str | None = "realistic",
               config: str | Path | None = None, cs_mm: float | None = None, energy_keV: float | None = None,
@@ -94,13 +119,10 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
     if pixel_size_A is not None and not pixel_size_A > 0:
         raise CalibrationError(f"--pixel-size-A {pixel_size_A}: give a positive pixel size in Å")
     base = base_config(preset, config)
-    if energy_keV is None and len(base.simulation.energies_keV) > 1:
-        raise CalibrationError(f"the base config draws beam energies {list(base.simulation.energies_keV)} keV: give "
-                               "--energy-keV, the micrographs' own")
-    energy = float(energy_keV or base.simulation.energies_keV[0])
     cs = cs_mm if cs_mm is not None else float(np.mean(base.imaging.cs_mm.support()))
     paths, root = micrograph_paths(inputs)
     sizes = given_pixel_sizes(paths, pixel_size_A, pixel_sizes_csv, root)
+    energy = beam_energy(paths, energy_keV, base, log)
 
     measurements, images, skipped = [], [], []
     for p in paths:

@@ -256,6 +256,37 @@ def read_micrograph(path) -> tuple[np.ndarray, float | None, str]:
     return image, _pixel_size_A(path, cal), fmt
 
 
+def beam_energy_keV(path) -> float | None:
+    """The accelerating voltage (keV) a file records, or None: Gatan DM files keep it in their ImageTags
+    ("Microscope Info" / "Voltage", in V), Velox EMD files in their optics metadata ("AccelerationVoltage", V).
+    Other formats (TIFF, MRC, NumPy, Berkeley EMD) carry none."""
+    path = Path(path)
+    fmt = _format_of(path)
+    try:
+        if fmt in ("dm3", "dm4"):
+            from rsciio.digitalmicrograph import file_reader
+
+            groups = file_reader(str(path))[0]["original_metadata"].get("ImageList", {}).values()
+            volts = [g.get("ImageTags", {}).get("Microscope Info", {}).get("Voltage") for g in groups]
+        elif fmt == "emd" and _emd_variant(path) == "velox":
+            from rsciio.emd import file_reader
+
+            signals = file_reader(str(path), select_type="image")
+            volts = [s["original_metadata"].get("Optics", {}).get("AccelerationVoltage") for s in signals]
+        else:
+            return None
+    except Exception:  # an unreadable file is reported by read_micrograph, with its name; no energy here
+        return None
+    for v in volts:
+        try:
+            kv = float(v) / 1e3
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(kv) and kv > 0:
+            return kv
+    return None
+
+
 def parse_mask_values(text: str | None) -> dict[float, int] | None:
     """`--mask-values 0=0,1=1,2=1` (or `255=0,0=1` for a white background) -> {file value: 0 or 1}."""
     if text is None:
