@@ -1,6 +1,6 @@
-"""The watershed's seed threshold, the neck ratio that joins a cut particle and the smallest particle, chosen on a
-simulated VALIDATION split (never on the test split or the real set): particle F1 for each triple, from one pass
-of the model.
+"""The watershed's seed threshold, the neck ratio that joins a cut particle, the smallest particle and the
+particle confidence floor, chosen on a simulated VALIDATION split (never on the test split or the real set):
+particle F1 for each combination, from one pass of the model.
 
     python benchmarks/tune_instances.py MODEL DATASET [--split validation]
 """
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7")
     p.add_argument("--min-px", default="0,50,100,200")
     p.add_argument("--necks", default="inf,1.2", help="neck ratios (training/instances.py NECK_RATIO; inf: no join)")
+    p.add_argument("--confidences", default="0,0.8", help="particle confidence floors (MIN_CONFIDENCE; 0: none)")
     args = p.parse_args(argv)
     model, config = load_model(args.model)
     data = benchmark_set(Benchmark(name="tune", path=args.dataset, split=args.split), config.augment, "dataset",
@@ -44,10 +45,13 @@ def main(argv=None) -> int:
     for t in (float(x) for x in args.thresholds.split(",")):
         for m in (int(x) for x in args.min_px.split(",")):
             for neck in (float(x) for x in args.necks.split(",")):
-                agg = aggregate([match(particles_from_logits(lg, m, t, neck), true, px) for lg, true, px in fields])
-                rows.append({"seed_threshold": t, "min_px": m, "neck_ratio": neck, **{k: agg[k] for k in (
-                    "particle_f1", "count_error", "median_diameter_error", "touching_pairs_separated")}})
-                print(json.dumps(rows[-1]))
+                for conf in (float(x) for x in args.confidences.split(",")):
+                    agg = aggregate([match(particles_from_logits(lg, m, t, neck, conf), true, px)
+                                     for lg, true, px in fields])
+                    rows.append({"seed_threshold": t, "min_px": m, "neck_ratio": neck, "min_confidence": conf,
+                                 **{k: agg[k] for k in ("particle_f1", "count_error", "median_diameter_error",
+                                                        "touching_pairs_separated")}})
+                    print(json.dumps(rows[-1]))
     best = max(rows, key=lambda r: r["particle_f1"] or 0)
     print("best on", args.split, json.dumps(best))
     return 0

@@ -258,3 +258,19 @@ def test_instance_logits_rejoin_a_particle_cut_by_two_humps():
     logits = np.stack([np.where(one | pair, 5.0, -5.0), np.log(p / (1 - p))])
     assert particles_from_logits(logits.astype(np.float32), neck_ratio=float("inf")).max() == 4   # cut, and the pair
     assert particles_from_logits(logits.astype(np.float32)).max() == 3
+
+
+def test_particles_the_model_is_unsure_of_are_dropped_from_the_tables_not_the_mask():
+    # two discs in the mask channel: one at logit 5 (probability 0.99), one at logit 0.5 (0.62, under the 0.8
+    # floor); binary and instance models alike keep the first as a particle and drop the second
+    from training.instances import MIN_CONFIDENCE
+
+    shape = (80, 160)
+    a, b = disc(shape, 40, 40, 15), disc(shape, 120, 40, 15)
+    mask_logit = np.where(a, 5.0, np.where(b, 0.5, -5.0)).astype(np.float32)
+    centre = np.where(a | b, 4.0, -4.0).astype(np.float32)
+    for logits in (mask_logit[None], np.stack([mask_logit, centre])):
+        kept = particles_from_logits(logits)
+        assert kept.max() == 1 and kept[40, 40] == 1 and kept[40, 120] == 0
+        assert particles_from_logits(logits, min_confidence=0).max() == 2
+    assert 0.62 < MIN_CONFIDENCE < 0.99
