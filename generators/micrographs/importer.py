@@ -263,7 +263,7 @@ def given_pixel_sizes(paths: list[Path], pixel_size_A: float | None, csv_path=No
             raise MicrographError(f"--pixel-size-A must be a positive number of Å, got {pixel_size_A}")
         return {p: float(pixel_size_A) for p in paths}
     if csv_path is not None:
-        root = root or Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+        root = Path(root).resolve() if root else Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
         sizes, _ = read_pixel_sizes(csv_path, [p.resolve() for p in paths], root)
         return {p: sizes[p.resolve()] for p in paths}
     return {p: None for p in paths}
