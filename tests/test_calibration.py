@@ -221,7 +221,7 @@ def test_support_thickness_from_the_speckle_contrast():
         min(m.ctf.defocus_nm - half_nm, -m.ctf.defocus_nm - half_nm), abs=0.01)
 
 
-def test_calibrate_writes_a_config_that_spans_the_fits(carbon_fields, tmp_path, capsys):
+def test_calibrate_writes_a_config_that_spans_the_fits(carbon_fields, tmp_path, capsys, monkeypatch):
     cfg, images, metas = carbon_fields
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -243,6 +243,11 @@ def test_calibrate_writes_a_config_that_spans_the_fits(carbon_fields, tmp_path, 
     assert lo < min(m["dose_e_per_A2"] for m in metas[:3]) * 1.0 and hi > max(m["dose_e_per_A2"] for m in metas[:3])
     # what was not measured is named as kept
     assert "imaging.cs_mm: kept" in out.read_text()
+    # the same folder named relatively, its CSV too: the rows are found as with absolute paths
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", "mine", "--pixel-sizes", "mine/index.csv", "--out", "again.yaml"]) == 0
+    again = json.loads((tmp_path / "again.calibration.json").read_text())
+    assert [m["pixel_size_A"] for m in again["measurements"]] == [0.35] * 3
 
 
 @pytest.mark.parametrize("case", ["flat", "nyquist", "unreadable", "tiny"])
