@@ -44,7 +44,8 @@ NECK_RATIO = 1.2
 # this is dropped (`drop_unsure`): the mask still holds its pixels, the particle tables do not. Chosen on the
 # simulated VALIDATION split with benchmarks/tune_instances.py, as the best mean particle F1 of the two trainings
 # above: none / 0.6 / 0.7 / 0.8 / 0.85 / 0.9 gave 0.810 / 0.820 / 0.822 / 0.824 / 0.824 / 0.819 (2026-12-03);
-# of the tied 0.8 and 0.85, the one that drops fewer.
+# of the tied 0.8 and 0.85, the one that drops fewer (with a third training: 0.826 and 0.831, still within what
+# one training changes; docs/particles.md).
 MIN_CONFIDENCE = 0.8
 # Matching: a predicted and a true particle are the same particle when their IoU reaches this (the usual 0.5,
 # at which a match is unique: two predictions cannot both overlap one particle by more than half their union).
