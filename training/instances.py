@@ -276,14 +276,24 @@ def _overlaps(pred: np.ndarray, true: np.ndarray):
     return t, p, iou
 
 
+def _neighbour_edges(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every 4-neighbour edge between two different labels (both > 0): (lower label, higher label, y, x of the
+    edge's midpoint)."""
+    lo, hi, ys, xs = [], [], [], []
+    for a, b, dy, dx in ((labels[:, :-1], labels[:, 1:], 0.0, 0.5), (labels[:-1], labels[1:], 0.5, 0.0)):
+        diff = (a != b) & (a > 0) & (b > 0)
+        iy, ix = np.nonzero(diff)
+        lo.append(np.minimum(a[diff], b[diff]))
+        hi.append(np.maximum(a[diff], b[diff]))
+        ys.append(iy + dy)
+        xs.append(ix + dx)
+    return np.concatenate(lo), np.concatenate(hi), np.concatenate(ys), np.concatenate(xs)
+
+
 def touching_pairs(labels: np.ndarray) -> np.ndarray:
     """(k, 2) label pairs (a < b) that share an edge (4-neighbours)."""
-    pairs = []
-    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])):
-        diff = (a != b) & (a > 0) & (b > 0)
-        pairs.append(np.sort(np.c_[a[diff], b[diff]], axis=1))
-    allp = np.concatenate(pairs)
-    return np.unique(allp, axis=0) if len(allp) else np.zeros((0, 2), np.int32)
+    lo, hi, _, _ = _neighbour_edges(labels)
+    return np.unique(np.c_[lo, hi], axis=0) if len(lo) else np.zeros((0, 2), np.int32)
 
 
 def match(pred: np.ndarray, true: np.ndarray, pixel_size_A: float = 1.0, ignore_border: bool = True) -> dict:
@@ -404,31 +414,18 @@ def merge_small(labels: np.ndarray, min_px: int) -> np.ndarray:
     return relabel(out)
 
 
-def _shared_lines(labels: np.ndarray) -> dict[tuple[int, int], float]:
-    """For each pair of labels that share an edge (4-neighbours): the length (px) of the line between them, the
-    extent of the edge midpoints along their principal axis (a straight run of n midpoints 1 px apart: n; a
-    diagonal staircase: its length, not its number of steps)."""
-    keys, ys, xs = [], [], []
-    for a, b, dy, dx in ((labels[:, :-1], labels[:, 1:], 0.0, 0.5), (labels[:-1], labels[1:], 0.5, 0.0)):
-        diff = (a != b) & (a > 0) & (b > 0)
-        if not diff.any():
-            continue
-        iy, ix = np.nonzero(diff)
-        lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
-        keys.append(lo.astype(np.int64) * (int(labels.max()) + 1) + hi)
-        ys.append(iy + dy)
-        xs.append(ix + dx)
-    if not keys:
-        return {}
-    keys, ys, xs = np.concatenate(keys), np.concatenate(ys), np.concatenate(xs)
+def _line_lengths(lo: np.ndarray, hi: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> dict[tuple[int, int], float]:
+    """For each pair (lo, hi) of the edges: the length (px) of the line between them, the extent of its edge
+    midpoints along their principal axis (a straight run of n midpoints 1 px apart: n; a diagonal staircase: its
+    length, not its number of steps)."""
+    keys = lo.astype(np.int64) * (int(hi.max(initial=0)) + 1) + hi
     order = np.argsort(keys, kind="stable")
-    keys, ys, xs = keys[order], ys[order], xs[order]
-    starts = np.r_[0, np.nonzero(np.diff(keys))[0] + 1]
+    keys, ys, xs, lo, hi = keys[order], ys[order], xs[order], lo[order], hi[order]
+    starts = np.r_[0, np.nonzero(np.diff(keys))[0] + 1] if len(keys) else np.zeros(0, int)
     out = {}
     for s, e in zip(starts, np.r_[starts[1:], len(keys)]):
         cov = np.cov(np.vstack([xs[s:e], ys[s:e]]), bias=True) if e - s > 1 else np.zeros((2, 2))
-        span = float(np.sqrt(12 * max(np.linalg.eigvalsh(cov)[-1], 0.0) + 1))
-        out[divmod(int(keys[s]), int(labels.max()) + 1)] = span
+        out[int(lo[s]), int(hi[s])] = float(np.sqrt(12 * max(np.linalg.eigvalsh(cov)[-1], 0.0) + 1))
     return out
 
 
@@ -436,23 +433,28 @@ def merge_wide_necks(labels: np.ndarray, ratio: float = NECK_RATIO) -> np.ndarra
     """Join two touching particles where the line they share is at least `ratio` times the smaller one's
     equivalent-circle diameter: a watershed that found two cores in one convex particle cut it along a chord,
     which is wider than two touching particles' neck (see NECK_RATIO). The widest neck first, one join at a
-    time, so that a particle cut in three comes back whole. ratio = inf: no join."""
+    time, so that a particle cut in three comes back whole. ratio = inf: no join.
+    The image is scanned once: joins relabel the list of shared edges and add up the areas."""
     labels = relabel(labels)
     if not np.isfinite(ratio) or labels.max(initial=0) < 2:
         return labels
-    while True:
-        lines = _shared_lines(labels)
-        if not lines:
-            return labels
-        area = np.bincount(labels.ravel())
+    lo, hi, ys, xs = _neighbour_edges(labels)
+    area = np.bincount(labels.ravel()).astype(np.float64)
+    lut = np.arange(len(area))
+    while len(lo):
+        lines = _line_lengths(lo, hi, ys, xs)
         pairs = list(lines)
-        score = [lines[p] / (2 * np.sqrt(min(area[p[0]], area[p[1]]) / np.pi)) for p in pairs]
+        score = [lines[a, b] / (2 * np.sqrt(min(area[a], area[b]) / np.pi)) for a, b in pairs]
         best = int(np.argmax(score))
         if score[best] < ratio:
-            return labels
+            break
         a, b = pairs[best]
-        labels[labels == b] = a
-        labels = relabel(labels)
+        lut[lut == b] = a
+        area[a] += area[b]
+        lo, hi = lut[lo], lut[hi]
+        keep = lo != hi                       # the edges between a and b are inside the joined particle now
+        lo, hi, ys, xs = np.minimum(lo, hi)[keep], np.maximum(lo, hi)[keep], ys[keep], xs[keep]
+    return relabel(lut[labels])
 
 
 def drop_unsure(labels: np.ndarray, probability: np.ndarray, min_confidence: float = MIN_CONFIDENCE) -> np.ndarray:
