@@ -633,3 +633,17 @@ def test_score_split_from_reads_the_imported_folder_through_its_manifest(importe
         split_of(built)
     with pytest.raises(ScoreError, match="--split-from .*nowhere: no such dataset folder"):
         split_of(tmp_path / "nowhere")
+
+
+def test_load_micrograph_reads_the_recorded_beam_energy_with_the_image(tmp_path):
+    # one read gives image, pixel size and the voltage a DM file records; formats without one give None
+    from generators.micrographs import load_micrograph
+
+    img = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    write_dm(tmp_path / "a.dm4", img, 0.0625, "nm", voltage_V=80e3)
+    write_dm(tmp_path / "b.dm4", img, 0.0625, "nm")
+    a, b = load_micrograph(tmp_path / "a.dm4"), load_micrograph(tmp_path / "b.dm4")
+    assert a.energy_keV == pytest.approx(80.0) and b.energy_keV is None
+    assert a.pixel_size_A == pytest.approx(0.625) and np.array_equal(a.image, img) and a.format == "dm4"
+    np.save(tmp_path / "c.npy", img)
+    assert load_micrograph(tmp_path / "c.npy").energy_keV is None

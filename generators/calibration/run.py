@@ -18,7 +18,7 @@ from scipy import ndimage
 from ..config import GenerationConfig, load_config, load_preset
 from ..files import atomic_path
 from ..micrographs.importer import MASK_SUFFIX, _micrograph_files, given_pixel_sizes, pixel_size_of
-from ..micrographs.readers import beam_energy_keV, read_micrograph
+from ..micrographs.readers import Micrograph, load_micrograph
 from .measure import CalibrationError, Measurement, measure
 from .propose import propose
 
@@ -79,11 +79,12 @@ def base_config(preset: str | None, config: str | Path | None) -> GenerationConf
     return load_config(config) if config else load_preset(preset or "realistic")
 
 
-def beam_energy(paths: list[Path], given: float | None, base: GenerationConfig, log: Callable[[str], None]) -> float:
+def beam_energy(files: dict[Path, Micrograph], given: float | None, base: GenerationConfig,
+                log: Callable[[str], None]) -> float:
     """The energy (keV) the rings are fitted at: --energy-keV, else the one the files record (DM, Velox EMD),
     else the base config's. The rings scale with the wavelength, so micrographs of several energies cannot share
     one fit: they are refused unless --energy-keV says which to assume."""
-    recorded = {p.name: e for p in paths if (e := beam_energy_keV(p)) is not None}
+    recorded = {p.name: f.energy_keV for p, f in files.items() if f.energy_keV is not None}
     if given is not None:
         if not (np.isfinite(given) and given > 0):
             raise CalibrationError(f"--energy-keV {given}: give the beam energy in keV, e.g. 300")
@@ -122,14 +123,13 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
     cs = cs_mm if cs_mm is not None else float(np.mean(base.imaging.cs_mm.support()))
     paths, root = micrograph_paths(inputs)
     sizes = given_pixel_sizes(paths, pixel_size_A, pixel_sizes_csv, root)
-    energy = beam_energy(paths, energy_keV, base, log)
+    files = {p: load_micrograph(p) for p in paths}  # each file read once: image, pixel size, energy
+    energy = beam_energy(files, energy_keV, base, log)
 
     measurements, images, skipped = [], [], []
-    for p in paths:
-        image, file_px, _ = read_micrograph(p)
-        if image.ndim != 2:
-            raise CalibrationError(f"{p.name}: a {image.ndim}-D array; give one 2-D micrograph per file")
-        px = pixel_size_of(p, sizes[p], file_px)
+    for p, f in files.items():
+        image = f.image
+        px = pixel_size_of(p, sizes[p], f.pixel_size_A)
         mask = segment(image, px) if segment is not None else None
         try:
             m = measure(image, px, p.name, energy_keV=energy, cs_mm=cs,

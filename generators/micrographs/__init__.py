@@ -24,9 +24,10 @@ from .readers import (
                        MIN_SIDE_PX,
                        READER_PACKAGES,
                        SPLITS,
+                       Micrograph,
                        MicrographError,
-                       beam_energy_keV,
                        check_min_side,
+                       load_micrograph,
                        parse_mask_values,
                        read_mask,
                        read_micrograph,
@@ -34,8 +35,9 @@ from .readers import (
 )
 from .tiles import Tile, resample, resample_mask, resampled_shape, tile, tile_count, tile_starts
 
-__all__ = ["COLUMNS", "EXTENSIONS", "MASK_SUFFIX", "MIN_SIDE_PX", "READER_PACKAGES", "SPLITS", "MicrographError",
-           "Source", "Tile", "arrow_schema", "assign_splits", "beam_energy_keV", "check_min_side",
-           "given_pixel_sizes", "hf_features", "import_folder", "pair_files", "parse_mask_values", "pixel_size_of",
+__all__ = ["COLUMNS", "EXTENSIONS", "MASK_SUFFIX", "MIN_SIDE_PX", "READER_PACKAGES", "SPLITS", "Micrograph",
+           "MicrographError", "Source", "Tile", "arrow_schema", "assign_splits", "check_min_side",
+           "given_pixel_sizes", "hf_features", "import_folder", "load_micrograph", "pair_files", "parse_mask_values",
+           "pixel_size_of",
            "plan_source", "read_mask", "read_micrograph", "read_pixel_sizes", "resample", "resample_mask",
            "resampled_shape", "source_table", "tile", "tile_count", "tile_starts", "unit_to_A", "write_card"]

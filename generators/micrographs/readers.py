@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -83,15 +83,33 @@ def _pixel_size_A(path: Path, calibration) -> float | None:
     return sx
 
 
-# ---------------------------------------------------------------- readers: each returns [(data, calibration)]
+# ------------------------------------------------ readers: each returns [(data, calibration, beam energy in keV)]
 def _rsciio_images(signals) -> list:
     out = []
     for s in signals:
         data = np.asarray(s["data"])
         axes = sorted(s["axes"], key=lambda a: a.get("index_in_array", 0))
         cal = [(a.get("scale"), a.get("units")) for a in axes][-2:] if len(axes) >= 2 else None
-        out.append((_gray(data), cal))
+        out.append((_gray(data), cal, _energy_keV(s.get("original_metadata") or {})))
     return out
+
+
+def _energy_keV(original: dict) -> float | None:
+    """The accelerating voltage a file records (keV), or None: Gatan DM files keep it in their ImageTags
+    ("Microscope Info" / "Voltage", in V), Velox EMD files in their optics metadata ("AccelerationVoltage", V)."""
+    groups = original.get("ImageList", {})
+    volts = [g.get("ImageTags", {}).get("Microscope Info", {}).get("Voltage")
+             for g in (groups.values() if isinstance(groups, dict) else []) if isinstance(g, dict)]
+    volts.append(original.get("Optics", {}).get("AccelerationVoltage") if isinstance(original.get("Optics"), dict)
+                 else None)
+    for v in volts:
+        try:
+            kv = float(v) / 1e3
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(kv) and kv > 0:
+            return kv
+    return None
 
 
 def _gray(data: np.ndarray) -> np.ndarray:
@@ -114,7 +132,8 @@ def _read_tiff(path: Path) -> list:
 
     images = _rsciio_images(file_reader(str(path)))
     if len(images) == 1 and _pixel_size_A(path, images[0][1]) is None:
-        images = [(images[0][0], _tiff_tag_calibration(path) or images[0][1])]
+        data, cal, energy = images[0]
+        images = [(data, _tiff_tag_calibration(path) or cal, energy)]
     return images
 
 
@@ -146,11 +165,11 @@ def _read_pil(path: Path) -> list:
             data = np.asarray(im)
         else:  # palette, RGB, RGBA, LA, CMYK
             data = _luminance(np.asarray(im.convert("RGB")))
-    return [(data, None)]  # PNG/JPEG carry a print DPI at most, never a microscope calibration
+    return [(data, None, None)]  # PNG/JPEG carry a print DPI at most, never a microscope calibration
 
 
 def _read_npy(path: Path) -> list:
-    return [(np.load(path, allow_pickle=False), None)]
+    return [(np.load(path, allow_pickle=False), None, None)]
 
 
 def _read_dm(path: Path) -> list:
@@ -182,7 +201,7 @@ def _read_emd(path: Path) -> list:
 
     d = emdReader(path, dsetNum=0)
     cal = list(zip(d["pixelSize"], d["pixelUnit"]))[-2:]
-    return [(np.asarray(d["data"]), cal if len(cal) == 2 else None)]
+    return [(np.asarray(d["data"]), cal if len(cal) == 2 else None, None)]
 
 
 def _read_mrc(path: Path) -> list:
@@ -204,7 +223,7 @@ def _format_of(path: Path) -> str:
     return fmt
 
 
-def _read_any(path: Path) -> tuple[np.ndarray, object, str]:
+def _read_any(path: Path) -> tuple[np.ndarray, object, str, float | None]:
     path = Path(path)
     fmt = _format_of(path)
     if not path.is_file():
@@ -216,8 +235,8 @@ def _read_any(path: Path) -> tuple[np.ndarray, object, str]:
     except Exception as e:  # every reader has its own exception types; the user needs the file name
         raise MicrographError(f"{path.name}: cannot be read as {fmt} ({_one_line(e)}); check the file is "
                               "complete (not a truncated copy) or re-export it") from None
-    data, cal = _only_image(path, images)
-    return data, cal, _format_detail(path, fmt)
+    data, cal, energy = _only_image(path, images)
+    return data, cal, _format_detail(path, fmt), energy
 
 
 def _format_detail(path: Path, fmt: str) -> str:
@@ -226,18 +245,18 @@ def _format_detail(path: Path, fmt: str) -> str:
     return "emd-velox" if _emd_variant(path) == "velox" else "emd-ncem"
 
 
-def _only_image(path: Path, images: list) -> tuple[np.ndarray, object]:
+def _only_image(path: Path, images: list) -> tuple[np.ndarray, object, float | None]:
     """The one 2-D image of a file; DM and Velox files may also hold thumbnails or other signals."""
-    squeezed = [(_squeeze_leading(d), c) for d, c in images]
-    flat = [(d, c) for d, c in squeezed if d.ndim == 2]
+    squeezed = [(_squeeze_leading(d), c, e) for d, c, e in images]
+    flat = [(d, c, e) for d, c, e in squeezed if d.ndim == 2]
     if not flat:
-        shapes = ", ".join(" x ".join(map(str, d.shape)) for d, _ in squeezed) or "nothing"
+        shapes = ", ".join(" x ".join(map(str, d.shape)) for d, _, _ in squeezed) or "nothing"
         raise MicrographError(f"{path.name}: holds {shapes}, not a 2-D image; export one 2-D frame (or the sum "
                               "of a stack) before importing")
-    data, cal = max(flat, key=lambda dc: dc[0].size)  # thumbnails are the smaller ones
+    data, cal, energy = max(flat, key=lambda dce: dce[0].size)  # thumbnails are the smaller ones
     if np.iscomplexobj(data):
         raise MicrographError(f"{path.name}: complex data (an FFT or exit wave?), expected a recorded intensity")
-    return data, cal
+    return data, cal, energy
 
 
 def _squeeze_leading(data: np.ndarray) -> np.ndarray:
@@ -246,45 +265,26 @@ def _squeeze_leading(data: np.ndarray) -> np.ndarray:
     return data
 
 
-def read_micrograph(path) -> tuple[np.ndarray, float | None, str]:
-    """(2-D float32 image, pixel size in Å or None if the file is uncalibrated, format name)."""
+class Micrograph(NamedTuple):
+    image: np.ndarray            # 2-D float32
+    pixel_size_A: float | None   # None: the file is uncalibrated
+    format: str
+    energy_keV: float | None     # the accelerating voltage the file records (DM, Velox EMD), else None
+
+
+def load_micrograph(path) -> Micrograph:
+    """A micrograph file read once: its image, pixel size, format and recorded beam energy."""
     path = Path(path)
-    data, cal, fmt = _read_any(path)
+    data, cal, fmt, energy = _read_any(path)
     image = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(image)):
         raise MicrographError(f"{path.name}: contains NaN or infinite pixels; replace them before importing")
-    return image, _pixel_size_A(path, cal), fmt
+    return Micrograph(image, _pixel_size_A(path, cal), fmt, energy)
 
 
-def beam_energy_keV(path) -> float | None:
-    """The accelerating voltage (keV) a file records, or None: Gatan DM files keep it in their ImageTags
-    ("Microscope Info" / "Voltage", in V), Velox EMD files in their optics metadata ("AccelerationVoltage", V).
-    Other formats (TIFF, MRC, NumPy, Berkeley EMD) carry none."""
-    path = Path(path)
-    fmt = _format_of(path)
-    try:
-        if fmt in ("dm3", "dm4"):
-            from rsciio.digitalmicrograph import file_reader
-
-            groups = file_reader(str(path))[0]["original_metadata"].get("ImageList", {}).values()
-            volts = [g.get("ImageTags", {}).get("Microscope Info", {}).get("Voltage") for g in groups]
-        elif fmt == "emd" and _emd_variant(path) == "velox":
-            from rsciio.emd import file_reader
-
-            signals = file_reader(str(path), select_type="image")
-            volts = [s["original_metadata"].get("Optics", {}).get("AccelerationVoltage") for s in signals]
-        else:
-            return None
-    except Exception:  # an unreadable file is reported by read_micrograph, with its name; no energy here
-        return None
-    for v in volts:
-        try:
-            kv = float(v) / 1e3
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(kv) and kv > 0:
-            return kv
-    return None
+def read_micrograph(path) -> tuple[np.ndarray, float | None, str]:
+    """(2-D float32 image, pixel size in Å or None if the file is uncalibrated, format name)."""
+    return load_micrograph(path)[:3]
 
 
 def parse_mask_values(text: str | None) -> dict[float, int] | None:
@@ -322,7 +322,7 @@ def read_mask(path, shape: tuple[int, int] | None = None, image_path=None,
     ({file value: 0/1}, every value present mapped) and is otherwise refused naming the values found.
     """
     path = Path(path)
-    data, _, fmt = _read_any(path)
+    data, _, fmt, _ = _read_any(path)
     data = np.asarray(data, dtype=np.float64)
     if not np.all(np.isfinite(data)):
         raise MicrographError(f"{path.name}: mask holds NaN or infinite values; a mask is 0 = background, 1 = particle")
