@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import torch
 
     from training.models import load_model
-    from training.score import _read_pair, default_real_dir, fields, predict_field
+    from training.score import default_real_dir, fields, predict_field, read_pair
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     model, config = load_model(args.model)
     classes: dict[str, dict] = {}
     for f in fields(real):
-        image, truth = _read_pair(real, f)
+        image, truth = read_pair(real, f)
         with torch.no_grad():
             pred = predict_field(model, config, image, float(f["pixel_size_A"])) > 0
         e = field_errors(pred, truth, args.edge_px)

@@ -93,7 +93,7 @@ def predict_field(model, config, image: np.ndarray, pixel_size_A: float, tta: bo
     return np.pad(mask, ((0, max(0, h - mask.shape[0])), (0, max(0, w - mask.shape[1]))))[:h, :w]
 
 
-def _read_pair(real_dir: Path, f: dict) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(real_dir: Path, f: dict) -> tuple[np.ndarray, np.ndarray]:
     try:
         return (np.load(real_dir / f["file"]).astype(np.float32), np.load(real_dir / f["mask"]).astype(bool))
     except (OSError, ValueError) as err:
@@ -113,7 +113,7 @@ def score(model_dir: str, real_dir: Path | None = None, only: set[str] | None = 
     for f in index:
         if only is not None and f["file"] not in only:
             continue
-        image, truth = _read_pair(real_dir, f)
+        image, truth = read_pair(real_dir, f)
         pred, labels = predict_particles(model, config, image, float(f["pixel_size_A"]), tta)
         pred = pred.astype(bool)
         # Particle scores: the labels' connected components are the particles (touching labelled particles
@@ -198,7 +198,7 @@ def draw(model_dir: str, out: Path, real_dir: Path | None = None, files: list[st
     chosen = [f for f in fields(real_dir) if files is None or f["file"] in files]
     fig, axes = plt.subplots(1, len(chosen), figsize=(2.6 * len(chosen), 2.9))
     for ax, f in zip(np.atleast_1d(axes), chosen):
-        image, truth = _read_pair(real_dir, f)
+        image, truth = read_pair(real_dir, f)
         pred = predict_field(model, config, image, float(f["pixel_size_A"])).astype(bool)
         rgb = np.repeat(((image - image.min()) / max(np.ptp(image), 1e-6))[..., None], 3, axis=2)
         rgb[_outline(truth)] = (0.1, 0.9, 0.1)
@@ -245,7 +245,7 @@ def draw_scenes(dataset: Path, out: Path, real_dir: Path | None = None, n: int =
         axes[1, j].set_title("instance mask", fontsize=8)
     px = folder.pixel_size_A
     for j, f in enumerate(real):
-        img = resample(_read_pair(real_dir, f)[0], float(f["pixel_size_A"]), px)
+        img = resample(read_pair(real_dir, f)[0], float(f["pixel_size_A"]), px)
         axes[2, j].imshow(img, cmap="gray")
         axes[2, j].set_title(f"real {f['material']} {float(f['nominal_diameter_nm']):g} nm", fontsize=8)
     for ax in axes.ravel():
