@@ -274,3 +274,21 @@ def test_particles_the_model_is_unsure_of_are_dropped_from_the_tables_not_the_ma
         assert kept.max() == 1 and kept[40, 40] == 1 and kept[40, 120] == 0
         assert particles_from_logits(logits, min_confidence=0).max() == 2
     assert 0.62 < MIN_CONFIDENCE < 0.99
+
+
+def test_largest_pieces_keeps_one_piece_per_particle():
+    # labels carried back to a micrograph's pixels and cut to its resampled mask: particle 5 shed a 2 px sliver
+    # (a real field scored it as a false particle), particle 7 is whole, particle 9 is two equal halves
+    from training.instances import largest_pieces
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[5:20, 5:20] = 5
+    labels[0, 22:24] = 5                     # the sliver, apart from its particle
+    labels[25:35, 25:35] = 7
+    labels[25:30, 2:6] = 9
+    labels[32:36, 2:6] = 9                   # 20 px against 16 px: the larger half stays
+    out = largest_pieces(labels)
+    assert out.max() == 3
+    assert sorted(np.bincount(out.ravel())[1:].tolist()) == [20, 100, 225]
+    assert out[0, 22] == 0 and out[10, 10] > 0 and out[27, 3] > 0 and out[33, 3] == 0
+    assert largest_pieces(np.zeros((4, 4), np.int32)).max() == 0

@@ -71,6 +71,25 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def largest_pieces(labels: np.ndarray) -> np.ndarray:
+    """Labels 1..n keeping, of each label value, only its largest 4-connected piece. For labels carried to
+    another pixel grid (nearest neighbour) and cut to a resampled mask: a particle that was one piece where it
+    was found can shed a sliver of a few pixels there, which is a resampling artefact, not a particle."""
+    pieces = relabel(labels)
+    n = int(pieces.max(initial=0))
+    if n == 0:
+        return pieces
+    flat_pieces, flat_labels = pieces.ravel(), np.asarray(labels).ravel()
+    area = np.bincount(flat_pieces, minlength=n + 1)
+    owner = np.zeros(n + 1, np.int64)
+    owner[flat_pieces] = flat_labels                      # every pixel of a piece carries the same label
+    order = np.lexsort((-area[1:], owner[1:])) + 1        # by label, the largest piece first
+    first = np.r_[True, owner[order][1:] != owner[order][:-1]]
+    keep = np.zeros(n + 1, bool)
+    keep[order[first]] = True
+    return relabel(np.where(keep[pieces], pieces, 0))
+
+
 def connected_components(mask: np.ndarray) -> np.ndarray:
     """The binary models' instances: 4-connected components of the mask."""
     out, _ = ndimage.label(np.asarray(mask) > 0)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .instances import aggregate, connected_components, match, particles_from_logits, relabel
+from .instances import aggregate, connected_components, largest_pieces, match, particles_from_logits
 
 
 def predict_particles(model, config, image: np.ndarray, pixel_size_A: float, tta: bool = False):
     """(mask, labels) of a field at the file's pixels: the model's logits at its pixel size (`field_logits`),
     the mask resampled back as `predict` does, the particles' labels carried back by nearest neighbour and
     fitted to that mask (a mask pixel the labels miss by resampling, within one model pixel of a particle, takes
-    its label; specks the size floor dropped stay out)."""
+    its label; specks the size floor dropped stay out; a sliver the resampled mask cuts off a particle stays in
+    the mask and out of the particles, `largest_pieces`)."""
     from generators.micrographs import resample, resample_mask
 
     from .predict import field_logits
@@ -38,7 +39,7 @@ def predict_particles(model, config, image: np.ndarray, pixel_size_A: float, tta
             missing &= dist <= model_px / pixel_size_A + 1
             labels[missing] = labels[iy[missing], ix[missing]]
         labels[mask == 0] = 0
-        labels = relabel(labels)
+        labels = largest_pieces(labels)
     return mask, labels
 
 
