@@ -310,6 +310,10 @@ VERBS = [
     Verb("finetune", "fine-tune a trained model (a training YAML with init_from)",
          "temsynth finetune --config training/examples/realistic_finetune.yaml",
          delegate="training.finetune:main"),
+    Verb("ensemble", "one model folder from several trainings of one config, their logits averaged: steadier "
+         "than any one training (docs/particles.md)",
+         "temsynth ensemble runs/realistic_instances/model runs/realistic_instances_s1/model --out runs/ensemble",
+         delegate="training.ensemble:main"),
     Verb("evaluate", "Dice/IoU of a model on a dataset folder, as JSON",
          "temsynth evaluate runs/demo/model tem_au_np \"n_particles >= 2\" --split test", _evaluate_args,
          cmd_evaluate),

@@ -215,3 +215,80 @@ def test_an_instance_model_fine_tunes_as_one(instance_model, built, tmp_path):
     rows = [r for r in read_metrics(Path(s["model_dir"]) / "metrics.csv") if r["phase"] == "finetune"]
     assert len(rows) == 1 and rows[0]["particle_f1"] != ""
     assert load_model(s["model_dir"])[1].model.instances
+
+
+def _other_training(instance_model, tmp_path):
+    """A second member: the trained model's folder with its weights moved (another training's stand-in)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src = Path(instance_model["model_dir"])
+    dest = tmp_path / "other"
+    shutil.copytree(src, dest)
+    state = load_file(str(dest / "model.safetensors"))
+    g = torch.Generator().manual_seed(3)
+    save_file({k: v + 0.05 * torch.randn(v.shape, generator=g) * v.abs().mean() if v.is_floating_point() else v
+               for k, v in state.items()}, str(dest / "model.safetensors"))
+    return dest
+
+
+def test_an_ensemble_averages_its_members_logits_and_serves_every_verb(instance_model, built, tmp_path):
+    import shutil
+
+    import torch
+
+    from temsynth.cli import main
+    from training.predict import evaluate
+
+    a, b = instance_model["model_dir"], _other_training(instance_model, tmp_path)
+    assert main(["ensemble", a, str(b), "--out", str(tmp_path / "ens")]) == 0
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        members = [load_model(f)[0](x) for f in (a, b)]
+        assert not torch.allclose(members[0], members[1])
+        # the folder holds copies of its members: moved elsewhere, it still loads, alone
+        shutil.move(tmp_path / "ens", tmp_path / "moved")
+        model, config = load_model(tmp_path / "moved")
+        torch.testing.assert_close(model(x), (members[0] + members[1]) / 2, rtol=1e-5, atol=1e-5)
+    assert config.model.instances and len(config.ensemble.members) == 2 and config.pixel_size_A is not None
+    assert "ensemble of 2" in (tmp_path / "moved" / "README.md").read_text()
+    # evaluate and measure read it as any model folder
+    r = evaluate(tmp_path / "moved", built, split="validation")
+    assert 0 < r["dice"] <= 1 and r["particles"]["count_true"] >= 1
+    np.save(tmp_path / "f.npy", np.random.default_rng(1).normal(100, 10, (96, 96)).astype(np.float32))
+    assert main(["measure", str(tmp_path / "moved"), str(tmp_path / "f.npy"), "--pixel-size-A", "0.25",
+                 "--out", str(tmp_path / "sizes")]) == 0
+    assert (tmp_path / "sizes" / "summary.json").is_file()
+
+
+def test_an_ensemble_refuses_members_that_differ_and_is_not_fine_tuned(instance_model, built, tmp_path, capsys):
+    import yaml
+
+    from temsynth.cli import main
+    from training.config import ModelConfig
+    from training.finetune import finetune_config
+    from training.models import build_model, read_model_config, save_model
+    from training.train import TrainError
+
+    a = instance_model["model_dir"]
+    binary = ModelConfig.model_validate({"unet": {"depth": 2, "base_width": 8}})
+    info = read_model_config(a).model_dump(mode="json", exclude={"model"})
+    other = save_model(build_model(binary), tmp_path / "binary", binary, info)
+    out = tmp_path / "ens"
+    for args, words in [([a, str(other)], "model (architecture and output channels) differs"),
+                        ([a], "at least two"), ([a, a], "given twice"),
+                        ([a, str(tmp_path / "nothing")], "is not a model folder")]:
+        capsys.readouterr()
+        assert main(["ensemble", *args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+        assert not out.exists() and not list(tmp_path.glob(".ens.*"))
+    assert main(["ensemble", a, str(_other_training(instance_model, tmp_path)), "--out", str(out)]) == 0
+    f = tmp_path / "ft.yaml"
+    f.write_text(yaml.safe_dump({"name": "ft", "output_dir": str(tmp_path / "ft"), "init_from": str(out),
+                                 "epochs": 1, "data": {"path": str(built), "split": "test"},
+                                 "benchmarks": [{"name": "validation", "path": str(built)}]}))
+    with pytest.raises(TrainError, match="is an ensemble of 2 models; fine-tune one of its members"):
+        run(finetune_config(f), progress=False, echo=False)

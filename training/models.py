@@ -152,6 +152,15 @@ class ParentRecord(BaseModel):
     train_data: list[SourceRecord] = []
 
 
+class EnsembleRecord(BaseModel):
+    """An ensemble folder's members (training/ensemble.py): folders relative to it, and where they came from."""
+    model_config = ConfigDict(extra="allow")
+    members: list[str]
+    sources: list[str] = []
+    seeds: list[int | None] = []
+    combine: str = "mean of logits"
+
+
 class ModelFolderConfig(BaseModel):
     """A model folder's config.json, read and typed in one place: the architecture, and what predicting,
     evaluating, fine-tuning and studies take from the run that made it. Keys a later version writes pass
@@ -172,6 +181,7 @@ class ModelFolderConfig(BaseModel):
     epoch: int | None = None
     phase_epoch: int | None = None
     scores: dict[str, dict] | None = None
+    ensemble: EnsembleRecord | None = None
 
     @property
     def augment(self) -> AugmentConfig:
@@ -220,6 +230,17 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     from safetensors.torch import load_file
 
     folder = Path(folder)
+    if (folder / CONFIG_FILE).is_file() and not (folder / MODEL_FILE).is_file():
+        config = read_model_config(folder)
+        if config.ensemble is not None:  # an ensemble's weights are its members' (training/ensemble.py)
+            from .ensemble import Ensemble
+
+            missing = [m for m in config.ensemble.members if not (folder / m / MODEL_FILE).is_file()]
+            if missing:
+                raise ModelFolderError(f"{folder} is an ensemble whose member {missing[0]} has no {MODEL_FILE}; "
+                                       f"{_REFETCH}")
+            members = [load_model(folder / m, device)[0] for m in config.ensemble.members]
+            return Ensemble(members).to(device).eval(), config
     if not (folder / CONFIG_FILE).is_file() or not (folder / MODEL_FILE).is_file():
         raise ModelFolderError(f"{folder} is not a model folder: it needs {CONFIG_FILE} and {MODEL_FILE} "
                                "(written by training.train into OUTPUT_DIR/model)")

@@ -151,6 +151,10 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
     parent = None
     if cfg.init_from:
         model, parent = load_model(cfg.init_from)
+        if parent.ensemble is not None:
+            raise TrainError(f"init_from: {cfg.init_from} is an ensemble of {len(parent.ensemble.members)} models; "
+                             f"fine-tune one of its members ({cfg.init_from}/{parent.ensemble.members[0]}) and "
+                             "ensemble again")
         if parent.model != cfg.model:
             raise TrainError(f"model: {cfg.init_from} holds a {parent.model.architecture} with another "
                              "configuration; remove `model:` from the fine-tuning config to take the parent's")
