@@ -286,6 +286,9 @@ def test_an_ensemble_refuses_members_that_differ_and_is_not_fine_tuned(instance_
         assert words in err and len(err.splitlines()) == 1, err
         assert not out.exists() and not list(tmp_path.glob(".ens.*"))
     assert main(["ensemble", a, str(_other_training(instance_model, tmp_path)), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["ensemble", str(out), a, "--out", str(tmp_path / "nested")]) == 2
+    assert "is an ensemble already; give its members" in capsys.readouterr().err
     f = tmp_path / "ft.yaml"
     f.write_text(yaml.safe_dump({"name": "ft", "output_dir": str(tmp_path / "ft"), "init_from": str(out),
                                  "epochs": 1, "data": {"path": str(built), "split": "test"},

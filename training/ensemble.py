@@ -52,8 +52,6 @@ def _agree(configs: list, folders: list[str]) -> None:
     """One line naming the first member that differs from the first, and in what."""
     first = configs[0]
     for folder, c in zip(folders[1:], configs[1:]):
-        if c.ensemble is not None:
-            raise ModelFolderError(f"{folder} is an ensemble already; give its members instead")
         for what, a, b in (("model (architecture and output channels)", first.model, c.model),
                            ("augment.normalise (input normalisation)", first.augment.normalise, c.augment.normalise),
                            ("pixel size of the training data", first.pixel_size_A, c.pixel_size_A)):
@@ -76,12 +74,13 @@ def make_ensemble(folders: list[str], out: str) -> Path:
         raise ModelFolderError(f"--out {out} exists; give a new folder")
     configs = []
     for f in folders:
+        config = read_model_config(f)  # one line for a folder without config.json, or with a damaged one
+        if config.ensemble is not None:
+            raise ModelFolderError(f"{f} is an ensemble already; give its members instead")
         if not (Path(f) / MODEL_FILE).is_file():
-            raise ModelFolderError(f"{f} is not a model folder: it needs {CONFIG_FILE} and {MODEL_FILE} "
+            raise ModelFolderError(f"{f} is not a model folder: it has no {MODEL_FILE} "
                                    "(written by training.train into OUTPUT_DIR/model)")
-        configs.append(read_model_config(f))
-    if configs[0].ensemble is not None:
-        raise ModelFolderError(f"{folders[0]} is an ensemble already; give its members instead")
+        configs.append(config)
     _agree(configs, folders)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
