@@ -426,3 +426,22 @@ def test_energy_read_from_the_files_and_mixed_energies_refused(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "200, 300 keV" in err and "--energy-keV" in err, err
     assert not out2.exists()
+
+
+def test_a_low_frequency_hump_is_not_taken_for_a_passband():
+    # a spectrum of carbon under an uncorrected 200 kV lens (Cs 1.2 mm, -50 to -75 nm) with, on top, a smooth hump
+    # of power about k = 0 (a field holding many particles): the fit reads the rings, not the hump (without the
+    # hump terms each of these was read within 2 nm of focus, the hump taken for a near-focus passband)
+    from generators.calibration.spectrum import Spectrum
+
+    n, px = 128, 0.7
+    f = np.fft.fftshift(np.fft.fftfreq(n, px))
+    k = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        df_A = -10 * rng.uniform(50, 75)
+        rings = ctf_power(k.ravel(), 200.0, df_A, 1.2e7, 5.0).reshape(k.shape) * np.exp(-10 * k**2)
+        hump = 30 * np.exp(-k**2 / (2 * 0.045**2))
+        power = (1.0 + 0.2 * k**2 + 3 * rings + hump) * rng.gamma(9, 1 / 9, k.shape)  # nine tiles' average
+        fit = fit_ctf(Spectrum(power, px, 9), energy_keV=200.0, cs_mm=1.2)
+        assert fit.defocus_nm == pytest.approx(df_A / 10, abs=2.0), (seed, fit.defocus_nm, df_A / 10)

@@ -68,7 +68,7 @@ def _fit_figure(m: Measurement, image: np.ndarray, path: Path) -> None:
                  extent=[-s.nyquist, s.nyquist, -s.nyquist, s.nyquist])
     ax[1].set_title("spectrum (left) | fitted CTF² x fall-off (right), 1/Å", fontsize=8)
     ax[2].semilogy(k, prof, ".", ms=3, label="radial median of the spectrum")
-    ax[2].semilogy(k, design[:, :4] @ coef * prof, "-", label="noise + fitted CTF (abTEM)")
+    ax[2].semilogy(k, design @ coef * prof, "-", label="noise + fitted CTF (abTEM)")
     ax[2].set_xlabel("k (1/Å)")
     ax[2].set_title(f"defocus {c.defocus_nm:+.1f} nm{' (sign?)' if c.sign_ambiguous else ''}, astig "
                     f"{c.astigmatism_nm:.1f} nm, focal spread {c.focal_spread_nm:.1f} nm", fontsize=8)
