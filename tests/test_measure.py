@@ -276,8 +276,13 @@ def test_an_ensemble_refuses_members_that_differ_and_is_not_fine_tuned(instance_
     binary = ModelConfig.model_validate({"unet": {"depth": 2, "base_width": 8}})
     info = read_model_config(a).model_dump(mode="json", exclude={"model"})
     other = save_model(build_model(binary), tmp_path / "binary", binary, info)
+    same = read_model_config(a)
+    info["training_config"]["augment"]["normalise"] = "minmax"
+    assert same.augment.normalise != "minmax"
+    minmax = save_model(build_model(same.model), tmp_path / "minmax", same.model, info)
     out = tmp_path / "ens"
-    for args, words in [([a, str(other)], "model (architecture and output channels) differs"),
+    for args, words in [([a, str(other)], "model (architecture and output channels) differs in instances"),
+                        ([a, str(minmax)], "input normalisation differs (minmax against"),
                         ([a], "at least two"), ([a, a], "given twice"),
                         ([a, str(tmp_path / "nothing")], "is not a model folder")]:
         capsys.readouterr()

@@ -26,6 +26,7 @@ from torch import nn
 from generators.errors import exit_status
 from generators.files import atomic_path
 
+from .config import differing_keys
 from .models import CONFIG_FILE, MODEL_FILE, ModelFolderError, read_model_config
 
 MEMBERS_DIR = "members"
@@ -52,13 +53,15 @@ def _agree(configs: list, folders: list[str]) -> None:
     """One line naming the first member that differs from the first, and in what."""
     first = configs[0]
     for folder, c in zip(folders[1:], configs[1:]):
-        for what, a, b in (("model (architecture and output channels)", first.model, c.model),
-                           ("augment.normalise (input normalisation)", first.augment.normalise, c.augment.normalise),
-                           ("pixel size of the training data", first.pixel_size_A, c.pixel_size_A)):
-            if a != b:
-                raise ModelFolderError(f"{folder}: its {what} differs from {folders[0]}'s ({b} against {a}); "
-                                       "an ensemble averages models that read and answer alike: give trainings "
-                                       "of one config")
+        keys = differing_keys(first.model.model_dump(mode="json"), c.model.model_dump(mode="json"))
+        what = (f"model (architecture and output channels) differs in {', '.join(keys)}" if keys else
+                f"input normalisation differs ({c.augment.normalise} against {first.augment.normalise})"
+                if c.augment.normalise != first.augment.normalise else
+                f"training pixel size differs ({c.pixel_size_A} against {first.pixel_size_A} Å)"
+                if c.pixel_size_A != first.pixel_size_A else None)
+        if what:
+            raise ModelFolderError(f"{folder}: its {what} from {folders[0]}'s; an ensemble averages models that read "
+                                   "and answer alike: give trainings of one config")
 
 
 def make_ensemble(folders: list[str], out: str) -> Path:
