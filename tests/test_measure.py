@@ -277,12 +277,12 @@ def test_an_ensemble_refuses_members_that_differ_and_is_not_fine_tuned(instance_
     info = read_model_config(a).model_dump(mode="json", exclude={"model"})
     other = save_model(build_model(binary), tmp_path / "binary", binary, info)
     same = read_model_config(a)
-    info["training_config"]["augment"]["normalise"] = "minmax"
-    assert same.augment.normalise != "minmax"
-    minmax = save_model(build_model(same.model), tmp_path / "minmax", same.model, info)
+    info["training_config"]["augment"]["normalise"] = "zscore"
+    assert same.augment.normalise != "zscore"
+    zscore = save_model(build_model(same.model), tmp_path / "zscore", same.model, info)
     out = tmp_path / "ens"
     for args, words in [([a, str(other)], "model (architecture and output channels) differs in instances"),
-                        ([a, str(minmax)], "input normalisation differs (minmax against"),
+                        ([a, str(zscore)], "input normalisation differs (zscore against"),
                         ([a], "at least two"), ([a, a], "given twice"),
                         ([a, str(tmp_path / "nothing")], "is not a model folder")]:
         capsys.readouterr()
