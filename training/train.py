@@ -29,7 +29,7 @@ from .config import TrainConfig, differing_keys, load_train_config
 from .data import EpochSampler, benchmark_set, open_source, source_json, training_set
 from .instances import aggregate, match, particles_from_logits
 from .metrics import counts, scores, segmentation_loss
-from .models import CONFIG_FILE, MODEL_FILE, ModelFolderConfig, build_model, load_model, save_model
+from .models import CONFIG_FILE, MODEL_FILE, ModelFolderConfig, build_model, load_model, read_model_config, save_model
 from .results import METRICS_FILE, PARTICLE_SCORES, append_metrics, read_metrics, rewrite_metrics
 
 RUN_CONFIG_FILE = "train_config.json"
@@ -150,11 +150,12 @@ def run(cfg: TrainConfig, progress: bool = True, echo: bool = True) -> dict:
                for b, f in zip(cfg.benchmarks, bench_folders)}
     parent = None
     if cfg.init_from:
-        model, parent = load_model(cfg.init_from)
-        if parent.ensemble is not None:
-            raise TrainError(f"init_from: {cfg.init_from} is an ensemble of {len(parent.ensemble.members)} models; "
-                             f"fine-tune one of its members ({cfg.init_from}/{parent.ensemble.members[0]}) and "
+        ensemble = read_model_config(cfg.init_from).ensemble  # refused before its members' weights are loaded
+        if ensemble is not None:
+            raise TrainError(f"init_from: {cfg.init_from} is an ensemble of {len(ensemble.members)} models; "
+                             f"fine-tune one of its members ({cfg.init_from}/{ensemble.members[0]}) and "
                              "ensemble again")
+        model, parent = load_model(cfg.init_from)
         if parent.model != cfg.model:
             raise TrainError(f"model: {cfg.init_from} holds a {parent.model.architecture} with another "
                              "configuration; remove `model:` from the fine-tuning config to take the parent's")

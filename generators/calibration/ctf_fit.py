@@ -148,10 +148,12 @@ def design_columns(k: np.ndarray, shape: np.ndarray, flexible: bool = False, noi
     noise's own fall-off exp(-noise_b k^2), where a blur acts after the noise (a display rendering's
     resampling, a scintillator's light spread): a polynomial cannot follow that Gaussian fall-off, and the CTF term
     under a strong fall-off took it for a near-focus passband (a field blurred by 1 px read -30 nm as -0.3 nm)."""
-    k2 = np.broadcast_to(k**2, shape.shape)
-    g = np.exp(-noise_b * k2) if noise_b else np.ones_like(shape)
-    humps = [np.exp(-k2 / (2 * w**2)) for w in HUMP_WIDTHS]
-    cols = [g, g * k2, g * k2**2, *humps, shape]
+    # functions of k alone, evaluated on k and broadcast: the search calls this with shapes of (defoci, k)
+    k2 = k**2
+    g = np.exp(-noise_b * k2) if noise_b else np.ones_like(k2)
+    cols = [np.broadcast_to(c, shape.shape) for c in (g, g * k2, g * k2**2)]
+    cols += [np.broadcast_to(np.exp(-k2 / (2 * w**2)), shape.shape) for w in HUMP_WIDTHS]
+    cols.append(shape)
     return cols + [shape * k, shape * k**2] if flexible else cols
 
 
