@@ -49,19 +49,26 @@ class Ensemble(nn.Module):
         return out / len(self.members)
 
 
+def _differences(first, other) -> list[str]:
+    """What makes two members read or answer differently, in words; empty when they agree."""
+    out = []
+    keys = differing_keys(first.model.model_dump(mode="json"), other.model.model_dump(mode="json"))
+    if keys:
+        out.append(f"model (architecture and output channels) differs in {', '.join(keys)}")
+    if other.augment.normalise != first.augment.normalise:
+        out.append(f"input normalisation differs ({other.augment.normalise} against {first.augment.normalise})")
+    if other.pixel_size_A != first.pixel_size_A:
+        out.append(f"training pixel size differs ({other.pixel_size_A} against {first.pixel_size_A} Å)")
+    return out
+
+
 def _agree(configs: list, folders: list[str]) -> None:
     """One line naming the first member that differs from the first, and in what."""
-    first = configs[0]
     for folder, c in zip(folders[1:], configs[1:]):
-        keys = differing_keys(first.model.model_dump(mode="json"), c.model.model_dump(mode="json"))
-        what = (f"model (architecture and output channels) differs in {', '.join(keys)}" if keys else
-                f"input normalisation differs ({c.augment.normalise} against {first.augment.normalise})"
-                if c.augment.normalise != first.augment.normalise else
-                f"training pixel size differs ({c.pixel_size_A} against {first.pixel_size_A} Å)"
-                if c.pixel_size_A != first.pixel_size_A else None)
-        if what:
-            raise ModelFolderError(f"{folder}: its {what} from {folders[0]}'s; an ensemble averages models that read "
-                                   "and answer alike: give trainings of one config")
+        diff = _differences(configs[0], c)
+        if diff:
+            raise ModelFolderError(f"{folder}: its {diff[0]} from {folders[0]}'s; an ensemble averages models that "
+                                   "read and answer alike: give trainings of one config")
 
 
 def make_ensemble(folders: list[str], out: str) -> Path:
