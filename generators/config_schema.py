@@ -194,6 +194,7 @@ class GenerationConfig(Strict):
                 "n_frozen_phonons": sim.n_frozen_phonons, "pixel_size_A": im.pixel_size_A,
                 "image_size_px": im.image_size_px, "mask_phase_threshold_rad": mask.phase_threshold_rad,
                 "mask_closing_radius_A": mask.closing_radius_A, "mask_blur_sigma_A": mask.blur_sigma_A,
+                "output_bits": im.output_bits or 0, "median_filter_px": im.median_filter_px,
                 "seed": self.seed, "config_sha256": self.sha256()}
 
     def canonical_json(self) -> str:
@@ -216,7 +217,8 @@ class GenerationConfig(Strict):
 # they hold their defaults, so that a folder written before they existed keeps its hash (and is not called
 # edited by `temsynth info --verify` or refused by training) and the same config keeps making the same records.
 ADDED_FIELDS = ("materials", "structure.core_shell", "structure.substrate.kind", "structure.substrate.composition",
-                "structure.substrate.density_g_per_cm3", "structure.substrate.graphene_layers", "imaging.chromatic")
+                "structure.substrate.density_g_per_cm3", "structure.substrate.graphene_layers", "imaging.chromatic",
+                "imaging.output_bits", "imaging.median_filter_px")
 
 
 @functools.lru_cache(maxsize=1)

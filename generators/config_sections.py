@@ -240,6 +240,12 @@ class DetectorConfig(Strict):
     counting_sigma_px: ranged(0.0, 5.0, "counting_sigma_px") = Fixed(value=0.3)
 
 
+def _odd_or_zero(n: int) -> int:
+    if n and n % 2 == 0:
+        raise ValueError(f"must be odd (a window centred on its pixel) or 0 for none, got {n}")
+    return n
+
+
 class ImagingConfig(Strict):
     image_size_px: int = Field(default=256, ge=16, le=8192)
     # Simulated field in detector pixels; when larger than image_size_px each condition stores a random
@@ -268,6 +274,11 @@ class ImagingConfig(Strict):
     # Further fixed polar aberrations (Krivanek notation), magnitudes in Angstrom, angles in degrees,
     # e.g. {C23: 179.8, phi23: 0, C50: 1.048e7}. Merged under the sampled ones.
     residual_aberrations_A: dict[str, float] = Field(default_factory=dict)
+    # What a micrograph saved for display holds (the seed study's last imaging step): each image's counts cast to
+    # 2^output_bits grey levels between its own minimum and maximum, then a median filter of median_filter_px.
+    # None / 0: the camera's counts are stored as they are.
+    output_bits: int | None = Field(default=None, ge=1, le=16)
+    median_filter_px: Annotated[int, Field(ge=0, le=15), AfterValidator(_odd_or_zero)] = 0
 
     @property
     def field_px(self) -> int:

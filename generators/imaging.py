@@ -295,6 +295,21 @@ def crop(a: np.ndarray, offset_xy: tuple[int, int], size: int) -> np.ndarray:
     return a[..., oy: oy + size, ox: ox + size]
 
 
+def saved_for_display(counts: np.ndarray, bits: int | None, median_px: int) -> np.ndarray:
+    """An image as a display file holds it: counts cast to 2^bits grey levels spanning the image's own minimum to
+    maximum, then a median filter of median_px (edges mirrored). bits None: counts kept; median_px 0: no filter."""
+    from scipy import ndimage
+
+    out = counts
+    if bits:
+        lo, hi = float(counts.min()), float(counts.max())
+        top = 2**bits - 1
+        out = np.zeros_like(counts) if hi <= lo else np.floor((counts - lo) / (hi - lo) * top + 0.5).astype(counts.dtype)
+    if median_px:
+        out = ndimage.median_filter(out, size=median_px, mode="mirror")
+    return out
+
+
 def noise_rng(cfg: GenerationConfig, structure_index: int, condition_index: int) -> np.random.Generator:
     return rng_for(cfg.seed, STAGE_NOISE, structure_index, condition_index)
 

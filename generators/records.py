@@ -110,6 +110,8 @@ METADATA_COLUMNS: tuple[Column, ...] = (
     Column("detector_mtf_c", pa.float64(), "scintillator MTF plateau c"),
     Column("detector_mtf_f0", pa.float64(), "scintillator MTF half-width f0, cycles per detector pixel"),
     Column("detector_counting_sigma_px", pa.float64(), "counting detector localisation error, detector pixels"),
+    Column("output_bits", pa.int32(), "grey levels 2^bits the counts were cast to, per image (0: counts kept)"),
+    Column("median_filter_px", pa.int32(), "median filter applied after that cast (0: none)"),
     Column("mask_phase_threshold_rad", pa.float64(), "|phase| threshold of the particle-only exit wave"),
     Column("mask_closing_radius_A", pa.float64(), "closing radius that bridges inter-column gaps"),
     Column("mask_blur_sigma_A", pa.float64(), "label margin: Gaussian blur of the mask kept above 0.1 (0: none)"),

@@ -15,7 +15,8 @@ from . import __version__
 from .config import STAGE_SPLITS, GenerationConfig, from_dict, rng_for
 from .detector import sample_detector
 from .folder import record_id, structure_id
-from .imaging import Grid, ImageFormer, beam_energy_keV, bin_mean, crop, grid_for, noise_rng, sample_conditions
+from .imaging import (Grid, ImageFormer, beam_energy_keV, bin_mean, crop, grid_for, noise_rng, sample_conditions,
+                      saved_for_display)
 from .masks import instance_labels, mask_from_coverage, phase_coverage
 from .micrographs.tiles import resample
 from .records import to_table
@@ -143,7 +144,7 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
                                noise_rng(cfg, index, c.condition_index))
         if resampled:
             counts = resample(counts, grid.detector_pixel_size_A, p)
-        img = crop(counts, c.crop_offset_px, size)
+        img = saved_for_display(crop(counts, c.crop_offset_px, size), im.output_bits, im.median_filter_px)
         m = crop(mask_field, c.crop_offset_px, size)
         lab = crop(labels_field, c.crop_offset_px, size)
         ox, oy = c.crop_offset_px

@@ -48,6 +48,8 @@ NOTES = {
     "imaging.focal_spread_nm": "defocus spread (temporal coherence): sets the information limit",
     "imaging.dose_e_per_A2": "electron dose; counts per pixel ~ Poisson(dose x pixel area x intensity)",
     "imaging.objective_aperture_mrad": "objective aperture semi-angle; null: none",
+    "imaging.output_bits": "cast each image to 2^bits grey levels between its minimum and maximum; null: counts",
+    "imaging.median_filter_px": "median filter window applied after the cast (odd); 0: none",
     "mask.phase_threshold_rad": "a pixel is particle where the particle-only exit wave's |phase| exceeds this",
     "structure.n_particles": "particles per scene (with area_fraction: the most there may be)",
     "structure.material": "the particle's material (generators/materials.py)",

@@ -186,3 +186,52 @@ def test_focal_series_agrees_with_the_quasi_coherent_envelope_for_a_weak_phase_o
     assert series.std() > 0.005
     assert np.abs(series - envelope).max() < 0.03 * np.abs(series).max()
     assert np.abs(sharp - envelope).max() > 0.1 * np.abs(series).max()  # and the spread does damp this image
+
+
+def test_display_cast_spans_the_grey_levels_and_the_median_takes_out_lone_pixels():
+    from generators.imaging import saved_for_display
+
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(400.0, size=(64, 64)).astype(np.float32)
+    counts[10, 10] = 5000.0   # one lone hot pixel (a cosmic ray)
+    cast = saved_for_display(counts, 8, 0)
+    assert cast.min() == 0 and cast.max() == 255 and np.all(cast == np.round(cast))
+    # the cast is monotonic in the counts: it keeps their order, only their levels merge
+    order = np.argsort(counts, axis=None, kind="stable")
+    assert np.all(np.diff(cast.ravel()[order]) >= 0)
+    filtered = saved_for_display(counts, 8, 3)
+    # the hot pixel set the top level; a 3 x 3 median replaces it by its neighbours' level, and smooths the noise
+    assert filtered[10, 10] < 0.2 * 255 and filtered.std() < cast.std()
+    assert saved_for_display(counts, None, 0) is counts
+    assert saved_for_display(np.full((8, 8), 7.0, np.float32), 8, 3).max() == 0, "a flat field has one level"
+
+
+def test_paper_preset_saves_8_bit_median_filtered_images_with_the_studys_label_margin():
+    """The seed study's last imaging step and its mask margin, from the `paper` preset, on a small scene: the
+    margin brings the phase-threshold mask (about one atomic radius inside the sphere) out to the sphere's
+    projected radius; the images hold 8-bit grey levels with the particle's fringes still in them."""
+    from generators.config_files import load_preset
+    from generators.imaging import saved_for_display
+    from generators.work import simulate_structure
+
+    paper = load_preset("paper")
+    assert (paper.imaging.output_bits, paper.imaging.median_filter_px) == (8, 3)
+    assert paper.mask.blur_sigma_A / paper.imaging.pixel_size_A == pytest.approx(5.0)
+    one = {"structure.n_particles": 1, "structure.radius_A": 11.0, "structure.radius_spread": 0.0,
+           "structure.defects.type": "none", "n_structures": 1, "conditions_per_structure": 1}
+    plain = simulate_structure(from_dict(tiny_dict(**one)), 0)
+    saved = simulate_structure(from_dict(tiny_dict(**one, **{
+        "imaging.output_bits": paper.imaging.output_bits, "imaging.median_filter_px": paper.imaging.median_filter_px,
+        "mask.blur_sigma_A": paper.mask.blur_sigma_A, "mask.blur_threshold": paper.mask.blur_threshold})), 0)
+    p = saved.records[0]["pixel_size_A"]
+    r_plain = np.sqrt(plain.masks[0].sum() / np.pi) * p
+    r_saved = np.sqrt(saved.masks[0].sum() / np.pi) * p
+    assert r_plain < 11.0 - 0.3, "the phase threshold stops short of the outermost atoms' centres"
+    assert r_saved - r_plain == pytest.approx(1.25, abs=0.3) and abs(r_saved - 11.0) < 0.8
+    img = saved.images[0]
+    assert img.min() >= 0 and img.max() <= 255 and np.all(img == np.round(img))
+    # at these few counts per pixel the cast keeps every count level apart (no more levels than counts had)
+    assert 20 < len(np.unique(img)) <= len(np.unique(plain.images[0]))
+    assert saved.records[0]["output_bits"] == 8 and saved.records[0]["median_filter_px"] == 3
+    # the same seeds draw the same counts: the saved image is exactly their cast, median-filtered copy
+    assert np.array_equal(img, saved_for_display(plain.images[0], 8, 3))
