@@ -23,26 +23,22 @@ BINS_A = (8, 12, 18, 27, 40, 70)
 
 def sphere_excess(dataset: Path) -> tuple[np.ndarray, np.ndarray, float]:
     """(radius_A, equivalent radius - radius in Å) of every isolated whole sphere, and the dataset's blur sigma."""
-    cols = ["instance_mask", "mask", "condition_index", "pixel_size_A", "particle_shape", "particle_radius_A",
-            "particle_cut_by_border", "mask_blur_sigma_A", "image_size_px"]
+    cols = ["instance_mask", "condition_index", "pixel_size_A", "particle_shape", "particle_radius_A",
+            "particle_cut_by_border", "mask_blur_sigma_A"]
     radii, excess, sigma = [], [], set()
     for path in sorted((dataset / "data").glob("*.parquet")):
         table = pq.read_table(path, columns=cols)
         table = table.filter(pc.equal(table["condition_index"], 0))
         for row in table.to_pylist():
-            n = row["image_size_px"]
-            inst = np.frombuffer(row["instance_mask"], np.uint8).reshape(n, n) if isinstance(
-                row["instance_mask"], bytes) else np.asarray(row["instance_mask"], np.uint8)
-            mask = inst > 0
-            blobs, _ = ndimage.label(mask)
+            inst = np.asarray(row["instance_mask"], np.uint8)
+            blobs, _ = ndimage.label(inst > 0)
             sigma.add(row["mask_blur_sigma_A"])
             for k, (shape, r, cut) in enumerate(zip(row["particle_shape"], row["particle_radius_A"],
                                                       row["particle_cut_by_border"]), start=1):
                 own = inst == k
                 if shape != "sphere" or cut or not own.any():
                     continue
-                blob_ids = np.unique(blobs[own])
-                blob = np.isin(blobs, blob_ids)
+                blob = np.isin(blobs, np.unique(blobs[own]))
                 if (inst[blob] != k).any():   # touches another particle's label: area shared, not its own
                     continue
                 radii.append(r)
