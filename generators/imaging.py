@@ -303,8 +303,8 @@ def saved_for_display(counts: np.ndarray, bits: int | None, median_px: int) -> n
     out = counts
     if bits:
         lo, hi = float(counts.min()), float(counts.max())
-        top = 2**bits - 1
-        out = np.zeros_like(counts) if hi <= lo else np.floor((counts - lo) / (hi - lo) * top + 0.5).astype(counts.dtype)
+        scale = (2**bits - 1) / (hi - lo) if hi > lo else 0.0
+        out = np.floor((counts - lo) * scale + 0.5).astype(counts.dtype)
     if median_px:
         out = ndimage.median_filter(out, size=median_px, mode="mirror")
     return out

@@ -15,8 +15,17 @@ from . import __version__
 from .config import STAGE_SPLITS, GenerationConfig, from_dict, rng_for
 from .detector import sample_detector
 from .folder import record_id, structure_id
-from .imaging import (Grid, ImageFormer, beam_energy_keV, bin_mean, crop, grid_for, noise_rng, sample_conditions,
-                      saved_for_display)
+from .imaging import (
+    Grid,
+    ImageFormer,
+    beam_energy_keV,
+    bin_mean,
+    crop,
+    grid_for,
+    noise_rng,
+    sample_conditions,
+    saved_for_display,
+)
 from .masks import instance_labels, mask_from_coverage, phase_coverage
 from .micrographs.tiles import resample
 from .records import to_table
