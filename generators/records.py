@@ -129,7 +129,8 @@ METADATA_NAMES = tuple(c.name for c in METADATA_COLUMNS)
 ARRAY_TYPES = {"image": pa.float32(), "mask": pa.uint8(), "instance_mask": pa.uint8()}
 ARRAY_COLUMNS = tuple(ARRAY_TYPES)
 ARRAY_DESCRIPTIONS = {
-    "image": ("counts", "the micrograph, rows of pixels: electron counts (simulated) or the recorded intensity"),
+    "image": ("counts", "the micrograph, rows of pixels: electron counts (simulated; grey levels where "
+                        "output_bits > 0) or the recorded intensity"),
     "mask": ("", "rows of pixels: 1 where a particle is, 0 elsewhere"),
     "instance_mask": ("", "rows of pixels: 0 background, k particle k (1-based, the order of the particle_ lists)"),
     "preview": ("", "an 8-bit PNG of the image with the mask's outline, as the Hugging Face Image feature"),
