@@ -209,7 +209,7 @@ def test_display_cast_spans_the_grey_levels_and_the_median_takes_out_lone_pixels
 def test_paper_preset_saves_8_bit_median_filtered_images_with_the_studys_label_margin():
     """The seed study's last imaging step and its mask margin, from the `paper` preset, on a small scene: the
     margin brings the phase-threshold mask (about one atomic radius inside the sphere) out to the sphere's
-    projected radius; the images hold 8-bit grey levels with the particle's fringes still in them."""
+    projected radius; the images hold 8-bit grey levels, the same-seed counts cast and filtered."""
     from generators.config_files import load_preset
     from generators.imaging import saved_for_display
     from generators.work import simulate_structure
