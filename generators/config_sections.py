@@ -266,6 +266,11 @@ class ImagingConfig(Strict):
     # Given, the focal spread of every record is computed from Cc, the energy spread and the instabilities at
     # the structure's beam energy (then leave focal_spread_nm out).
     chromatic: Chromatic | None = None
+    # Image spread (A. Thust, PRL 102, 220801, 2009): a Gaussian blur of the image intensity, standard deviation per
+    # direction in Å, from vibration, drift and the like during the exposure. It damps lattice fringes (2-2.4 Å)
+    # much more than carbon speckle (3-6 Å) and, unlike the focal spread, whatever the defocus; before the camera,
+    # so its noise stays white. Drawn per condition from its own random stream: 0 keeps every other draw.
+    image_spread_A: ranged(0, 10, "image_spread_A") = Fixed(value=0.0)
     dose_e_per_A2: ranged(1e-3, 1e7, "dose_e_per_A2") = Uniform(uniform=(100, 1200))
     # 1: quasi-coherent temporal envelope on the wave; N > 1: incoherent sum over an N-point defocus
     # series spanning +-3 sigma (the seed study's 25-point recipe), exact for non-linear imaging.

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.fft
+from scipy import ndimage
 
 from .config import STAGE_BEAM, STAGE_CONDITIONS, STAGE_DETECTOR, STAGE_NOISE, GenerationConfig, ImagingConfig, rng_for
 from .fftw import band_columns
@@ -35,6 +36,7 @@ class Condition:
     energy_spread_eV: float | None = None
     high_tension_ppm: float | None = None
     lens_current_ppm: float | None = None
+    image_spread_A: float = 0.0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -131,6 +133,8 @@ def sample_conditions(cfg: GenerationConfig, structure_index: int, centers_px: l
             ch = {name: float(getattr(im.chromatic, name).sample(crng, c)) for name in
                   ("cc_mm", "energy_spread_eV", "high_tension_ppm", "lens_current_ppm")}
             values.update(ch, focal_spread_nm=chromatic_focal_spread_nm(energy_keV=energy_keV, **ch))
+        values["image_spread_A"] = float(im.image_spread_A.sample(rng_for(cfg.seed, STAGE_CONDITIONS, structure_index,
+                                                                          c, 2), c))
         offset = []
         for axis in (0, 1):
             lo, hi = 0, hi_max
@@ -248,7 +252,11 @@ class ImageFormer:
                 if k:
                     transfer *= step
                 self._accumulate(spectra, transfer, float(w) / len(spectra), total, grid)
-            out[i] = bin_mean(np.ascontiguousarray(total.T) if grid == "band" else total, self.bin)
+            total = np.ascontiguousarray(total.T) if grid == "band" else total
+            if c.image_spread_A > 0:
+                # the field is periodic, as the multislice's: the blur wraps round it
+                total = ndimage.gaussian_filter(total, c.image_spread_A / self.sampling_A, mode="wrap")
+            out[i] = bin_mean(total, self.bin)
         return out
 
     def use_folder(self, dataset_dir) -> None:
@@ -298,8 +306,6 @@ def crop(a: np.ndarray, offset_xy: tuple[int, int], size: int) -> np.ndarray:
 def saved_for_display(counts: np.ndarray, bits: int | None, median_px: int) -> np.ndarray:
     """An image as a display file holds it: counts cast to 2^bits grey levels spanning the image's own minimum to
     maximum, then a median filter of median_px (edges mirrored). bits None: counts kept; median_px 0: no filter."""
-    from scipy import ndimage
-
     out = counts
     if bits:
         lo, hi = float(counts.min()), float(counts.max())

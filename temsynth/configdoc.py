@@ -46,6 +46,7 @@ NOTES = {
     "imaging.astigmatism_nm": "two-fold astigmatism C12",
     "imaging.astigmatism_angle_deg": "azimuth of the two-fold astigmatism",
     "imaging.focal_spread_nm": "defocus spread (temporal coherence): sets the information limit",
+    "imaging.image_spread_A": "Gaussian blur of the intensity before the camera (vibration, drift), σ in Å",
     "imaging.dose_e_per_A2": "electron dose; counts per pixel ~ Poisson(dose x pixel area x intensity)",
     "imaging.objective_aperture_mrad": "objective aperture semi-angle; null: none",
     "imaging.output_bits": "cast each image to 2^bits grey levels between its minimum and maximum; null: counts",

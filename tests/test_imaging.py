@@ -235,3 +235,39 @@ def test_paper_preset_saves_8_bit_median_filtered_images_with_the_studys_label_m
     assert saved.records[0]["output_bits"] == 8 and saved.records[0]["median_filter_px"] == 3
     # the same seeds draw the same counts: the saved image is exactly their cast, median-filtered copy
     assert np.array_equal(img, saved_for_display(plain.images[0], 8, 3))
+
+
+def test_image_spread_damps_each_frequency_by_its_gaussian_envelope_and_leaves_other_draws_alone():
+    """Image spread (vibration, drift) blurs the intensity: a fringe of spatial frequency k keeps
+    exp(-2 pi^2 sigma^2 k^2) of its amplitude, so 2.3 Å lattice fringes fade far more than 5 Å carbon speckle."""
+    from generators.imaging import sample_conditions
+
+    cfg = from_dict(tiny_dict())
+    n, s = cfg.sim_gpts, cfg.simulation.sampling_A
+    field = n * s
+    y, x = np.mgrid[:n, :n] * s
+    fringe, speckle = 14, 6  # periods field/14 = 2.29 Å and field/6 = 5.33 Å
+    phase = 0.01 * (np.cos(2 * np.pi * fringe * x / field) + np.cos(2 * np.pi * speckle * y / field))
+    wave = np.exp(1j * phase)[None].astype(np.complex64)
+    former = ImageFormer(cfg.imaging, n, s, wavelength_A(300), cfg.bin_factor)
+
+    def amplitudes(sigma):
+        image = former.intensity(wave, [cond(defocus_nm=-6.0, image_spread_A=sigma)])[0]
+        spec = np.abs(np.fft.fft2(image - image.mean()))
+        return spec[0, fringe], spec[speckle, 0]
+
+    sharp, blurred = amplitudes(0.0), amplitudes(0.5)
+    assert min(sharp) > 1e-3 * n * n / cfg.bin_factor**2  # both gratings are imaged
+    for k_index, a, b in ((fringe, sharp[0], blurred[0]), (speckle, sharp[1], blurred[1])):
+        expected = np.exp(-2 * np.pi**2 * 0.5**2 * (k_index / field) ** 2)
+        assert abs(b / a - expected) < 0.01, (k_index, b / a, expected)
+    assert blurred[0] / sharp[0] < 0.5 < 0.8 < blurred[1] / sharp[1]
+
+    # drawn per condition from its own stream: the other draws are those of a config without it
+    spread = from_dict(tiny_dict(**{"imaging.image_spread_A": {"uniform": [0.2, 0.6]}}))
+    plain_conditions = sample_conditions(cfg, 3, [(60.0, 60.0)], [10.0])
+    spread_conditions = sample_conditions(spread, 3, [(60.0, 60.0)], [10.0])
+    for a, b in zip(plain_conditions, spread_conditions):
+        assert a.image_spread_A == 0.0 and 0.2 <= b.image_spread_A <= 0.6
+        assert {**a.as_dict(), "image_spread_A": 0} == {**b.as_dict(), "image_spread_A": 0}
+    assert cfg.sha256() == from_dict(tiny_dict(**{"imaging.image_spread_A": 0.0})).sha256() != spread.sha256()
