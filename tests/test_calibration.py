@@ -11,6 +11,7 @@ from generators.calibration.ctf_fit import abtem_ctf_power, ctf_power, fit_ctf
 from generators.calibration.measure import data_kind, measure
 from generators.calibration.spectrum import power_spectrum
 from generators.config import from_dict, load_config
+from generators.distributions import Uniform
 from temsynth.cli import main
 
 CARBON_A = 30.0
@@ -194,9 +195,13 @@ def test_camera_told_from_the_noise_past_the_information_limit(camera):
         assert m.noise.dose_e_per_A2 == pytest.approx(0.8 * 1000.0, rel=0.1)  # the detected dose: DQE x dose
     else:
         assert m.noise.dose_e_per_A2 is None and "not measurable" in m.noise.why
-    data, notes = propose([m], cfg, "cam")
+    data, notes = propose([m], cfg.model_copy(update={"imaging": cfg.imaging.model_copy(
+        update={"image_spread_A": Uniform(uniform=(0.0, 0.8))})}), "cam")
     assert data["imaging"]["detector"]["type"] == {"value": camera}
     assert any(n.startswith("imaging.detector.type: from the noise spectra") for n in notes)
+    # an image spread is not told apart from the other fall-offs: the base config's range is kept and said so
+    assert data["imaging"]["image_spread_A"] == {"uniform": [0.0, 0.8]}
+    assert any(n.startswith("imaging.image_spread_A: kept (uniform") for n in notes)
 
 
 def test_support_thickness_from_the_speckle_contrast():

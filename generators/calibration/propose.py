@@ -79,6 +79,8 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
     notes.append("imaging.astigmatism_nm: measured (2-D fit of the rings); angle kept uniform (fields rotate "
                  "with the specimen)")
     notes.append(_focal_spread(measurements, base, im))
+    notes.append(f"imaging.image_spread_A: kept ({_describe(base.imaging.image_spread_A)}): a Gaussian fall-off in k "
+                 "that the rings' envelope does not tell from the focal spread and the camera's MTF")
     if cs_given is not None:
         # another microscope's Cs (an uncorrected lens: ~1 mm) moves every ring; the defoci above were fitted with it
         im["cs_mm"] = float(cs_given)
