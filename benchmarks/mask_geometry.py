@@ -47,7 +47,7 @@ def sphere_excess(dataset: Path) -> tuple[np.ndarray, np.ndarray, float]:
             excess.append(np.sqrt(area / np.pi) * row["pixel_size_A"] - r)
     sigma = set(table.column("mask_blur_sigma_A").to_pylist())
     if len(sigma) != 1:
-        raise SystemExit(f"{dataset}: masks of several blur sigmas {sorted(sigma)}")
+        raise TemsynthError(f"{dataset}: masks of several blur sigmas {sorted(sigma)}; measure one at a time")
     return np.asarray(radii), np.asarray(excess), sigma.pop()
 
 

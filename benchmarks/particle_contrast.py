@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generators.dataset import DatasetFolder  # noqa: E402
 from generators.errors import TemsynthError  # noqa: E402
 from generators.micrographs.tiles import resample, resample_mask  # noqa: E402
+from training.instances import connected_components, diameters_nm, touching_border  # noqa: E402
 from training.score import default_real_dir, fields, read_pair  # noqa: E402
 
 RING_PX = (3, 8)
@@ -36,23 +37,19 @@ def particle_contrast(image: np.ndarray, mask: np.ndarray, pixel_size_A: float) 
     """(contrast, texture, equivalent diameter in nm) of every whole particle of `mask` with carbon around it."""
     mask = np.asarray(mask, bool)
     image = np.asarray(image, np.float64)
-    labels, n = ndimage.label(mask)
+    labels = connected_components(mask)  # the package's particles: 4-connected pieces (training/instances.py)
     near_any = ndimage.binary_dilation(mask, iterations=RING_PX[0])
     rows = []
-    for k, sl in enumerate(ndimage.find_objects(labels), 1):
-        if sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == mask.shape[0] or sl[1].stop == mask.shape[1]:
-            continue  # cut by the border: neither its size nor its surroundings are whole
+    for k in np.flatnonzero(~touching_border(labels)) + 1:  # a cut particle's size and surroundings are not whole
         own = labels == k
         ring = ndimage.binary_dilation(own, iterations=RING_PX[1]) & ~near_any
         core = ndimage.binary_erosion(own, iterations=CORE_ERODE_PX)
-        if ring.sum() < 50 or core.sum() < 10:
-            continue
         carbon = image[ring]
-        spread = carbon.std()
-        if spread == 0:
+        if ring.sum() < 50 or core.sum() < 10 or carbon.std() == 0:
             continue
+        spread = carbon.std()
         rows.append(((np.median(carbon) - image[core].mean()) / spread, image[core].std() / spread,
-                     2 * np.sqrt(own.sum() / np.pi) * pixel_size_A / 10))
+                     diameters_nm(own.astype(np.int32), pixel_size_A, include_border=True)[0]))
     return np.asarray(rows, float).reshape(-1, 3)
 
 
@@ -70,18 +67,16 @@ def real_classes(real_dir: Path, pixel_size_A: float) -> dict[str, np.ndarray]:
 
 def simulated(dataset: Path, max_records: int, blur_px: float = 0.0) -> tuple[np.ndarray, float]:
     folder = DatasetFolder.open(dataset)
+    px = folder.pixel_size_A
     with folder.reading():
-        table = pads.dataset(folder.files("parquet"), format="parquet").to_table(
-            columns=["image", "mask", "pixel_size_A"])
+        table = pads.dataset(folder.files("parquet"), format="parquet").to_table(columns=["image", "mask"])
     if table.num_rows == 0:
         raise TemsynthError(f"{dataset}: no records")
-    pixel = set(table.column("pixel_size_A").to_pylist())
-    if len(pixel) != 1:
-        raise TemsynthError(f"{dataset}: records of several pixel sizes {sorted(pixel)}; compare one at a time")
-    px = pixel.pop()
-    rows = [particle_contrast(ndimage.gaussian_filter(np.asarray(r["image"], np.float32), blur_px),
-                              np.asarray(r["mask"], np.uint8), px)
-            for r in table.slice(0, max_records).to_pylist()]
+    rows = []
+    for r in table.slice(0, max_records).to_pylist():
+        image = np.asarray(r["image"], np.float32)
+        rows.append(particle_contrast(ndimage.gaussian_filter(image, blur_px) if blur_px else image,
+                                      np.asarray(r["mask"], np.uint8), px))
     return np.concatenate(rows), px
 
 
