@@ -116,10 +116,14 @@ class GenerationConfig(Strict):
         defects = _values(st.defects.type)
         for m in _values(st.material):
             mat = registry[m]
-            shapes = [sh for sh in _values(st.shape) if sh != "sphere" and sh not in mat.wulff_shapes]
+            shapes = [sh for sh in _values(st.shape) if sh not in mat.shapes]
             if shapes:
                 raise ValueError(f"structure.shape {shapes} is not available for material {m}; {m} takes "
-                                 f"{['sphere', *mat.wulff_shapes]}")
+                                 f"{list(mat.shapes)}")
+            twinned = [sh for sh in _values(st.shape) if sh in mat.multiply_twinned_shapes]
+            if st.core_shell is not None and twinned:
+                raise ValueError(f"structure.shape {twinned} with structure.core_shell: core-shell particles are "
+                                 "cut from one crystal frame; draw sphere or Wulff shapes with a core_shell")
             unsupported = [d for d in defects if d not in mat.defect_types]
             if unsupported:
                 raise ValueError(

@@ -112,7 +112,10 @@ def composition_numbers(formula: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Largest distance of an outline from the centre over the equivalent-volume radius (octahedron: (pi)^(1/3)).
-SHAPE_REACH = {"sphere": 1.0, "octahedron": 1.47, "cuboctahedron": 1.25, "truncated_octahedron": 1.2}
+# Multiply twinned shapes come in whole shells: materials.build_multiply_twinned takes the nearest size within this
+# reach (an ideal icosahedron's vertices 1.18, a Marks decahedron's ~1.1).
+SHAPE_REACH = {"sphere": 1.0, "octahedron": 1.47, "cuboctahedron": 1.25, "truncated_octahedron": 1.2,
+               "icosahedron": 1.22, "decahedron": 1.18}
 
 
 SHAPES = tuple(SHAPE_REACH)
@@ -147,7 +150,8 @@ class StructureConfig(Strict):
     material: names_of("structure.material") = Fixed(value="Au")
     # None: every particle is one crystal of its material.
     core_shell: CoreShell | None = None
-    # sphere, or a Wulff construction (czone's prefab.wulff) of the material's surface energies
+    # sphere, a Wulff construction (czone's prefab.wulff) of the material's surface energies, or a multiply twinned
+    # icosahedron / Marks decahedron (ase.cluster; one-element fcc crystals, docs/materials.md)
     shape: choice_of(SHAPES) = Fixed(value="sphere")
     # Sphere radius, or the equivalent-volume radius of a faceted shape.
     radius_A: ranged(2, 500, "particle radius") = Uniform(uniform=(10, 20))
@@ -392,10 +396,10 @@ class MaterialSpec(Strict):
             raise ValueError(f"defects {bad} are not defined for a {lattice} lattice (it takes "
                              f"{list(full.defect_types)}); planar defects are built for fcc "
                              f"{list(mats.FCC_DEFECTS)} and wurtzite ['none', 'stacking_fault'] crystals")
-        bad = [sh for sh in (self.shapes or ()) if sh != "sphere" and sh not in full.wulff_shapes]
+        bad = [sh for sh in (self.shapes or ()) if sh not in full.shapes]
         if bad:
             raise ValueError(f"shapes {bad} are not defined for a {lattice} lattice (it takes "
-                             f"{['sphere', *full.wulff_shapes]}); faceted shapes are built for fcc crystals")
+                             f"{list(full.shapes)}); faceted and multiply twinned shapes are built for fcc crystals")
         return self
 
     def material(self, name: str) -> "mats.Material":

@@ -1,6 +1,7 @@
 """Materials: a crystal is a pymatgen Structure (built in, from space group + lattice + basis, or read from a crystal
 file), built into a czone generator by one builder that places atoms correctly for any lattice; the lattice decides
-which planar defects (fcc twins and stacking faults, wurtzite stacking faults) and faceted shapes it takes.
+which planar defects (fcc twins and stacking faults, wurtzite stacking faults) and faceted shapes it takes, and
+one-element fcc crystals also take multiply twinned icosahedra and decahedra.
 
 Adding a built-in material = one `Material` entry in `BUILT_IN` with its `Crystal`.
 
@@ -202,6 +203,76 @@ FCC_WULFF = {
     "truncated_octahedron": {(1, 1, 1): 1.0, (1, 0, 0): 1.1, (1, 1, 0): 1.15},
 }
 
+# ---------------------------------------------------------------- multiply twinned particles
+# Below a few nanometres fcc metal particles are mostly multiply twinned, not single crystals: icosahedra (20
+# tetrahedra, 30 twin boundaries) and decahedra (5 tetrahedra about a five-fold axis, 5 twin boundaries), their
+# strain relieved by the surface energy they save (Marks & Peng, J. Phys.: Condens. Matter 28, 053001 (2016)).
+# ase.cluster builds both shell by shell from the fcc lattice constant; the size steps are whole shells, so the
+# atom count nearest the sphere's is taken. Their twins are intrinsic: no planar defects are added to them.
+MTP_TWINS = {"icosahedron": 30, "decahedron": 5}
+
+
+def _mtp_step(shape: str, p: int) -> list[tuple]:
+    """The (size arguments) of the icosahedra / Marks decahedra ase builds at one step of growth p: the icosahedron
+    of p shells; decahedra (ase's p, q, r: {100} facets p atoms across and q along the five-fold axis, re-entrant
+    notches r deep) with q within one of p and r a quarter to a half of p, about as tall as wide and, between
+    them, close enough in atom count to match a sphere's to ~15 %."""
+    if shape == "icosahedron":
+        return [(p,)]
+    rs = sorted({max(1, round(p / 4)), max(1, round(p / 3)), max(1, round(p / 2))})
+    return [(p, q, r) for q in (p - 1, p, p + 1) for r in rs]
+
+
+def _mtp_steps_near(shape: str, n_atoms: float) -> range:
+    """The steps whose sizes bracket n_atoms: doubling, then bisection, on each step's first size (counts grow as
+    p^3, so no size much beyond n_atoms is built)."""
+    first = lambda p: _mtp_unit(shape, _mtp_step(shape, p)[0])[0]
+    lo, hi = 2, 4
+    while first(hi) < n_atoms:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if first(mid) < n_atoms else (lo, mid)
+    return range(max(2, lo - 1), hi + 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _mtp_unit(shape: str, size: tuple) -> tuple[int, float]:
+    """Atom count and farthest atom from the centre, in nearest-neighbour distances, of one built size."""
+    from ase.cluster import Decahedron, Icosahedron
+
+    atoms = Icosahedron("Au", *size, latticeconstant=2**0.5) if shape == "icosahedron" else \
+        Decahedron("Au", *size, latticeconstant=2**0.5)
+    return len(atoms), float(np.linalg.norm(atoms.positions - atoms.positions.mean(axis=0), axis=1).max())
+
+
+def build_multiply_twinned(material: "Material", shape: str, radius_A: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Atoms (centred at the origin, five-fold axis along z for a decahedron), atomic numbers and the intrinsic
+    twin count of an icosahedron or Marks decahedron: of the sizes that stay within SHAPE_REACH of `radius_A`
+    (what the config check and the placement count on), the one whose atom count is nearest a sphere's."""
+    from ase.cluster import Decahedron, Icosahedron
+
+    from .config_sections import SHAPE_REACH
+
+    if material.prototype != "fcc" or len(material.elements) != 1:
+        raise MaterialError(f"shape {shape!r} is built for one-element fcc crystals; {material.name} is "
+                            f"{material.spacegroup_symbol}: draw one of {list(material.shapes)}")
+    element, a = material.elements[0], float(material.crystal.abc[0])
+    target = 4 / 3 * math.pi * radius_A**3 * material.atoms_per_A3
+    nn = a / 2**0.5
+    fits = []
+    for p in _mtp_steps_near(shape, target):
+        fits += [(abs(math.log(n / target)), size) for size in _mtp_step(shape, p)
+                 for n, reach in [_mtp_unit(shape, size)] if reach * nn <= SHAPE_REACH[shape] * radius_A]
+    if not fits:
+        raise MaterialError(f"a {shape} of {material.name} needs a radius_A of at least {nn:.1f} Å, got {radius_A:.2f}")
+    size = min(fits)[1]
+    atoms = (Icosahedron(element, *size, latticeconstant=a) if shape == "icosahedron"
+             else Decahedron(element, *size, latticeconstant=a))
+    pos = atoms.positions - atoms.positions.mean(axis=0)
+    return pos, atoms.numbers.astype(int), {"n_twins": MTP_TWINS[shape], "n_stacking_faults": 0}
+
+
 FCC_DEFECTS = {"none": _no_defect, "twin": _fcc_prefab("twin"), "multiple_twins": _fcc_prefab("multiple_twins"),
                "stacking_fault": _fcc_prefab("stacking_fault"), "mixed": _fcc_prefab("mixed")}
 # What each lattice defines; any other lattice takes `none` and spheres only.
@@ -209,6 +280,8 @@ PROTOTYPES: dict[str, tuple[dict[str, Callable], dict[str, dict]]] = {
     "fcc": (FCC_DEFECTS, FCC_WULFF),
     "wurtzite": ({"none": _no_defect, "stacking_fault": _wurtzite_sf}, {}),
 }
+# Shapes built atom by atom rather than cut from one crystal, per lattice.
+MULTIPLY_TWINNED = {"fcc": tuple(MTP_TWINS)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,6 +346,16 @@ class Material:
     def wulff_shapes(self) -> dict[str, dict]:
         shapes = PROTOTYPES.get(self.prototype, ({}, {}))[1]
         return {k: v for k, v in shapes.items() if self.allowed_shapes is None or k in self.allowed_shapes}
+
+    @property
+    def multiply_twinned_shapes(self) -> tuple[str, ...]:
+        shapes = MULTIPLY_TWINNED.get(self.prototype, ()) if len(self.elements) == 1 else ()
+        return tuple(k for k in shapes if self.allowed_shapes is None or k in self.allowed_shapes)
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        """Every shape a particle of this crystal can take."""
+        return ("sphere", *self.wulff_shapes, *self.multiply_twinned_shapes)
 
     @property
     def atoms_per_A3(self) -> float:

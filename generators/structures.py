@@ -25,7 +25,7 @@ from .config import STAGE_STRUCTURE, GenerationConfig, rng_for
 from .errors import TemsynthError
 from .files import atomic_path
 from .folder import structure_id
-from .materials import BUILT_IN, Material
+from .materials import BUILT_IN, Material, build_multiply_twinned
 from .substrate import SubstrateCut, cut_substrate
 
 
@@ -204,8 +204,11 @@ def _material(material: str | Material) -> Material:
 
 def build_particle(material: str | Material, radius_A: float, defect_type: str, n_defects: int, defects_cfg,
                    seed: int, shape: str = "sphere"):
-    """Atoms of one particle in its crystal frame (centred at the origin) and the realised defects."""
+    """Atoms of one particle in its crystal frame (centred at the origin) and the realised defects (a multiply
+    twinned shape's own twins; it takes no others)."""
     mat = _material(material)
+    if shape in mat.multiply_twinned_shapes:
+        return build_multiply_twinned(mat, shape, radius_A)
     with _seeded_czone(seed):
         gen = mat.generator()
         vol = _volume(mat, shape, radius_A, gen)

@@ -132,7 +132,7 @@ def cmd_materials(args) -> int:
     for name, m in cfg.material_registry().items():
         rows.append({"name": name, "source": m.source, "lattice": m.lattice_text(),
                      "nearest_neighbour_A": round(m.nearest_neighbour_A, 4), "defects": list(m.defect_types),
-                     "shapes": ["sphere", *m.wulff_shapes], "description": m.description})
+                     "shapes": list(m.shapes), "description": m.description})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

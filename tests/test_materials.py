@@ -1,6 +1,7 @@
 """Materials: the one czone builder places atoms where pymatgen has them for any lattice (every built-in crystal and
 crystals from files or from space group + lattice + basis), crystals a config defines, planar defects only where
-the lattice defines them, core-shell particles, and bad crystals refused in one line before anything is written."""
+the lattice defines them, multiply twinned icosahedra and decahedra, core-shell particles, and bad crystals
+refused in one line before anything is written."""
 import hashlib
 import json
 
@@ -256,6 +257,10 @@ def test_bad_crystals_are_refused_in_one_line_and_nothing_is_written(case, tmp_p
      "structure.defects.type ['twin'] is not available for material TiO2_rutile"),
     ({"structure.material": "Fe3O4", "structure.shape": "octahedron", "structure.radius_A": 6},
      "structure.shape ['octahedron'] is not available for material Fe3O4"),
+    ({"structure.material": "Fe3O4", "structure.shape": "icosahedron", "structure.radius_A": 6},
+     "structure.shape ['icosahedron'] is not available for material Fe3O4"),
+    ({"structure.shape": "decahedron", "structure.defects": {"type": "none"}, "structure.radius_A": 6,
+      "structure.core_shell": {"core_material": "Pt"}}, "structure.shape ['decahedron'] with structure.core_shell"),
     ({"structure.material": "Gold"}, "structure.material: unknown material(s) ['Gold']"),
     ({"structure.core_shell": {"core_material": "Unobtainium"}, "structure.defects": {"type": "none"}},
      "core_material: unknown material(s) ['Unobtainium']"),
@@ -275,6 +280,94 @@ def test_the_demo_configs_keep_their_hash():
     assert data["materials"] == {} and data["structure"]["core_shell"] is None
     assert "materials" not in cfg.canonical_json() and "core_shell" not in cfg.canonical_json()
     assert GenerationConfig().sha256() == from_dict({}).sha256()
+
+
+# ---------------------------------------------------------------- multiply twinned particles
+def _symmetric_under(pos, rotation, tol_A=0.05):
+    """Does `rotation` map every atom onto an atom?"""
+    d, _ = cKDTree(pos).query(rotation.apply(pos))
+    return bool(d.max() < tol_A)
+
+
+@pytest.mark.parametrize("metal", ["Au", "Pt"])
+def test_multiply_twinned_particles_are_five_fold_fcc_clusters_of_the_sphere_s_size(metal):
+    from scipy.spatial.transform import Rotation
+
+    mat = BUILT_IN[metal]
+    nn = mat.nearest_neighbour_A
+    r = 11.0
+    want = 4 / 3 * np.pi * r**3 * mat.atoms_per_A3
+    for shape, twins in [("icosahedron", 30), ("decahedron", 5)]:
+        pos, numbers, counts = build_particle(metal, r, "twin", 2, Defects(), seed=0, shape=shape)
+        assert counts == {"n_twins": twins, "n_stacking_faults": 0}, "intrinsic twins only, none added"
+        assert set(numbers) == {BUILT_IN[metal].crystal.structure()[0].specie.Z}
+        assert np.allclose(pos.mean(axis=0), 0, atol=1e-6)
+        assert 0.75 < len(pos) / want < 1.33, (shape, len(pos), want)  # the nearest whole shell
+        d, _ = cKDTree(pos).query(pos, k=2)
+        # the metal's bond length, and the few per cent strain of closing five tetrahedra, no more
+        assert np.median(d[:, 1]) == pytest.approx(nn, rel=0.01) and d[:, 1].min() > 0.94 * nn, shape
+        if shape == "decahedron":
+            axis = np.array([0.0, 0.0, 1.0])
+        else:  # a vertex: the atom farthest out
+            axis = pos[np.argmax(np.linalg.norm(pos, axis=1))]
+            axis /= np.linalg.norm(axis)
+        turn = lambda deg: Rotation.from_rotvec(np.radians(deg) * axis)
+        assert _symmetric_under(pos, turn(72)) and _symmetric_under(pos, turn(144)), shape
+        assert not _symmetric_under(pos, turn(90)) and not _symmetric_under(pos, turn(60)), shape
+
+
+def test_multiply_twinned_reach_stays_inside_what_the_config_check_allows():
+    from generators.config import SHAPE_REACH
+    from generators.materials import build_multiply_twinned
+
+    for shape in ("icosahedron", "decahedron"):
+        reach = max(np.linalg.norm(build_multiply_twinned(BUILT_IN["Au"], shape, r)[0], axis=1).max() / r
+                    for r in [*np.geomspace(6, 40, 30), 60.0, 80.0])
+        assert 1.0 < reach <= SHAPE_REACH[shape], (shape, reach)
+
+
+def test_multiply_twinned_scene_records_its_twins(tmp_path):
+    from generators.structures import build_structure
+
+    cfg = from_dict(tiny_dict(**{"structure.shape": {"choice": ["icosahedron", "decahedron"]}, "n_structures": 2,
+                                 "structure.radius_A": {"uniform": [6, 9]}, "structure.n_particles": 1}))
+    parts = [p for i in range(2) for p in build_structure(cfg, i).particles]
+    assert parts and {p.shape for p in parts} <= {"icosahedron", "decahedron"}
+    for p in parts:
+        assert p.defect_type == "multiple_twins" and p.n_twins == {"icosahedron": 30, "decahedron": 5}[p.shape]
+        assert p.bounding_radius_A <= 1.3 * p.radius_A
+
+
+def test_decahedron_down_its_axis_images_ten_fold_111_fringes_and_is_recorded_and_masked():
+    """Five {110}-viewed grains turned by 72° each: the {111} ring of the particle's image spectrum is ten-fold,
+    which no single crystal gives (one grain's [110] pattern has two-fold spots: its 4-, 6- and 10-fold
+    components are alike)."""
+    from generators.query import select_table
+    from generators.records import METADATA_COLUMNS
+    from generators.run import simulate_structure
+
+    cfg = from_dict(tiny_dict(**{
+        "conditions_per_structure": 1, "imaging.image_size_px": 192, "imaging.pixel_size_A": 0.25,
+        "structure.shape": "decahedron", "structure.radius_A": {"uniform": [13, 14]}, "structure.n_particles": 1,
+        "structure.defects": {"type": "twin"}, "structure.orientation": {"mode": "zone_axis", "zone_axis": [0, 0, 1]},
+        "imaging.defocus_nm": 0, "imaging.cs_mm": 0, "imaging.dose_e_per_A2": 5000}))
+    images, masks, _, metas, _ = simulate_structure(cfg, 0)
+    m = metas[0]
+    assert m["particle_shape"] == ["decahedron"] and m["particle_n_twins"] == [5]
+    assert m["particle_defect_type"] == ["multiple_twins"]
+    r = m["particle_radius_A"][0]
+    assert m["particle_area_px"][0] * 0.25**2 > 0.8 * np.pi * r**2  # the mask covers the projected particle
+    img, inside = images[0].astype(float), masks[0] > 0
+    power = np.abs(np.fft.fftshift(np.fft.fft2((img - img[inside].mean()) * inside)))**2
+    k = np.fft.fftshift(np.fft.fftfreq(img.shape[0], 0.25))
+    kx, ky = np.meshgrid(k, k)
+    ring = np.abs(np.hypot(kx, ky) - 1 / 2.355) < 0.03
+    theta, w = np.arctan2(ky, kx)[ring], power[ring]
+    fold = {n: abs(np.sum(w * np.exp(1j * n * theta))) / w.sum() for n in (4, 6, 10)}
+    assert fold[10] > 0.3 and fold[10] > 5 * max(fold[4], fold[6]), fold
+    types = {c.name: c.arrow for c in METADATA_COLUMNS}
+    table = pa.table({k: pa.array([m[k]], type=types[k]) for k in ("particle_shape", "particle_n_twins")})
+    assert select_table(table, "any(particle_shape == 'decahedron') and any(particle_n_twins == 5)").num_rows == 1
 
 
 # ---------------------------------------------------------------- core-shell particles
@@ -341,7 +434,9 @@ def test_materials_verb_lists_built_ins_and_the_configs_own(tmp_path, capsys):
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(BUILT_IN) | {"ZnO"} == set(rows)
     assert rows["Au"]["defects"] == ["none", "twin", "multiple_twins", "stacking_fault", "mixed"]
-    assert "octahedron" in rows["Au"]["shapes"] and rows["Fe3O4"]["shapes"] == ["sphere"]
+    assert {"octahedron", "icosahedron", "decahedron"} <= set(rows["Au"]["shapes"])
+    assert rows["Fe3O4"]["shapes"] == ["sphere"]
+    assert "icosahedron" not in rows["ZnO"]["shapes"]
     assert rows["ZnO"]["defects"] == ["none", "stacking_fault"] and "P6_3mc" in rows["ZnO"]["lattice"]
     assert rows["ZnO"]["source"].startswith("config") and rows["CdSe"]["source"] == "built-in"
     assert main(["materials"]) == 0
