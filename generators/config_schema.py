@@ -121,6 +121,11 @@ class GenerationConfig(Strict):
                 raise ValueError(f"structure.shape {shapes} is not available for material {m}; {m} takes "
                                  f"{list(mat.shapes)}")
             twinned = [sh for sh in _values(st.shape) if sh in mat.multiply_twinned_shapes]
+            for sh in twinned:
+                least = mats.smallest_multiply_twinned_radius_A(mat, sh)
+                if st.radius_A.support()[0] < least:
+                    raise ValueError(f"structure.radius_A down to {st.radius_A.support()[0]:g} Å: the smallest {sh} "
+                                     f"of {m} ase builds needs {least:.1f} Å; draw radii from {math.ceil(least)} Å up")
             if st.core_shell is not None and twinned:
                 raise ValueError(f"structure.shape {twinned} with structure.core_shell: core-shell particles are "
                                  "cut from one crystal frame; draw sphere or Wulff shapes with a core_shell")

@@ -246,6 +246,14 @@ def _mtp_unit(shape: str, size: tuple) -> tuple[int, float]:
     return len(atoms), float(np.linalg.norm(atoms.positions - atoms.positions.mean(axis=0), axis=1).max())
 
 
+def smallest_multiply_twinned_radius_A(material: "Material", shape: str) -> float:
+    """The least radius_A whose reach holds the smallest icosahedron (13 atoms) or decahedron ase builds."""
+    from .config_sections import SHAPE_REACH
+
+    nn = float(material.crystal.abc[0]) / 2**0.5
+    return min(_mtp_unit(shape, size)[1] for p in (2, 3) for size in _mtp_step(shape, p)) * nn / SHAPE_REACH[shape]
+
+
 def build_multiply_twinned(material: "Material", shape: str, radius_A: float) -> tuple[np.ndarray, np.ndarray, dict]:
     """Atoms (centred at the origin, five-fold axis along z for a decahedron), atomic numbers and the intrinsic
     twin count of an icosahedron or Marks decahedron: of the sizes that stay within SHAPE_REACH of `radius_A`

@@ -261,6 +261,8 @@ def test_bad_crystals_are_refused_in_one_line_and_nothing_is_written(case, tmp_p
      "structure.shape ['icosahedron'] is not available for material Fe3O4"),
     ({"structure.shape": "decahedron", "structure.defects": {"type": "none"}, "structure.radius_A": 6,
       "structure.core_shell": {"core_material": "Pt"}}, "structure.shape ['decahedron'] with structure.core_shell"),
+    ({"structure.shape": "decahedron", "structure.radius_A": {"uniform": [3, 6]}},
+     "structure.radius_A down to 3 Å: the smallest decahedron of Au ase builds needs 5.3 Å"),
     ({"structure.material": "Gold"}, "structure.material: unknown material(s) ['Gold']"),
     ({"structure.core_shell": {"core_material": "Unobtainium"}, "structure.defects": {"type": "none"}},
      "core_material: unknown material(s) ['Unobtainium']"),
