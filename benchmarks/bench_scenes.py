@@ -19,6 +19,11 @@ interleaved. A ratio <= 1 means the file-made crystal costs no more per atom tha
 
 The same for supports: built-in Au on 20 Å of amorphous carbon against 20 Å of amorphous Si3N4 and SiO2 and
 bilayer graphene (whole scene per atom; structure = the particles and the support cut, per atom of the scene).
+
+    python benchmarks/bench_scenes.py --shapes [--radius-A 10] [--repeats 3]
+
+The same for shapes: Au spheres against cuboctahedra (czone's Wulff construction) and the multiply twinned
+icosahedra and decahedra (ase.cluster), 4 particles each, no planar defects, per particle atom as --materials.
 """
 from __future__ import annotations
 
@@ -104,6 +109,24 @@ def compare_supports(radius_A: float, repeats: int) -> dict:
     return {"radius_A": radius_A, "repeats": repeats, **interleaved(cfgs, repeats, per="scene")}
 
 
+def shape_config(shape: str, radius_A: float, repeats: int):
+    from generators.config import from_dict
+
+    return from_dict({
+        "name": f"shape_{shape}", "seed": 5, "n_structures": repeats, "conditions_per_structure": 4,
+        "structure": {"n_particles": 4, "radius_A": radius_A, "allow_border_cuts": True, "shape": shape,
+                      "defects": {"type": "none"}, "substrate": {"thickness_A": 20, "bank_size": 1}},
+        "simulation": {"sampling_A": 0.2},
+        "imaging": {"image_size_px": 256, "pixel_size_A": 0.4, "detector": {"type": "scintillator"}},
+    })
+
+
+def compare_shapes(radius_A: float, repeats: int) -> dict:
+    shapes = ("sphere", "cuboctahedron", "icosahedron", "decahedron")
+    cfgs = {sh: shape_config(sh, radius_A, repeats) for sh in shapes}
+    return {"radius_A": radius_A, "repeats": repeats, **interleaved(cfgs, repeats, per="particle")}
+
+
 def interleaved(cfgs: dict, repeats: int, per: str) -> dict:
     """Seconds per atom of each config's scenes, measured interleaved (scene i of every config, then scene i + 1:
     drifts of a shared machine hit all alike), as ratios to the first config. `per`: the structure's time is
@@ -147,9 +170,10 @@ def main(argv=None) -> int:
     p.add_argument("--counts", default="0,1,2,4,8")
     p.add_argument("--materials", action="store_true", help="cost per atom: crystals from CIF files vs built-in Au")
     p.add_argument("--supports", action="store_true", help="cost per atom: Si3N4, SiO2, graphene vs carbon")
+    p.add_argument("--shapes", action="store_true", help="cost per atom: Wulff and multiply twinned vs spheres")
     args = p.parse_args(argv)
-    if args.materials or args.supports:
-        compare = compare_materials if args.materials else compare_supports
+    if args.materials or args.supports or args.shapes:
+        compare = compare_materials if args.materials else compare_supports if args.supports else compare_shapes
         print(json.dumps(compare(args.radius_A, args.repeats), indent=2))
         return 0
     from generators.run import simulate_structure
