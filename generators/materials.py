@@ -250,8 +250,8 @@ def smallest_multiply_twinned_radius_A(material: "Material", shape: str) -> floa
     """The least radius_A whose reach holds the smallest icosahedron (13 atoms) or decahedron ase builds."""
     from .config_sections import SHAPE_REACH
 
-    nn = float(material.crystal.abc[0]) / 2**0.5
-    return min(_mtp_unit(shape, size)[1] for p in (2, 3) for size in _mtp_step(shape, p)) * nn / SHAPE_REACH[shape]
+    least = min(_mtp_unit(shape, size)[1] for p in (2, 3) for size in _mtp_step(shape, p))
+    return least * material.nearest_neighbour_A / SHAPE_REACH[shape]
 
 
 def build_multiply_twinned(material: "Material", shape: str, radius_A: float) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -262,18 +262,18 @@ def build_multiply_twinned(material: "Material", shape: str, radius_A: float) ->
 
     from .config_sections import SHAPE_REACH
 
-    if material.prototype != "fcc" or len(material.elements) != 1:
-        raise MaterialError(f"shape {shape!r} is built for one-element fcc crystals; {material.name} is "
-                            f"{material.spacegroup_symbol}: draw one of {list(material.shapes)}")
+    if shape not in material.multiply_twinned_shapes:
+        raise MaterialError(f"shape {shape!r} is built for one-element fcc crystals; {material.name} takes "
+                            f"{list(material.shapes)}")
+    least = smallest_multiply_twinned_radius_A(material, shape)
+    if radius_A < least:
+        raise MaterialError(f"a {shape} of {material.name} needs a radius_A of at least {least:.1f} Å, "
+                            f"got {radius_A:.2f}")
     element, a = material.elements[0], float(material.crystal.abc[0])
     target = 4 / 3 * math.pi * radius_A**3 * material.atoms_per_A3
-    nn = a / 2**0.5
-    fits = []
-    for p in _mtp_steps_near(shape, target):
-        fits += [(abs(math.log(n / target)), size) for size in _mtp_step(shape, p)
-                 for n, reach in [_mtp_unit(shape, size)] if reach * nn <= SHAPE_REACH[shape] * radius_A]
-    if not fits:
-        raise MaterialError(f"a {shape} of {material.name} needs a radius_A of at least {nn:.1f} Å, got {radius_A:.2f}")
+    limit = SHAPE_REACH[shape] * radius_A / material.nearest_neighbour_A
+    fits = [(abs(math.log(n / target)), size) for p in _mtp_steps_near(shape, target)
+            for size in _mtp_step(shape, p) for n, reach in [_mtp_unit(shape, size)] if reach <= limit]
     size = min(fits)[1]
     atoms = (Icosahedron(element, *size, latticeconstant=a) if shape == "icosahedron"
              else Decahedron(element, *size, latticeconstant=a))
