@@ -49,6 +49,15 @@ class GenerationConfig(Strict):
         """Every material this config can draw: the built-in ones and its own."""
         return _registry(tuple((name, spec.model_dump_json()) for name, spec in sorted(self.materials.items())))
 
+    def least_radius_A(self) -> tuple[float, str, str] | None:
+        """(the least structure.radius_A every drawn shape can be built at, its shape, its material), or None where
+        any radius will do: the smallest icosahedron or decahedron ase builds sets a floor for those shapes."""
+        st, registry = self.structure, self.material_registry()
+        floors = [(mats.smallest_multiply_twinned_radius_A(registry[m], sh), sh, m)
+                  for m in _values(st.material) if m in registry
+                  for sh in _values(st.shape) if sh in registry[m].multiply_twinned_shapes]
+        return max(floors) if floors else None
+
     @model_validator(mode="after")
     def _geometry(self):
         im, sim, st = self.imaging, self.simulation, self.structure
@@ -121,11 +130,6 @@ class GenerationConfig(Strict):
                 raise ValueError(f"structure.shape {shapes} is not available for material {m}; {m} takes "
                                  f"{list(mat.shapes)}")
             twinned = [sh for sh in _values(st.shape) if sh in mat.multiply_twinned_shapes]
-            for sh in twinned:
-                least = mats.smallest_multiply_twinned_radius_A(mat, sh)
-                if st.radius_A.support()[0] < least:
-                    raise ValueError(f"structure.radius_A down to {st.radius_A.support()[0]:g} Å: the smallest {sh} "
-                                     f"of {m} ase builds needs {least:.1f} Å; draw radii from {math.ceil(least)} Å up")
             if st.core_shell is not None and twinned:
                 raise ValueError(f"structure.shape {twinned} with structure.core_shell: core-shell particles are "
                                  "cut from one crystal frame; draw sphere or Wulff shapes with a core_shell")
@@ -135,6 +139,10 @@ class GenerationConfig(Strict):
                     f"structure.defects.type {unsupported} is not available for material {m}; "
                     f"{m} supports {list(mat.defect_types)}"
                 )
+        least = self.least_radius_A()
+        if least is not None and st.radius_A.support()[0] < least[0]:
+            raise ValueError(f"structure.radius_A down to {st.radius_A.support()[0]:g} Å: the smallest {least[1]} of "
+                             f"{least[2]} ase builds needs {least[0]:.1f} Å; draw radii from {math.ceil(least[0])} Å up")
 
     def _scene_fits(self):
         """Refuse scenes that cannot be laid out, before anything is written."""

@@ -354,6 +354,61 @@ def test_particle_sizes_and_coverage_from_a_mask_set_the_scene_ranges():
     assert any(n.startswith("simulation.energy_keV: 200") for n in notes200)
 
 
+def test_model_pass_on_the_realistic_preset_counts_what_a_small_field_hides(carbon_fields, tmp_path):
+    """`calibrate --model` on the realistic preset (icosahedra and decahedra among its shapes): specks of the
+    segmentation are not particles; a particle the border cuts still bounds the sizes from below; a field whose
+    spectrum cannot be fitted (crowded, little carbon) still counts for sizes and coverage; and the proposed
+    radii start where the preset's smallest decahedron can be built, so the config is written, not refused."""
+    from generators.calibration.run import calibrate
+
+    _, images, _ = carbon_fields
+    px = 0.35
+    yy, xx = np.mgrid[:256, :256]
+    disc = lambda cx, cy, r: (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2  # noqa: E731
+    masks = {  # by the field's mean, which the segmenter below is handed the image of
+        0: disc(60, 60, 6 / px) | disc(180, 70, 8 / px) | disc(200, 200, 1.2) | disc(120, 200, 1.2),
+        1: disc(190, 120, 10 / px) | disc(0, 128, 100),  # the border cuts half of a 35 Å particle
+        2: disc(128, 128, 14 / px),  # the field with no carbon to fit
+    }
+    rng = np.random.default_rng(3)
+    fields = [np.round(images[0]), np.round(images[1]), rng.normal(100, 1, (256, 256))]
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, img in enumerate(fields):
+        np.save(folder / f"field{i}.npy", img.astype(np.float32))
+
+    def segment(image, pixel_size_A):
+        i = next(i for i, f in enumerate(fields) if np.allclose(image, f))
+        return masks[i]
+
+    out = tmp_path / "my.yaml"
+    calibrate([folder], out, pixel_size_A=px, preset="realistic", segment=segment, log=lambda s: None)
+    proposed, text = load_config(out), out.read_text()
+    record = json.loads(out.with_suffix(".calibration.json").read_text())
+    assert len(record["measurements"]) == 2 and len(record["skipped"]) == 1  # the noise field is left out...
+    note = next(line for line in text.splitlines() if "structure.radius_A: from the model's masks" in line)
+    assert "(4 particles, equivalent radii 6-14 Å)" in note  # ...but its particle counts
+    assert "2 specks under 3 Å left out" in note
+    lo, hi = proposed.structure.radius_A.support()
+    least, shape, _ = proposed.least_radius_A()
+    assert shape == "decahedron" and lo == math.ceil(least) == 6 and "smallest decahedron" in note
+    visible = math.sqrt(math.pi * 100**2 / 2 / math.pi) * px  # half a 100 px disc: 24.7 Å
+    assert hi == pytest.approx(1.2 * visible, abs=0.3) and "borders cut" in note
+    cover = proposed.structure.area_fraction.choice
+    assert round(round(masks[2].mean() / 0.05) * 0.05, 2) in cover  # the left-out field's coverage too
+
+
+def test_a_crowded_field_keeps_enough_tiles_for_its_spectrum(carbon_fields):
+    """Particles over all but one tile: the spectrum still averages the four least covered, not one."""
+    _, images, _ = carbon_fields
+    exclude = np.ones((256, 256), bool)
+    exclude[:128, :128] = False  # tiles of 128 px: only the top-left one is clean
+    assert power_spectrum(images[0], 0.35).n_tiles == 9
+    assert power_spectrum(images[0], 0.35, exclude=exclude).n_tiles == 4
+    exclude[:, :] = False
+    assert power_spectrum(images[0], 0.35, exclude=exclude).n_tiles == 9
+
+
 def test_another_microscope_uncorrected_lens_and_calibrated_files(tmp_path):
     # an uncorrected 300 kV lens (Cs 1.2 mm) around its Scherzer focus (-58 nm), recorded into TIFFs that carry
     # their own pixel size (ImageJ): calibrate needs no pixel-size option, reads the sign of the defocus through

@@ -13,6 +13,9 @@ import numpy as np
 from ..config import Choice, Fixed, GenerationConfig, LogUniform, from_dict
 from .measure import Measurement
 
+# Components of a first segmentation under this equivalent radius (a cluster of under ~10 atoms) cannot be told
+# from the carbon's speckle, whose grain is 3-5 Å: they are not counted as particles.
+SPECK_RADIUS_A = 3.0
 # A fit's own error (tests/test_calibration.py: within 1 nm) and a session's drift between fields.
 DEFOCUS_JITTER_NM = 2.0
 ASTIGMATISM_JITTER_NM = 0.3
@@ -37,10 +40,12 @@ def _empirical(values, jitter, low=None, high=None) -> dict:
 
 
 def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
-            cs_given: float | None = None) -> tuple[dict, list[str]]:
+            cs_given: float | None = None, particles: list[dict] | None = None) -> tuple[dict, list[str]]:
     """(config as a plain mapping, one note per field: measured or kept, and why).
     cs_given: the microscope's Cs (mm) as the user gave it (--cs-mm): the rings were fitted with it, so the
-    simulation uses it too."""
+    simulation uses it too. particles: `run.particle_sizes` of every segmented field, those whose spectrum could
+    not be fitted too (a field crowded with large particles has little carbon: leaving it out would draw the
+    sizes small); by default the fitted measurements' own."""
     data = base.model_dump(mode="json", exclude_none=True)
     data["name"] = name
     im = data["imaging"]
@@ -111,17 +116,32 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
                      + "): " + next((m.texture.thickness_why or m.texture.why for m in measurements
                                      if not m.texture.thickness_A), measurements[0].texture.why))
 
-    sized = [m for m in measurements if m.particles.get("radii_A") is not None]
+    if particles is None:
+        particles = [m.particles for m in measurements]
+    sized = [p for p in particles if p.get("radii_A") is not None]
     if sized:
-        radii = np.concatenate([np.asarray(m.particles["radii_A"], float) for m in sized])
-        cover = [m.particles["coverage"] for m in sized]
+        found = np.concatenate([np.asarray(p["radii_A"], float) for p in sized])
+        radii = found[found >= SPECK_RADIUS_A]
+        cut = [r for p in sized for r in p.get("border_radii_A", ()) if r >= SPECK_RADIUS_A]
+        cover = [p["coverage"] for p in sized]
         st = data["structure"]
         if len(radii) >= 3:
             lo, hi = np.percentile(radii, [5, 95])
             lo, hi = max(2.0, float(lo) * 0.8), min(500.0, float(hi) * 1.2)
-            st["radius_A"] = {"loguniform": [round(lo, 1), round(hi, 1)]}
-            notes.append(f"structure.radius_A: from the model's masks ({len(radii)} particles, equivalent radii "
-                         f"{np.min(radii):.0f}-{np.max(radii):.0f} Å), 5th-95th percentile widened 20 %")
+            note = (f"structure.radius_A: from the model's masks ({len(radii)} particles, equivalent radii "
+                    f"{np.min(radii):.0f}-{np.max(radii):.0f} Å), 5th-95th percentile widened 20 %")
+            if len(radii) < len(found):
+                note += f"; {len(found) - len(radii)} specks under {SPECK_RADIUS_A:g} Å left out"
+            if cut and max(cut) * 1.2 > hi:
+                hi = min(500.0, max(cut) * 1.2)
+                note += (f"; up to {hi:.0f} Å: the largest particle the fields' borders cut shows {max(cut):.0f} Å "
+                         "(its visible part, a lower bound), widened alike")
+            least = base.least_radius_A()  # the proposal draws the base's materials and shapes
+            if least is not None and lo < least[0]:
+                lo = float(math.ceil(least[0]))
+                note += f"; from {lo:g} Å, the smallest {least[1]} of {least[2]} ase builds"
+            st["radius_A"] = {"loguniform": [round(lo, 1), round(max(hi, lo * 1.5), 1)]}
+            notes.append(note)
         cap = 0.4
         levels = sorted({round(min(c, cap) / 0.05) * 0.05 for c in cover})
         st["area_fraction"] = {"choice": [round(v, 2) for v in levels]}

@@ -48,13 +48,15 @@ def micrograph_paths(inputs: list[str | Path]) -> tuple[list[Path], Path]:
 
 
 def particle_sizes(mask: np.ndarray, pixel_size_A: float) -> dict:
-    """Equivalent-circle radii (Å) of the particles that do not touch the border, and the coverage."""
+    """Equivalent-circle radii (Å) of the particles that do not touch the border, the coverage, and the radii of
+    the visible parts of those the border cuts: lower bounds of their sizes, which a small field's interior
+    alone would miss (the larger a particle, the likelier the border cuts it)."""
     labels, n = ndimage.label(mask)
     border = set(np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])) - {0}
     areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    radii = [float(np.sqrt(a / np.pi) * pixel_size_A) for i, a in enumerate(areas, start=1)
-             if i not in border and a >= 4]
-    return {"radii_A": radii, "coverage": float(np.mean(mask)), "n_border": len(border)}
+    radius = {i: float(np.sqrt(a / np.pi) * pixel_size_A) for i, a in enumerate(areas, start=1) if a >= 4}
+    return {"radii_A": [r for i, r in radius.items() if i not in border], "coverage": float(np.mean(mask)),
+            "n_border": len(border), "border_radii_A": [r for i, r in radius.items() if i in border]}
 
 
 def read_thicknesses(measurements: list[Measurement], base: GenerationConfig, log: Callable[[str], None]) -> None:
@@ -126,11 +128,13 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
     files = {p: load_micrograph(p) for p in paths}  # each file read once: image, pixel size, energy
     energy = beam_energy(files, energy_keV, base, log)
 
-    measurements, images, skipped = [], [], []
+    measurements, images, skipped, particles = [], [], [], []
     for p, f in files.items():
         image = f.image
         px = pixel_size_of(p, sizes[p], f.pixel_size_A)
         mask = segment(image, px) if segment is not None else None
+        if mask is not None:
+            particles.append(particle_sizes(mask, px))
         try:
             m = measure(image, px, p.name, energy_keV=energy, cs_mm=cs,
                         exclude=None if mask is None else ndimage.binary_dilation(mask, iterations=2))
@@ -143,7 +147,7 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
             log(f"warning: left out: {err}")
             continue
         if mask is not None:
-            m.particles = particle_sizes(mask, px)
+            m.particles = particles[-1]
         measurements.append(m)
         images.append(image)
         log(f"{p.name}: defocus {m.ctf.defocus_nm:+.1f} nm{' (sign?)' if m.ctf.sign_ambiguous else ''}, "
@@ -154,7 +158,7 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
         raise CalibrationError("no micrograph could be calibrated: " + " | ".join(skipped))
     read_thicknesses(measurements, base, log)
     name = re.sub(r"[^A-Za-z0-9_\-]", "_", out.stem) or "calibrated"
-    data, notes = propose(measurements, base, name, cs_given=cs_mm)
+    data, notes = propose(measurements, base, name, cs_given=cs_mm, particles=particles if segment else None)
     notes += [f"left out: {s}" for s in skipped]
     header = ["# Generation config proposed by `temsynth calibrate` from " + f"{len(paths)} micrograph(s) "
               f"({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''}),",

@@ -38,6 +38,9 @@ def _taper(n: int) -> np.ndarray:
     return np.outer(w, w).astype(np.float64)
 
 
+MIN_TILES = 4  # tiles a spectrum averages at least, particles or not (tile_size gives a field at least 4)
+
+
 def tile_size(shape: tuple[int, int], largest: int = 256) -> int:
     """Tiles of half the shorter side (at least 4 overlapping tiles), a power of two, 32..`largest`."""
     side = min(shape)
@@ -50,7 +53,9 @@ def power_spectrum(image: np.ndarray, pixel_size_A: float, tile_px: int | None =
     """Mean periodogram of tiles overlapping by half, each with its mean removed and a Hann taper.
 
     `exclude` (bool, image shape): pixels to keep out of the estimate (particles, when a segmentation is known);
-    a tile with more than 10 % of them is skipped unless that would leave none."""
+    a tile with more than 10 % of them is skipped, but at least the MIN_TILES least covered are kept: on a small
+    field crowded with particles one or two clean tiles give a periodogram too noisy to fit (each frequency's
+    power scatters by 100 %), worse than a little particle in a few more."""
     image = np.asarray(image, np.float64)
     t = tile_px or tile_size(image.shape)
     t = min(t, min(image.shape))
@@ -61,8 +66,9 @@ def power_spectrum(image: np.ndarray, pixel_size_A: float, tile_px: int | None =
     norm = float(np.sum(win**2))
     tiles = [(y, x) for y in ys for x in xs]
     if exclude is not None:
-        clean = [(y, x) for y, x in tiles if exclude[y:y + t, x:x + t].mean() <= 0.1]
-        tiles = clean or tiles
+        covered = sorted(tiles, key=lambda yx: exclude[yx[0]:yx[0] + t, yx[1]:yx[1] + t].mean())
+        clean = [yx for yx in covered if exclude[yx[0]:yx[0] + t, yx[1]:yx[1] + t].mean() <= 0.1]
+        tiles = clean if len(clean) >= MIN_TILES else covered[:MIN_TILES]
     acc = np.zeros((t, t))
     for y, x in tiles:
         a = image[y:y + t, x:x + t]
