@@ -141,8 +141,9 @@ class GenerationConfig(Strict):
                 )
         least = self.least_radius_A()
         if least is not None and st.radius_A.support()[0] < least[0]:
-            raise ValueError(f"structure.radius_A down to {st.radius_A.support()[0]:g} Å: the smallest {least[1]} of "
-                             f"{least[2]} ase builds needs {least[0]:.1f} Å; draw radii from {math.ceil(least[0])} Å up")
+            floor, shape, m = least
+            raise ValueError(f"structure.radius_A down to {st.radius_A.support()[0]:g} Å: the smallest {shape} of "
+                             f"{m} ase builds needs {floor:.1f} Å; draw radii from {math.ceil(floor)} Å up")
 
     def _scene_fits(self):
         """Refuse scenes that cannot be laid out, before anything is written."""
