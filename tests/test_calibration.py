@@ -398,6 +398,27 @@ def test_model_pass_on_the_realistic_preset_counts_what_a_small_field_hides(carb
     assert round(round(masks[2].mean() / 0.05) * 0.05, 2) in cover  # the left-out field's coverage too
 
 
+def test_report_figure_of_the_model_pass_marks_what_counted(tmp_path):
+    """The report's first-pass figure outlines counted particles cyan, border-cut ones orange and specks red."""
+    import matplotlib.image as mpimg
+
+    from generators.calibration.report import _segmentation_figure
+
+    yy, xx = np.mgrid[:200, :200]
+    mask = ((xx - 60) ** 2 + (yy - 60) ** 2 <= 30**2) | ((xx - 199) ** 2 + (yy - 120) ** 2 <= 40**2)
+    mask |= (xx - 150) ** 2 + (yy - 40) ** 2 <= 2**2  # 13 px at 0.35 Å: a speck of 0.7 Å
+    image = np.random.default_rng(0).normal(100, 5, (200, 200)) - 30 * mask
+    path, sizes = tmp_path / "particles.png", tmp_path / "sizes.png"
+    _segmentation_figure([("a.npy", image, mask, 0.35)], {"loguniform": [6.0, 20.0]}, path, sizes)
+    rgb = mpimg.imread(path)[..., :3]
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    cyan = (r < 0.3) & (g > 0.8) & (b > 0.8)
+    orange = (r > 0.9) & (g > 0.4) & (g < 0.75) & (b < 0.25)
+    red = (r > 0.8) & (g < 0.2) & (b < 0.2)
+    assert cyan.sum() > 50 and orange.sum() > 20 and red.sum() > 3
+    assert sizes.stat().st_size > 5000
+
+
 def test_a_crowded_field_keeps_enough_tiles_for_its_spectrum(carbon_fields):
     """Particles over all but one tile: the spectrum still averages the four least covered, not one."""
     _, images, _ = carbon_fields

@@ -134,9 +134,64 @@ def _psd_figure(k, r, s, distance, path: Path) -> None:
     plt.close(fig)
 
 
+def _segmentation_figure(segmented: list[tuple[str, np.ndarray, np.ndarray, float]], radius_A: dict,
+                         path: Path, sizes_path: Path, n: int = 8, per_row: int = 4) -> None:
+    """`--model`'s first pass: each field with the outlines of what counted (cyan), what the border cuts (a
+    lower bound, orange) and the specks left out (red) in `path`; every radius against the proposed range in
+    `sizes_path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .propose import SPECK_RADIUS_A
+    from .run import components
+
+    shown = segmented[:n]
+    rows, cols = -(-len(shown) // per_row), min(per_row, len(shown))
+    fig, ax = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
+    ax = ax.ravel()
+    for a in ax[len(shown):]:
+        a.axis("off")
+    inside, cut = [], []
+    for j, (name, image, mask, px) in enumerate(segmented):
+        labels, radius, border = components(mask, px)
+        speck = {i for i, r in radius.items() if r < SPECK_RADIUS_A} | (set(range(1, labels.max() + 1)) - set(radius))
+        counted = set(radius) - border - speck
+        inside += [radius[i] for i in counted]
+        cut += [radius[i] for i in border - speck]
+        if j >= len(shown):
+            continue
+        a = ax[j]
+        lo, hi = np.percentile(image, [0.5, 99.5])
+        a.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+        for ids, colour in ((counted, "cyan"), (border - speck, "orange"), (speck, "red")):
+            if ids:
+                a.contour(np.isin(labels, list(ids)), levels=[0.5], colors=colour, linewidths=0.8)
+        a.set_title(name[:28], fontsize=7)
+        a.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    fig, h = plt.subplots(figsize=(5, 3.2))
+    top = max(inside + cut + [10.0])
+    bins = np.linspace(0, top * 1.1, 25)
+    h.hist([inside, cut], bins=bins, stacked=True, color=["tab:cyan", "tab:orange"],
+           label=["inside the field", "cut by the border (visible part)"])
+    if "loguniform" in radius_A:
+        h.axvspan(*radius_A["loguniform"], color="0.85", zorder=0, label="proposed radius_A")
+    h.set_xlabel("equivalent radius (Å)", fontsize=8)
+    h.set_ylabel("particles", fontsize=8)
+    h.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(sizes_path, dpi=80)
+    plt.close(fig)
+
+
 def write_report(folder: Path, measurements: list[Measurement], images: list[np.ndarray], data: dict,
-                 notes: list[str], log: Callable[[str], None] = print, n_structures: int = SIMULATED_STRUCTURES
-                 ) -> Path:
+                 notes: list[str], log: Callable[[str], None] = print, n_structures: int = SIMULATED_STRUCTURES,
+                 segmented: list[tuple[str, np.ndarray, np.ndarray, float]] | None = None) -> Path:
+    """segmented: (file name, image, mask, pixel size) of each field `--model` segmented, fitted or not."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (m, img) in enumerate(zip(measurements, images)):
@@ -155,6 +210,15 @@ def write_report(folder: Path, measurements: list[Measurement], images: list[np.
     distance, k, r, s = psd_distance(real, sim, px)
     _psd_figure(k, r, s, distance, folder / "spectra.png")
     _side_by_side(real, sim, folder / "fields.png")
+    seg_html = ""
+    if segmented:
+        _segmentation_figure(segmented, data["structure"]["radius_A"], folder / "particles.png",
+                             folder / "sizes.png")
+        more = "" if len(segmented) <= 8 else f"; the first 8 of {len(segmented)} fields shown"
+        seg_html = (f"<h2>The model's first pass: particle sizes and coverage ({len(segmented)} fields)</h2>\n"
+                    "<p>Cyan: particles counted; orange: cut by the field's border (their visible part bounds "
+                    f"the sizes from below); red: specks under 3 Å, left out{more}.</p>"
+                    "<img src='particles.png'><br><img src='sizes.png'>\n")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>temsynth calibration</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} td{{padding:2px 8px;font-size:13px}}
 table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
@@ -165,7 +229,7 @@ table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}}</styl
 <p>Mean spectrum shape of the real fields and of {len(sim)} simulated fields of the proposed config: distance
 {distance:.3f} (RMS of the log10 difference; 0.30 is a factor of 2 everywhere).</p>
 <img src="spectra.png"><br><img src="fields.png">
-<h2>Per micrograph: the fitted CTF over its power spectrum</h2>
+{seg_html}<h2>Per micrograph: the fitted CTF over its power spectrum</h2>
 <table><tr><th>file</th><th>Å/px</th><th>defocus nm</th><th>astigmatism nm</th><th>focal spread nm</th>
 <th>information limit Å</th><th>fit explains</th><th>pixel values</th><th>fit</th></tr>{''.join(rows)}</table>
 </body></html>"""

@@ -47,14 +47,20 @@ def micrograph_paths(inputs: list[str | Path]) -> tuple[list[Path], Path]:
     return paths, root or paths[0].parent
 
 
+def components(mask: np.ndarray, pixel_size_A: float) -> tuple[np.ndarray, dict[int, float], set[int]]:
+    """The mask's connected components: their labels, equivalent-circle radii (Å; those of at least 4 px) and
+    the labels of those the border cuts."""
+    labels, n = ndimage.label(mask)
+    border = set(np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]]).tolist()) - {0}
+    areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    return labels, {i: float(np.sqrt(a / np.pi) * pixel_size_A) for i, a in enumerate(areas, start=1) if a >= 4}, border
+
+
 def particle_sizes(mask: np.ndarray, pixel_size_A: float) -> dict:
     """Equivalent-circle radii (Å) of the particles that do not touch the border, the coverage, and the radii of
     the visible parts of those the border cuts: lower bounds of their sizes, which a small field's interior
     alone would miss (the larger a particle, the likelier the border cuts it)."""
-    labels, n = ndimage.label(mask)
-    border = set(np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])) - {0}
-    areas = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-    radius = {i: float(np.sqrt(a / np.pi) * pixel_size_A) for i, a in enumerate(areas, start=1) if a >= 4}
+    _, radius, border = components(mask, pixel_size_A)
     return {"radii_A": [r for i, r in radius.items() if i not in border], "coverage": float(np.mean(mask)),
             "n_border": len(border), "border_radii_A": [r for i, r in radius.items() if i in border]}
 
@@ -128,13 +134,14 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
     files = {p: load_micrograph(p) for p in paths}  # each file read once: image, pixel size, energy
     energy = beam_energy(files, energy_keV, base, log)
 
-    measurements, images, skipped, particles = [], [], [], []
+    measurements, images, skipped, particles, segmented = [], [], [], [], []
     for p, f in files.items():
         image = f.image
         px = pixel_size_of(p, sizes[p], f.pixel_size_A)
         mask = segment(image, px) if segment is not None else None
         if mask is not None:
             particles.append(particle_sizes(mask, px))
+            segmented.append((p.name, image, mask, px))
         try:
             m = measure(image, px, p.name, energy_keV=energy, cs_mm=cs,
                         exclude=None if mask is None else ndimage.binary_dilation(mask, iterations=2))
@@ -171,7 +178,7 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
     if report_dir is not None:
         from .report import write_report
 
-        write_report(Path(report_dir), measurements, images, data, notes, log=log)
+        write_report(Path(report_dir), measurements, images, data, notes, log=log, segmented=segmented)
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text)
     side = out.with_suffix(".calibration.json")
