@@ -236,7 +236,8 @@ class GenerationConfig(Strict):
 # edited by `temsynth info --verify` or refused by training) and the same config keeps making the same records.
 ADDED_FIELDS = ("materials", "structure.core_shell", "structure.substrate.kind", "structure.substrate.composition",
                 "structure.substrate.density_g_per_cm3", "structure.substrate.graphene_layers", "imaging.chromatic",
-                "imaging.output_bits", "imaging.median_filter_px", "imaging.image_spread_A")
+                "imaging.output_bits", "imaging.median_filter_px", "imaging.image_spread_A",
+                "imaging.output_blur_A")
 
 
 @functools.lru_cache(maxsize=1)

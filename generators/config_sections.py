@@ -288,6 +288,11 @@ class ImagingConfig(Strict):
     # None / 0: the camera's counts are stored as they are.
     output_bits: int | None = Field(default=None, ge=1, le=16)
     median_filter_px: Annotated[int, Field(ge=0, le=15), AfterValidator(_odd_or_zero)] = 0
+    # A Gaussian blur of the recorded image, σ in Å, before those grey levels: a file exported or rendered at
+    # another size is resampled, and its resampling filter smooths signal and noise alike (unlike image_spread_A,
+    # the noise's power then falls as exp(-4π²σ²k²): `temsynth calibrate` reads σ off display files' spectra).
+    # Drawn per condition from its own random stream: 0 keeps every other draw.
+    output_blur_A: ranged(0, 10, "output_blur_A") = Fixed(value=0.0)
 
     @property
     def field_px(self) -> int:

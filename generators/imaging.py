@@ -37,6 +37,7 @@ class Condition:
     high_tension_ppm: float | None = None
     lens_current_ppm: float | None = None
     image_spread_A: float = 0.0
+    output_blur_A: float = 0.0
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -135,6 +136,8 @@ def sample_conditions(cfg: GenerationConfig, structure_index: int, centers_px: l
             values.update(ch, focal_spread_nm=chromatic_focal_spread_nm(energy_keV=energy_keV, **ch))
         values["image_spread_A"] = float(im.image_spread_A.sample(rng_for(cfg.seed, STAGE_CONDITIONS, structure_index,
                                                                           c, 2), c))
+        values["output_blur_A"] = float(im.output_blur_A.sample(rng_for(cfg.seed, STAGE_CONDITIONS, structure_index,
+                                                                        c, 3), c))
         offset = []
         for axis in (0, 1):
             lo, hi = 0, hi_max

@@ -103,6 +103,7 @@ METADATA_COLUMNS: tuple[Column, ...] = (
     Column("high_tension_ppm", pa.float64(), "RMS relative high-tension instability in it (null: given)"),
     Column("lens_current_ppm", pa.float64(), "RMS relative objective-lens current instability in it (null: given)"),
     Column("image_spread_A", pa.float64(), "image spread: Gaussian blur of the intensity before the camera, σ in Å"),
+    Column("output_blur_A", pa.float64(), "Gaussian blur of the recorded image (signal and noise), σ in Å"),
     Column("dose_e_per_A2", pa.float64(), "electron dose"),
     Column("detector_type", pa.string(), "camera model: ideal, scintillator, counting"),
     Column("detector_gain_counts_per_e", pa.float64(), "counts per electron (scintillator) or per detected electron"),

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from scipy import ndimage
 
 from . import __version__
 from .config import STAGE_SPLITS, GenerationConfig, from_dict, rng_for
@@ -153,6 +154,8 @@ def simulate_structure(cfg: GenerationConfig, index: int, cache_dir: Path | None
                                noise_rng(cfg, index, c.condition_index))
         if resampled:
             counts = resample(counts, grid.detector_pixel_size_A, p)
+        if c.output_blur_A > 0:  # the whole (periodic) field, so that the crop's edges are blurred as its middle
+            counts = ndimage.gaussian_filter(counts, c.output_blur_A / p, mode="wrap")
         img = saved_for_display(crop(counts, c.crop_offset_px, size), im.output_bits, im.median_filter_px)
         m = crop(mask_field, c.crop_offset_px, size)
         lab = crop(labels_field, c.crop_offset_px, size)

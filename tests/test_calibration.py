@@ -419,6 +419,38 @@ def test_report_figure_of_the_model_pass_marks_what_counted(tmp_path):
     assert sizes.stat().st_size > 5000
 
 
+def test_a_renderings_blur_read_off_the_noise_and_proposed(carbon_fields):
+    """Display files resampled after the camera: the noise floor falls off as the blur's exp(-4π²σ²k²), and the
+    proposed config blurs its recorded images by the σ read off it (imaging.output_blur_A)."""
+    from scipy import ndimage
+
+    from generators.calibration.propose import propose
+
+    cfg, images, metas = carbon_fields
+    measured = []
+    for sigma_A in (0.25, 0.5):  # 0.7 and 1.4 pixels of 0.35 Å
+        for img in images[:3]:  # 150-2050 e/Å²
+            blurred = ndimage.gaussian_filter(np.asarray(img, float), sigma_A / 0.35, mode="wrap")
+            # grey levels in [0, 1]; cast to 8 bits, the blurred noise at 1.4 px sinks under the cast's own white
+            # noise near Nyquist and σ reads 0.35-0.37 Å for 0.5 (docs/calibration.md)
+            grey = (blurred - blurred.min()) / np.ptp(blurred)
+            m = measure(grey, 0.35, "rendered.png")
+            assert m.noise.kind == "display"
+            read = math.sqrt(m.ctf.noise_falloff_A2) / (2 * math.pi)
+            assert read == pytest.approx(sigma_A, abs=0.08), (sigma_A, read)
+            measured.append(m)
+    data, notes = propose(measured, cfg, "rendered")
+    values = data["imaging"]["output_blur_A"]["empirical"]["values"]
+    assert len(values) == 6 and 0.17 < min(values) and max(values) < 0.58
+    assert from_dict(data).imaging.output_blur_A.support()[1] > 0.5
+    assert any(n.startswith("imaging.output_blur_A: measured") for n in notes)
+    # counts: the base's camera models the noise's fall-off, nothing is proposed
+    counts = measure(np.round(images[0]), 0.35, "counts.npy")
+    data, notes = propose([counts], cfg, "counted")
+    assert data["imaging"]["output_blur_A"] == {"value": 0.0}
+    assert any(n.startswith("imaging.output_blur_A: kept") for n in notes)
+
+
 def test_a_crowded_field_keeps_enough_tiles_for_its_spectrum(carbon_fields):
     """Particles over all but one tile: the spectrum still averages the four least covered, not one."""
     _, images, _ = carbon_fields

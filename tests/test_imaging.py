@@ -271,3 +271,32 @@ def test_image_spread_damps_each_frequency_by_its_gaussian_envelope_and_leaves_o
         assert a.image_spread_A == 0.0 and 0.2 <= b.image_spread_A <= 0.6
         assert {**a.as_dict(), "image_spread_A": 0} == {**b.as_dict(), "image_spread_A": 0}
     assert cfg.sha256() == from_dict(tiny_dict(**{"imaging.image_spread_A": 0.0})).sha256() != spread.sha256()
+
+
+def test_output_blur_smooths_the_recorded_image_noise_included_and_leaves_other_draws_alone():
+    """A file resampled on export: the recorded counts (signal and shot noise alike) blurred by a Gaussian of σ Å,
+    so the noise's power falls as exp(-4π²σ²k²), as `temsynth calibrate` reads it off display files."""
+    from scipy import ndimage
+
+    from generators.imaging import sample_conditions
+    from generators.work import simulate_structure
+
+    one = {"structure.n_particles": 1, "structure.radius_A": 11.0, "n_structures": 1, "conditions_per_structure": 2}
+    plain_cfg = from_dict(tiny_dict(**one))
+    blur_cfg = from_dict(tiny_dict(**one, **{"imaging.output_blur_A": {"uniform": [0.3, 0.6]}}))
+    plain, blurred = simulate_structure(plain_cfg, 0), simulate_structure(blur_cfg, 0)
+    p = plain.records[0]["pixel_size_A"]
+    assert plain_cfg.imaging.image_size_px == plain.images[0].shape[0]  # no crop: the whole field is stored
+    for a, b, rec in zip(plain.images, blurred.images, blurred.records):
+        sigma = rec["output_blur_A"]
+        assert 0.3 <= sigma <= 0.6 and plain.records[0]["output_blur_A"] == 0.0
+        assert np.allclose(b, ndimage.gaussian_filter(a, sigma / p, mode="wrap"), atol=1e-3)
+        # the shot noise is smoothed too: neighbouring pixels correlate, the pixel variance drops
+        assert b.var() < 0.8 * a.var()
+    assert all(np.array_equal(m, n) for m, n in zip(plain.masks, blurred.masks))
+    # drawn from its own stream: every other draw is the config's without it, and the default keeps the hash
+    for a, b in zip(sample_conditions(plain_cfg, 0, [(60.0, 60.0)], [10.0]),
+                    sample_conditions(blur_cfg, 0, [(60.0, 60.0)], [10.0])):
+        assert {**a.as_dict(), "output_blur_A": 0} == {**b.as_dict(), "output_blur_A": 0}
+    assert plain_cfg.sha256() == from_dict(tiny_dict(**one, **{"imaging.output_blur_A": 0.0})).sha256()
+    assert plain_cfg.sha256() != blur_cfg.sha256()

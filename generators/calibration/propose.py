@@ -20,6 +20,9 @@ SPECK_RADIUS_A = 3.0
 DEFOCUS_JITTER_NM = 2.0
 ASTIGMATISM_JITTER_NM = 0.3
 FOCAL_SPREAD_JITTER_NM = 0.3
+# The noise fall-off's σ on fields blurred by a known Gaussian after the camera: within 0.07 Å up to 1.4 px
+# (tests/test_calibration.py::test_a_renderings_blur_read_off_the_noise_and_proposed).
+OUTPUT_BLUR_JITTER_A = 0.05
 
 
 def carbon_half_thickness_nm(cfg: GenerationConfig) -> float:
@@ -86,6 +89,7 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
     notes.append(_focal_spread(measurements, base, im))
     notes.append(f"imaging.image_spread_A: kept ({_describe(base.imaging.image_spread_A)}): a Gaussian fall-off in k "
                  "that the rings' envelope does not tell from the focal spread and the camera's MTF")
+    notes.append(_output_blur(measurements, base, im))
     if cs_given is not None:
         # another microscope's Cs (an uncorrected lens: ~1 mm) moves every ring; the defoci above were fitted with it
         im["cs_mm"] = float(cs_given)
@@ -152,6 +156,23 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
                      "segmentation)")
     from_dict(data, "the proposed config")  # refuse before anything is written
     return data, notes
+
+
+def _output_blur(measurements: list[Measurement], base: GenerationConfig, im: dict) -> str:
+    """A display file's resampling blurs its noise as well as its signal: the noise floor's own fall-off
+    exp(-B_n k²) is that blur, σ = √B_n / 2π. Counts keep the base's camera (a scintillator's MTF is that
+    fall-off there, and imaging.detector models it)."""
+    shown = [m for m in measurements if m.noise.kind == "display"]
+    if not shown or len(shown) < len(measurements):
+        return (f"imaging.output_blur_A: kept ({_describe(base.imaging.output_blur_A)}): "
+                + ("counts: the noise's fall-off is the camera's MTF (imaging.detector)" if not shown else
+                   "display values and counts mixed; calibrate them apart"))
+    sigma = [math.sqrt(max(m.ctf.noise_falloff_A2, 0.0)) / (2 * math.pi) for m in shown]
+    im["output_blur_A"] = _empirical(sigma, OUTPUT_BLUR_JITTER_A, 0, 10)
+    px = [s / m.pixel_size_A for s, m in zip(sigma, shown)]
+    return (f"imaging.output_blur_A: measured ({min(sigma):.2f}-{max(sigma):.2f} Å, {min(px):.1f}-{max(px):.1f} of "
+            "the files' pixels): display values, whose noise falls off with the rendering's blur (σ = √B_n / 2π of "
+            "the noise floor's exp(-B_n k²))")
 
 
 def _plausible_defoci(m: Measurement) -> list[float]:
