@@ -236,13 +236,18 @@ def _mtp_steps_near(shape: str, n_atoms: float) -> range:
     return range(max(2, lo - 1), hi + 2)
 
 
+def _mtp_atoms(shape: str, element: str, size: tuple, lattice_constant_A: float):
+    """ase's icosahedron or Marks decahedron of one size (ase.Atoms)."""
+    from ase.cluster import Decahedron, Icosahedron
+
+    build = Icosahedron if shape == "icosahedron" else Decahedron
+    return build(element, *size, latticeconstant=lattice_constant_A)
+
+
 @functools.lru_cache(maxsize=None)
 def _mtp_unit(shape: str, size: tuple) -> tuple[int, float]:
     """Atom count and farthest atom from the centre, in nearest-neighbour distances, of one built size."""
-    from ase.cluster import Decahedron, Icosahedron
-
-    atoms = Icosahedron("Au", *size, latticeconstant=2**0.5) if shape == "icosahedron" else \
-        Decahedron("Au", *size, latticeconstant=2**0.5)
+    atoms = _mtp_atoms(shape, "Au", size, 2**0.5)
     return len(atoms), float(np.linalg.norm(atoms.positions - atoms.positions.mean(axis=0), axis=1).max())
 
 
@@ -258,8 +263,6 @@ def build_multiply_twinned(material: "Material", shape: str, radius_A: float) ->
     """Atoms (centred at the origin, five-fold axis along z for a decahedron), atomic numbers and the intrinsic
     twin count of an icosahedron or Marks decahedron: of the sizes that stay within SHAPE_REACH of `radius_A`
     (what the config check and the placement count on), the one whose atom count is nearest a sphere's."""
-    from ase.cluster import Decahedron, Icosahedron
-
     from .config_sections import SHAPE_REACH
 
     if shape not in material.multiply_twinned_shapes:
@@ -275,8 +278,7 @@ def build_multiply_twinned(material: "Material", shape: str, radius_A: float) ->
     fits = [(abs(math.log(n / target)), size) for p in _mtp_steps_near(shape, target)
             for size in _mtp_step(shape, p) for n, reach in [_mtp_unit(shape, size)] if reach <= limit]
     size = min(fits)[1]
-    atoms = (Icosahedron(element, *size, latticeconstant=a) if shape == "icosahedron"
-             else Decahedron(element, *size, latticeconstant=a))
+    atoms = _mtp_atoms(shape, element, size, a)
     pos = atoms.positions - atoms.positions.mean(axis=0)
     return pos, atoms.numbers.astype(int), {"n_twins": MTP_TWINS[shape], "n_stacking_faults": 0}
 
