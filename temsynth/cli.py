@@ -152,7 +152,7 @@ def cmd_calibrate(args) -> int:
         segment = segmenter(args.model)
     calibrate(args.micrographs, args.out, pixel_size_A=args.pixel_size_A, pixel_sizes_csv=args.pixel_sizes,
               preset=args.from_preset, config=args.from_config, cs_mm=args.cs_mm, energy_keV=args.energy_keV,
-              segment=segment, report_dir=args.report, strict=args.strict)
+              segment=segment, report_dir=args.report, strict=args.strict, dose_e_per_A2=args.dose_e_per_A2)
     return 0
 
 
@@ -190,6 +190,9 @@ def _calibrate_args(c):
     c.add_argument("--report", help="folder for an HTML report (fits over spectra, real beside simulated)")
     c.add_argument("--cs-mm", type=float, help="the microscope's Cs for the fit (default: the base config's)")
     c.add_argument("--energy-keV", type=float, help="beam energy (default: the base config's)")
+    c.add_argument("--dose-e-per-A2", type=float, nargs="+", metavar="DOSE", help="the exposure the acquisition "
+                   "recorded, one value or LOW HIGH (display files do not show it; default: measured from counts, "
+                   "else the base config's)")
     c.add_argument("--strict", action="store_true", help="stop at a micrograph that cannot be fitted instead "
                    "of leaving it out")
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 from conftest import tiny_dict, with_fields
 
 from generators.calibration.ctf_fit import abtem_ctf_power, ctf_power, fit_ctf
@@ -253,6 +254,49 @@ def test_calibrate_writes_a_config_that_spans_the_fits(carbon_fields, tmp_path, 
     assert main(["calibrate", "mine", "--pixel-sizes", "mine/index.csv", "--out", "again.yaml"]) == 0
     again = json.loads((tmp_path / "again.calibration.json").read_text())
     assert [m["pixel_size_A"] for m in again["measurements"]] == [0.35] * 3
+
+
+def test_a_dose_the_acquisition_recorded_replaces_the_range_display_values_hide(carbon_fields, tmp_path, capsys):
+    """Display values do not show the dose, so the base's range stays, and the note says how to give it; given,
+    it is what the config draws. For counts the given dose wins too, and the measured one is quoted beside it."""
+    cfg, images, _ = carbon_fields
+    shown = tmp_path / "shown"
+    shown.mkdir()
+    for i, img in enumerate(images[:2]):  # 8-bit renderings of two fields
+        grey = np.round(255 * (img - img.min()) / np.ptp(img)) / 255
+        np.save(shown / f"field{i}.npy", grey.astype(np.float32))
+    kept, given = tmp_path / "kept.yaml", tmp_path / "given.yaml"
+    assert main(["calibrate", str(shown), "--pixel-size-A", "0.35", "--from-config", _write(cfg, tmp_path),
+                 "--out", str(kept)]) == 0
+    assert load_config(kept).imaging.dose_e_per_A2 == cfg.imaging.dose_e_per_A2
+    assert "give --dose-e-per-A2" in kept.read_text()
+    assert main(["calibrate", str(shown), "--pixel-size-A", "0.35", "--from-config", _write(cfg, tmp_path),
+                 "--dose-e-per-A2", "300", "600", "--out", str(given)]) == 0
+    assert load_config(given).imaging.dose_e_per_A2.support() == (300.0, 600.0)
+    assert "300-600 e/Å², as given (--dose-e-per-A2)" in given.read_text()
+    # counts: one given dose is drawn as it is, and the noise floor's reading is quoted
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    np.save(counts / "field0.npy", np.round(images[3]).astype(np.float32))
+    out = tmp_path / "counts.yaml"
+    assert main(["calibrate", str(counts), "--pixel-size-A", "0.35", "--from-config", _write(cfg, tmp_path),
+                 "--dose-e-per-A2", "3000", "--out", str(out)]) == 0
+    assert load_config(out).imaging.dose_e_per_A2.support() == (3000.0, 3000.0)
+    assert "the counts' noise floor reads" in out.read_text()
+    # a dose that is no dose: one line naming the option, nothing written
+    bad = tmp_path / "bad.yaml"
+    capsys.readouterr()
+    assert main(["calibrate", str(shown), "--pixel-size-A", "0.35", "--dose-e-per-A2", "-5",
+                 "--out", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--dose-e-per-A2 -5" in err, err
+    assert not bad.exists() and not bad.with_suffix(".calibration.json").exists()
+
+
+def _write(cfg, folder) -> str:
+    path = folder / "base.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return str(path)
 
 
 @pytest.mark.parametrize("case", ["flat", "nyquist", "unreadable", "tiny"])

@@ -43,12 +43,14 @@ def _empirical(values, jitter, low=None, high=None) -> dict:
 
 
 def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
-            cs_given: float | None = None, particles: list[dict] | None = None) -> tuple[dict, list[str]]:
+            cs_given: float | None = None, particles: list[dict] | None = None,
+            dose_given: tuple[float, ...] | None = None) -> tuple[dict, list[str]]:
     """(config as a plain mapping, one note per field: measured or kept, and why).
     cs_given: the microscope's Cs (mm) as the user gave it (--cs-mm): the rings were fitted with it, so the
     simulation uses it too. particles: `run.particle_sizes` of every segmented field, those whose spectrum could
     not be fitted too (a field crowded with large particles has little carbon: leaving it out would draw the
-    sizes small); by default the fitted measurements' own."""
+    sizes small); by default the fitted measurements' own. dose_given: the exposure (e/Å²) as the user gave it
+    (--dose-e-per-A2), one value or a range: the acquisition's record, where display values hide the dose."""
     data = base.model_dump(mode="json", exclude_none=True)
     data["name"] = name
     im = data["imaging"]
@@ -98,15 +100,7 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
         notes.append(f"imaging.cs_mm: kept ({_describe(base.imaging.cs_mm)}): the rings of a near-focus, corrected "
                      "lens do not fix Cs; give --cs-mm for the fit if yours is known")
 
-    doses = [m.noise.dose_e_per_A2 for m in measurements if m.noise.dose_e_per_A2]
-    if doses and len(doses) == len(measurements):
-        im["dose_e_per_A2"] = {"loguniform": [round(float(min(doses)) / 1.5, 3), round(float(max(doses)) * 1.5, 3)]}
-        notes.append(f"imaging.dose_e_per_A2: measured from counts and the noise floor ({min(doses):.0f}-"
-                     f"{max(doses):.0f} e/Å²), widened 1.5x each way")
-    else:
-        kinds = {m.noise.why.split(";")[0] for m in measurements if m.noise.kind != "counts"}
-        notes.append(f"imaging.dose_e_per_A2: kept ({_describe(base.imaging.dose_e_per_A2)}): "
-                     + "; ".join(sorted(kinds)))
+    notes.append(_dose(measurements, base, im, dose_given))
     notes.append(_camera(measurements, im))
     thick = [t for t in (m.texture.thickness_A for m in measurements) if t and math.isfinite(t)]
     if thick and len(thick) == len(measurements):
@@ -156,6 +150,29 @@ def propose(measurements: list[Measurement], base: GenerationConfig, name: str,
                      "segmentation)")
     from_dict(data, "the proposed config")  # refuse before anything is written
     return data, notes
+
+
+def _dose(measurements: list[Measurement], base: GenerationConfig, im: dict,
+          given: tuple[float, ...] | None) -> str:
+    """Counts fix the dose per field (the noise floor over the mean); display values do not (their grey mapping
+    is unknown), and then only the user's own record of the exposure can replace the base's range."""
+    doses = [m.noise.dose_e_per_A2 for m in measurements if m.noise.dose_e_per_A2]
+    measured = bool(doses) and len(doses) == len(measurements)
+    if given is not None:
+        lo, hi = min(given), max(given)
+        im["dose_e_per_A2"] = {"value": lo} if lo == hi else {"loguniform": [lo, hi]}
+        note = f"imaging.dose_e_per_A2: {lo:g}" + (f"-{hi:g}" if hi > lo else "") + " e/Å², as given (--dose-e-per-A2)"
+        if measured:
+            note += (f"; the counts' noise floor reads {min(doses):.0f}-{max(doses):.0f} e/Å² detected (DQE x dose: "
+                     "a counting camera's reads up to ~20 % low, a scintillator's gain more)")
+        return note
+    if measured:
+        im["dose_e_per_A2"] = {"loguniform": [round(float(min(doses)) / 1.5, 3), round(float(max(doses)) * 1.5, 3)]}
+        return (f"imaging.dose_e_per_A2: measured from counts and the noise floor ({min(doses):.0f}-"
+                f"{max(doses):.0f} e/Å²), widened 1.5x each way")
+    kinds = {m.noise.why.split(";")[0] for m in measurements if m.noise.kind != "counts"}
+    return (f"imaging.dose_e_per_A2: kept ({_describe(base.imaging.dose_e_per_A2)}): " + "; ".join(sorted(kinds))
+            + "; give --dose-e-per-A2 if the acquisition recorded it")
 
 
 def _output_blur(measurements: list[Measurement], base: GenerationConfig, im: dict) -> str:

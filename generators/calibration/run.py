@@ -113,11 +113,25 @@ def beam_energy(files: dict[Path, Micrograph], given: float | None, base: Genera
     return float(base.simulation.energies_keV[0])
 
 
+def given_dose(values: list[float] | None) -> tuple[float, ...] | None:
+    """--dose-e-per-A2 LOW [HIGH], checked before any file is read."""
+    if values is None:
+        return None
+    if not 1 <= len(values) <= 2:
+        raise CalibrationError(f"--dose-e-per-A2 {' '.join(f'{v:g}' for v in values)}: give one dose or a range LOW HIGH "
+                               "in e/Å², e.g. --dose-e-per-A2 300 600")
+    if not all(np.isfinite(v) and v > 0 for v in values):
+        raise CalibrationError(f"--dose-e-per-A2 {' '.join(f'{v:g}' for v in values)}: give positive doses in e/Å² "
+                               "per image (e/nm² is 100x e/Å²)")
+    return tuple(float(v) for v in values)
+
+
 def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float | None = None,
               pixel_sizes_csv: str | Path | None = None, preset: str | None = "realistic",
               config: str | Path | None = None, cs_mm: float | None = None, energy_keV: float | None = None,
               segment: Segmenter | None = None, report_dir: str | Path | None = None, strict: bool = False,
-              log: Callable[[str], None] = print) -> tuple[dict, list[Measurement], list[str]]:
+              dose_e_per_A2: list[float] | None = None, log: Callable[[str], None] = print
+              ) -> tuple[dict, list[Measurement], list[str]]:
     t0 = time.perf_counter()
     out = Path(out)
     if out.suffix.lower() not in (".yaml", ".yml"):
@@ -127,6 +141,7 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
                                "file,pixel_size_A), not both; without either, the files' own calibration is used")
     if pixel_size_A is not None and not pixel_size_A > 0:
         raise CalibrationError(f"--pixel-size-A {pixel_size_A}: give a positive pixel size in Å")
+    dose = given_dose(dose_e_per_A2)
     base = base_config(preset, config)
     cs = cs_mm if cs_mm is not None else float(np.mean(base.imaging.cs_mm.support()))
     paths, root = micrograph_paths(inputs)
@@ -165,7 +180,8 @@ def calibrate(inputs: list[str | Path], out: str | Path, *, pixel_size_A: float 
         raise CalibrationError("no micrograph could be calibrated: " + " | ".join(skipped))
     read_thicknesses(measurements, base, log)
     name = re.sub(r"[^A-Za-z0-9_\-]", "_", out.stem) or "calibrated"
-    data, notes = propose(measurements, base, name, cs_given=cs_mm, particles=particles if segment else None)
+    data, notes = propose(measurements, base, name, cs_given=cs_mm, particles=particles if segment else None,
+                          dose_given=dose)
     notes += [f"left out: {s}" for s in skipped]
     header = ["# Generation config proposed by `temsynth calibrate` from " + f"{len(paths)} micrograph(s) "
               f"({', '.join(p.name for p in paths[:4])}{', ...' if len(paths) > 4 else ''}),",
