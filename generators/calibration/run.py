@@ -117,12 +117,11 @@ def given_dose(values: list[float] | None) -> tuple[float, ...] | None:
     """--dose-e-per-A2 LOW [HIGH], checked before any file is read."""
     if values is None:
         return None
+    shown = "--dose-e-per-A2 " + " ".join(f"{v:g}" for v in values)
     if not 1 <= len(values) <= 2:
-        raise CalibrationError(f"--dose-e-per-A2 {' '.join(f'{v:g}' for v in values)}: give one dose or a range LOW HIGH "
-                               "in e/Å², e.g. --dose-e-per-A2 300 600")
+        raise CalibrationError(f"{shown}: give one dose or a range LOW HIGH in e/Å², e.g. --dose-e-per-A2 300 600")
     if not all(np.isfinite(v) and v > 0 for v in values):
-        raise CalibrationError(f"--dose-e-per-A2 {' '.join(f'{v:g}' for v in values)}: give positive doses in e/Å² "
-                               "per image (e/nm² is 100x e/Å²)")
+        raise CalibrationError(f"{shown}: give positive doses in e/Å² per image (e/nm² is 100x e/Å²)")
     return tuple(float(v) for v in values)
 
 
