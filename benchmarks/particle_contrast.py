@@ -1,7 +1,7 @@
 """Are a dataset's particles as visible as the real ones? Per real size class, the contrast of whole, isolated
 labelled particles in the real micrographs against simulated particles of the same sizes in a dataset.
 
-    python benchmarks/particle_contrast.py DATASET [--real DIR] [--max-records N]
+    python benchmarks/particle_contrast.py DATASET [--real DIR] [--max-records N] [--by COLUMN --edges A,B,...]
 
 Per particle (a connected piece of a mask, off the border, with carbon around it), on the dataset's pixel size:
 - contrast: (median of the carbon in a ring 3-8 px outside any label - mean of the particle's core) / the
@@ -10,7 +10,9 @@ Per particle (a connected piece of a mask, off the border, with carbon around it
   sits near 1).
 The core is the label eroded by 2 px, so the outline, where labels disagree most, is left out. Simulated particles
 are taken where their equivalent diameter lies within the real class's 10-90 % range. Quartiles are printed: the
-simulation should span the real ones, not match their median.
+simulation should span the real ones, not match their median. --by splits the simulated particles by a record
+column (dose_e_per_A2, output_blur_A, substrate_thickness_A, ...) at the given edges: which conditions of a
+config make particles as visible as the real ones.
 """
 from __future__ import annotations
 
@@ -65,19 +67,34 @@ def real_classes(real_dir: Path, pixel_size_A: float) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def simulated(dataset: Path, max_records: int, blur_px: float = 0.0) -> tuple[np.ndarray, float]:
+def simulated(dataset: Path, max_records: int, blur_px: float = 0.0, by: str | None = None
+              ) -> tuple[np.ndarray, float]:
+    """(contrast, texture, diameter[, the record's `by` value]) of the dataset's particles, and its pixel size."""
     folder = DatasetFolder.open(dataset)
     px = folder.pixel_size_A
     with folder.reading():
-        table = pads.dataset(folder.files("parquet"), format="parquet").to_table(columns=["image", "mask"])
+        data = pads.dataset(folder.files("parquet"), format="parquet")
+        if by is not None and by not in data.schema.names:
+            raise TemsynthError(f"--by {by}: no such column in {dataset}; numeric record columns: "
+                                + ", ".join(f.name for f in data.schema if pa_numeric(f.type)))
+        table = data.to_table(columns=["image", "mask"] + ([by] if by else []))
     if table.num_rows == 0:
         raise TemsynthError(f"{dataset}: no records")
     rows = []
     for r in table.slice(0, max_records).to_pylist():
         image = np.asarray(r["image"], np.float32)
-        rows.append(particle_contrast(ndimage.gaussian_filter(image, blur_px) if blur_px else image,
-                                      np.asarray(r["mask"], np.uint8), px))
+        found = particle_contrast(ndimage.gaussian_filter(image, blur_px) if blur_px else image,
+                                  np.asarray(r["mask"], np.uint8), px)
+        if by:
+            found = np.column_stack([found, np.full(len(found), float(r[by] or 0.0))])
+        rows.append(found)
     return np.concatenate(rows), px
+
+
+def pa_numeric(t) -> bool:
+    import pyarrow.types as pt
+
+    return pt.is_integer(t) or pt.is_floating(t)
 
 
 def _quartiles(a: np.ndarray) -> str:
@@ -89,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--real", type=Path, default=None, help="real set (index.csv); default: the bundled one")
     parser.add_argument("--max-records", type=int, default=2000)
+    parser.add_argument("--by", help="split the simulated particles by this record column")
+    parser.add_argument("--edges", help="comma-separated bin edges for --by (default: its quartiles)")
     parser.add_argument("--blur-px", type=float, default=0.0,
                         help="Gaussian blur on the simulated images first (a training config's augment.blur_sigma_px)")
     args = parser.parse_args(argv)
     try:
-        sim, px = simulated(args.dataset, args.max_records, args.blur_px)
+        sim, px = simulated(args.dataset, args.max_records, args.blur_px, args.by)
         real = real_classes(args.real or default_real_dir(), px)
     except TemsynthError as err:
         print(f"particle_contrast: {err}", file=sys.stderr)
@@ -110,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         s = sim[(sim[:, 2] >= lo) & (sim[:, 2] <= hi)]
         print(f"| {key} | {lo:.1f}-{hi:.1f} | {len(r)} / {len(s)} | {_quartiles(r[:, 0])} | {_quartiles(s[:, 0])} "
               f"| {_quartiles(r[:, 1])} | {_quartiles(s[:, 1])} |")
+        if args.by and len(s):
+            edges = (np.asarray([float(v) for v in args.edges.split(",")]) if args.edges
+                     else np.unique(np.percentile(s[:, 3], [0, 25, 50, 75, 100])))
+            for a, b in zip(edges[:-1], edges[1:]):
+                part = s[(s[:, 3] >= a) & ((s[:, 3] < b) | ((b == edges[-1]) & (s[:, 3] == b)))]
+                print(f"| {key}, {args.by} {a:g}-{b:g} | | - / {len(part)} | | {_quartiles(part[:, 0])} | "
+                      f"| {_quartiles(part[:, 1])} |")
     return 0
 
 

@@ -50,3 +50,23 @@ def test_runs_on_a_dataset_against_the_bundled_real_set_and_refuses_a_folder_tha
     assert "at 0.25 Å per pixel" in out and "| Au 2.2 nm |" in out
     assert main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("particle_contrast: ")
+
+
+def test_particles_split_by_a_record_column_carry_their_records_value(built, capsys):
+    """--by: each simulated particle carries its record's value of the column (here the dose), so a config's
+    conditions can be read against the real particles; a column the records lack is refused in one line."""
+    import pyarrow.dataset as pads
+    from particle_contrast import simulated
+
+    from generators.dataset import DatasetFolder
+
+    rows, _ = simulated(built, 6, by="dose_e_per_A2")
+    folder = DatasetFolder.open(built)
+    with folder.reading():
+        doses = pads.dataset(folder.files("parquet"), format="parquet").to_table(
+            columns=["dose_e_per_A2"]).slice(0, 6).column(0).to_pylist()
+    assert rows.shape[1] == 4 and len(rows) > 0
+    assert set(np.round(rows[:, 3], 6)) <= set(np.round(doses, 6))
+    assert main([str(built), "--max-records", "6", "--by", "no_such_column"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--by no_such_column" in err and "dose_e_per_A2" in err
