@@ -163,8 +163,8 @@ def _dose(measurements: list[Measurement], base: GenerationConfig, im: dict,
         im["dose_e_per_A2"] = {"value": lo} if lo == hi else {"loguniform": [lo, hi]}
         note = f"imaging.dose_e_per_A2: {lo:g}" + (f"-{hi:g}" if hi > lo else "") + " e/Å², as given (--dose-e-per-A2)"
         if measured:
-            note += (f"; the counts' noise floor reads {min(doses):.0f}-{max(doses):.0f} e/Å² detected (DQE x dose: "
-                     "a counting camera's reads up to ~20 % low, a scintillator's gain more)")
+            note += (f"; the counts' noise floor reads {min(doses):.0f}-{max(doses):.0f} e/Å², the detected dose "
+                     "(DQE(0) x dose: below the given one by the camera's DQE; far below or above it, check the gain)")
         return note
     if measured:
         im["dose_e_per_A2"] = {"loguniform": [round(float(min(doses)) / 1.5, 3), round(float(max(doses)) * 1.5, 3)]}
