@@ -74,9 +74,10 @@ def simulated(dataset: Path, max_records: int, blur_px: float = 0.0, by: str | N
     px = folder.pixel_size_A
     with folder.reading():
         data = pads.dataset(folder.files("parquet"), format="parquet")
-        if by is not None and by not in data.schema.names:
-            raise TemsynthError(f"--by {by}: no such column in {dataset}; numeric record columns: "
-                                + ", ".join(f.name for f in data.schema if pa_numeric(f.type)))
+        numeric = [f.name for f in data.schema if _numeric(f.type)]
+        if by is not None and by not in numeric:
+            raise TemsynthError(f"--by {by}: no numeric column of that name in {dataset}; numeric record columns: "
+                                + ", ".join(numeric))
         table = data.to_table(columns=["image", "mask"] + ([by] if by else []))
     if table.num_rows == 0:
         raise TemsynthError(f"{dataset}: no records")
@@ -91,7 +92,7 @@ def simulated(dataset: Path, max_records: int, blur_px: float = 0.0, by: str | N
     return np.concatenate(rows), px
 
 
-def pa_numeric(t) -> bool:
+def _numeric(t) -> bool:
     import pyarrow.types as pt
 
     return pt.is_integer(t) or pt.is_floating(t)

@@ -70,3 +70,6 @@ def test_particles_split_by_a_record_column_carry_their_records_value(built, cap
     assert main([str(built), "--max-records", "6", "--by", "no_such_column"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--by no_such_column" in err and "dose_e_per_A2" in err
+    assert main([str(built), "--max-records", "6", "--by", "detector_type"]) == 2  # text, not a number
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--by detector_type" in err
